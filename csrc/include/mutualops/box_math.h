@@ -1,0 +1,295 @@
+#pragma once
+
+// The one place where box overlap is defined. Every kernel (CPU and CUDA,
+// IoU, NMS, assignment) calls these functions; nothing else computes IoU.
+//
+// Conventions (SPEC 2.1): boxes are xyxy without the +1 pixel offset; a box
+// with x2 < x1 or y2 < y1 has area 0; a zero denominator gives 0, not NaN.
+// The order of floating-point operations follows torchvision.ops so that
+// valid boxes give bit-identical IoU and GIoU in fp32.
+
+#include <math.h>
+#include <stdint.h>
+
+#include "mutualops/macros.h"
+
+namespace mutualops {
+
+enum class IouMode : int { kIou = 0, kGiou = 1, kDiou = 2, kCiou = 3, kIof = 4 };
+
+// torchvision's eps for the DIoU/CIoU denominators; kept so that results agree.
+template <typename T>
+MUTUALOPS_HD T distance_eps() {
+  return T(1e-7);
+}
+
+template <typename T>
+struct Box {
+  T x1, y1, x2, y2;
+};
+
+// Reads four consecutive coordinates of any storage type into the math type.
+template <typename T, typename S>
+MUTUALOPS_HD Box<T> load_box(const S* p) {
+  return Box<T>{static_cast<T>(p[0]), static_cast<T>(p[1]), static_cast<T>(p[2]),
+                static_cast<T>(p[3])};
+}
+
+template <typename T, typename S>
+MUTUALOPS_HD void store_box(const Box<T>& b, S* p) {
+  p[0] = static_cast<S>(b.x1);
+  p[1] = static_cast<S>(b.y1);
+  p[2] = static_cast<S>(b.x2);
+  p[3] = static_cast<S>(b.y2);
+}
+
+template <typename T>
+MUTUALOPS_HD T min2(T a, T b) {
+  return a < b ? a : b;
+}
+
+template <typename T>
+MUTUALOPS_HD T max2(T a, T b) {
+  return a > b ? a : b;
+}
+
+template <typename T>
+MUTUALOPS_HD T clamp_min0(T v) {
+  return v > T(0) ? v : T(0);
+}
+
+// a / b where b > 0, else 0. Written without a branch around the division so
+// that compilers vectorize loops over it.
+template <typename T>
+MUTUALOPS_HD T safe_div(T a, T b) {
+  const T q = a / (b > T(0) ? b : T(1));
+  return b > T(0) ? q : T(0);
+}
+
+template <typename T>
+MUTUALOPS_HD T box_width(const Box<T>& b) {
+  return clamp_min0(b.x2 - b.x1);
+}
+
+template <typename T>
+MUTUALOPS_HD T box_height(const Box<T>& b) {
+  return clamp_min0(b.y2 - b.y1);
+}
+
+template <typename T>
+MUTUALOPS_HD T box_area(const Box<T>& b) {
+  return box_width(b) * box_height(b);
+}
+
+template <typename T>
+MUTUALOPS_HD T intersection_area(const Box<T>& a, const Box<T>& b) {
+  const T w = clamp_min0(min2(a.x2, b.x2) - max2(a.x1, b.x1));
+  const T h = clamp_min0(min2(a.y2, b.y2) - max2(a.y1, b.y1));
+  return w * h;
+}
+
+MUTUALOPS_HD float atan_of(float x) {
+  return atanf(x);
+}
+
+MUTUALOPS_HD double atan_of(double x) {
+  return atan(x);
+}
+
+// atan(w / h), the CIoU aspect angle, defined as pi/2 (or 0 for a point) when
+// h is 0 instead of dividing by zero.
+template <typename T>
+MUTUALOPS_HD T aspect_angle(T w, T h) {
+  if (h > T(0)) return atan_of(w / h);
+  return w > T(0) ? T(1.5707963267948966) : T(0);
+}
+
+// Overlap of a and b for one mode, given both areas (the pairwise kernels
+// precompute them once per box). The mode is a template parameter so that a
+// kernel's inner loop carries no switch.
+template <IouMode M, typename T>
+MUTUALOPS_HD T box_overlap(const Box<T>& a, const Box<T>& b, T area_a, T area_b) {
+  const T inter = intersection_area(a, b);
+  if (M == IouMode::kIof) return safe_div(inter, area_a);
+  const T uni = area_a + area_b - inter;
+  const T iou = safe_div(inter, uni);
+  if (M == IouMode::kIou) return iou;
+  const T cw = clamp_min0(max2(a.x2, b.x2) - min2(a.x1, b.x1));
+  const T ch = clamp_min0(max2(a.y2, b.y2) - min2(a.y1, b.y1));
+  if (M == IouMode::kGiou) {
+    const T enclosing = cw * ch;
+    return enclosing > T(0) ? iou - (enclosing - uni) / enclosing : iou;
+  }
+  const T diag2 = cw * cw + ch * ch + distance_eps<T>();
+  const T dx = (a.x1 + a.x2) / T(2) - (b.x1 + b.x2) / T(2);
+  const T dy = (a.y1 + a.y2) / T(2) - (b.y1 + b.y2) / T(2);
+  const T diou = iou - (dx * dx + dy * dy) / diag2;
+  if (M == IouMode::kDiou) return diou;
+  const T dt = aspect_angle(box_width(a), box_height(a)) - aspect_angle(box_width(b), box_height(b));
+  const T v = T(0.40528473456935109) * dt * dt;  // 4 / pi^2
+  const T alpha = v / (T(1) - iou + v + distance_eps<T>());
+  return diou - alpha * v;
+}
+
+template <typename T>
+MUTUALOPS_HD T box_overlap(const Box<T>& a, const Box<T>& b, IouMode mode) {
+  const T area_a = box_area(a);
+  const T area_b = box_area(b);
+  switch (mode) {
+    case IouMode::kGiou:
+      return box_overlap<IouMode::kGiou>(a, b, area_a, area_b);
+    case IouMode::kDiou:
+      return box_overlap<IouMode::kDiou>(a, b, area_a, area_b);
+    case IouMode::kCiou:
+      return box_overlap<IouMode::kCiou>(a, b, area_a, area_b);
+    case IouMode::kIof:
+      return box_overlap<IouMode::kIof>(a, b, area_a, area_b);
+    default:
+      return box_overlap<IouMode::kIou>(a, b, area_a, area_b);
+  }
+}
+
+// Plain IoU, the quantity NMS and assignment threshold on.
+template <typename T>
+MUTUALOPS_HD T box_iou(const Box<T>& a, const Box<T>& b) {
+  return box_overlap<IouMode::kIou>(a, b, box_area(a), box_area(b));
+}
+
+// Gradient of one clamped extent max(hi - lo, 0) into its two coordinates.
+template <typename T>
+MUTUALOPS_HD void extent_backward(T hi, T lo, T g, T* g_hi, T* g_lo) {
+  if (hi - lo > T(0)) {
+    *g_hi += g;
+    *g_lo -= g;
+  }
+}
+
+// Gradient of min(p, q) or max(p, q): it flows to the selected argument
+// (to the first one on a tie).
+template <typename T>
+MUTUALOPS_HD void select_backward(bool first, T g, T* g_p, T* g_q) {
+  if (first) {
+    *g_p += g;
+  } else {
+    *g_q += g;
+  }
+}
+
+// Backward of box_overlap(a, b, mode) for one pair: adds grad * d(overlap)/d(a)
+// to g_a and likewise for b. As in torchvision's CIoU, the trade-off weight
+// alpha is a constant (no gradient through it).
+template <typename T>
+MUTUALOPS_HD void box_overlap_backward(const Box<T>& a, const Box<T>& b, IouMode mode, T grad,
+                                       Box<T>* g_a, Box<T>* g_b) {
+  const T wa = box_width(a), ha = box_height(a);
+  const T wb = box_width(b), hb = box_height(b);
+  const T area_a = wa * ha, area_b = wb * hb;
+  const T ix1 = max2(a.x1, b.x1), ix2 = min2(a.x2, b.x2);
+  const T iy1 = max2(a.y1, b.y1), iy2 = min2(a.y2, b.y2);
+  const T iw = clamp_min0(ix2 - ix1), ih = clamp_min0(iy2 - iy1);
+  const T inter = iw * ih;
+  const T uni = area_a + area_b - inter;
+
+  // Partial derivatives of the output with respect to the intermediates.
+  T g_inter = T(0), g_area_a = T(0), g_area_b = T(0), g_wa = T(0), g_ha = T(0), g_wb = T(0),
+    g_hb = T(0), g_cw = T(0), g_ch = T(0);
+
+  if (mode == IouMode::kIof) {
+    if (area_a > T(0)) {
+      g_inter = grad / area_a;
+      g_area_a = -grad * inter / (area_a * area_a);
+    }
+  } else {
+    T g_uni = T(0);
+    const T iou = safe_div(inter, uni);
+    if (uni > T(0)) {
+      g_inter = grad / uni;
+      g_uni = -grad * inter / (uni * uni);
+    }
+    const T cw = clamp_min0(max2(a.x2, b.x2) - min2(a.x1, b.x1));
+    const T ch = clamp_min0(max2(a.y2, b.y2) - min2(a.y1, b.y1));
+    if (mode == IouMode::kGiou) {
+      // giou = iou - 1 + uni / enclosing
+      const T enclosing = cw * ch;
+      if (enclosing > T(0)) {
+        g_uni += grad / enclosing;
+        const T g_enclosing = -grad * uni / (enclosing * enclosing);
+        g_cw += g_enclosing * ch;
+        g_ch += g_enclosing * cw;
+      }
+    } else if (mode == IouMode::kDiou || mode == IouMode::kCiou) {
+      const T diag2 = cw * cw + ch * ch + distance_eps<T>();
+      const T dx = (a.x1 + a.x2) / T(2) - (b.x1 + b.x2) / T(2);
+      const T dy = (a.y1 + a.y2) / T(2) - (b.y1 + b.y2) / T(2);
+      const T rho2 = dx * dx + dy * dy;
+      const T g_rho2 = -grad / diag2;
+      const T g_diag2 = grad * rho2 / (diag2 * diag2);
+      g_cw += g_diag2 * T(2) * cw;
+      g_ch += g_diag2 * T(2) * ch;
+      // Each centre is the mean of two coordinates.
+      const T gx = g_rho2 * dx, gy = g_rho2 * dy;
+      g_a->x1 += gx;
+      g_a->x2 += gx;
+      g_a->y1 += gy;
+      g_a->y2 += gy;
+      g_b->x1 -= gx;
+      g_b->x2 -= gx;
+      g_b->y1 -= gy;
+      g_b->y2 -= gy;
+      if (mode == IouMode::kCiou) {
+        const T dt = aspect_angle(wa, ha) - aspect_angle(wb, hb);
+        const T v = T(0.40528473456935109) * dt * dt;
+        const T alpha = v / (T(1) - iou + v + distance_eps<T>());
+        const T g_dt = -grad * alpha * T(0.40528473456935109) * T(2) * dt;
+        const T na = wa * wa + ha * ha, nb = wb * wb + hb * hb;
+        if (ha > T(0) && na > T(0)) {
+          g_wa += g_dt * ha / na;
+          g_ha -= g_dt * wa / na;
+        }
+        if (hb > T(0) && nb > T(0)) {
+          g_wb -= g_dt * hb / nb;
+          g_hb += g_dt * wb / nb;
+        }
+      }
+    }
+    g_inter -= g_uni;
+    g_area_a += g_uni;
+    g_area_b += g_uni;
+  }
+
+  // Enclosing box extents: max(a.x2, b.x2) - min(a.x1, b.x1), clamped.
+  if (g_cw != T(0) && max2(a.x2, b.x2) - min2(a.x1, b.x1) > T(0)) {
+    select_backward(a.x2 >= b.x2, g_cw, &g_a->x2, &g_b->x2);
+    select_backward(a.x1 <= b.x1, -g_cw, &g_a->x1, &g_b->x1);
+  }
+  if (g_ch != T(0) && max2(a.y2, b.y2) - min2(a.y1, b.y1) > T(0)) {
+    select_backward(a.y2 >= b.y2, g_ch, &g_a->y2, &g_b->y2);
+    select_backward(a.y1 <= b.y1, -g_ch, &g_a->y1, &g_b->y1);
+  }
+  // Intersection extents: min(a.x2, b.x2) - max(a.x1, b.x1), clamped.
+  const T g_iw = g_inter * ih, g_ih = g_inter * iw;
+  if (ix2 - ix1 > T(0)) {
+    select_backward(a.x2 <= b.x2, g_iw, &g_a->x2, &g_b->x2);
+    select_backward(a.x1 >= b.x1, -g_iw, &g_a->x1, &g_b->x1);
+  }
+  if (iy2 - iy1 > T(0)) {
+    select_backward(a.y2 <= b.y2, g_ih, &g_a->y2, &g_b->y2);
+    select_backward(a.y1 >= b.y1, -g_ih, &g_a->y1, &g_b->y1);
+  }
+  g_wa += g_area_a * ha;
+  g_ha += g_area_a * wa;
+  g_wb += g_area_b * hb;
+  g_hb += g_area_b * wb;
+  extent_backward(a.x2, a.x1, g_wa, &g_a->x2, &g_a->x1);
+  extent_backward(a.y2, a.y1, g_ha, &g_a->y2, &g_a->y1);
+  extent_backward(b.x2, b.x1, g_wb, &g_b->x2, &g_b->x1);
+  extent_backward(b.y2, b.y1, g_hb, &g_b->y2, &g_b->y1);
+}
+
+// Offset of element (batch, row, col) in a contiguous [B, N, M] output.
+// 64-bit throughout: N * M passes 2^31 for realistic sizes (50k x 50k).
+MUTUALOPS_HD int64_t pair_offset(int64_t batch, int64_t row, int64_t col, int64_t n, int64_t m) {
+  return (batch * n + row) * m + col;
+}
+
+}  // namespace mutualops

@@ -1,0 +1,27 @@
+"""mutualops: fused C++/CUDA torch ops for harmonized one-stage object detection."""
+
+import torch
+
+from . import _extension
+
+_BUILD = _extension.load()
+
+from . import reference  # noqa: E402
+from .box_iou import box_iou, box_iou_aligned, iou_loss  # noqa: E402
+
+__version__ = "0.1.0"
+
+
+def build_info():
+    """Versions the extension was built with, and the backends it has kernels for."""
+    return {
+        "mutualops": __version__,
+        "torch_built": _BUILD.TORCH_VERSION,
+        "torch_runtime": torch.__version__,
+        "cuda_built": _BUILD.CUDA_VERSION,
+        "cuda_arch_list": _BUILD.CUDA_ARCH_LIST,
+        "backends": [name for name in ("cpu", "cuda") if _extension.has_backend(name.upper())],
+    }
+
+
+__all__ = ["box_iou", "box_iou_aligned", "iou_loss", "build_info", "reference"]

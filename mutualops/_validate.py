@@ -1,0 +1,34 @@
+"""Argument checks shared by the Python wrappers: errors name the argument."""
+
+import torch
+
+
+def check_tensor(x, name):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+
+
+def check_float(x, name):
+    check_tensor(x, name)
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+
+
+def check_boxes(x, name, ranks=(2,)):
+    """Floating-point boxes whose last dimension holds (x1, y1, x2, y2)."""
+    check_float(x, name)
+    if x.dim() not in ranks or x.shape[-1] != 4:
+        shapes = " or ".join("[" + ", ".join(["B", "N", "4"][3 - r :]) + "]" for r in ranks)
+        raise ValueError(f"{name} must have shape {shapes}, got {list(x.shape)}")
+
+
+def check_same(a, b, name_a, name_b, dtype=True):
+    if a.device != b.device:
+        raise ValueError(f"{name_a} and {name_b} must be on the same device, got {a.device} and {b.device}")
+    if dtype and a.dtype != b.dtype:
+        raise TypeError(f"{name_a} and {name_b} must have the same dtype, got {a.dtype} and {b.dtype}")
+
+
+def check_choice(value, name, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")

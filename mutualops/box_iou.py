@@ -1,0 +1,103 @@
+"""The box-IoU family (SPEC 2.1): pairwise, batched and aligned overlap, and IoU losses.
+
+A zero union (two zero-area boxes) gives 0 where torchvision gives NaN; a zero
+enclosing box makes GIoU equal IoU. Boxes are xyxy and a box with x2 < x1 or
+y2 < y1 has area 0.
+"""
+
+import torch
+
+from ._validate import check_boxes, check_choice, check_float, check_same
+
+MODES = ("iou", "giou", "diou", "ciou", "iof")
+LOSS_MODES = ("iou", "giou", "diou", "ciou")
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def box_iou(boxes1, boxes2, mode="iou"):
+    """Pairwise overlap: [N,4] x [M,4] -> [N,M], or [B,N,4] x [B,M,4] -> [B,N,M].
+
+    `mode` is one of iou, giou, diou, ciou, iof (intersection over the area of
+    boxes1). The output is the only N x M allocation; fp16 and bf16 accumulate
+    in fp32.
+    """
+    check_choice(mode, "mode", MODES)
+    check_boxes(boxes1, "boxes1", ranks=(2, 3))
+    check_boxes(boxes2, "boxes2", ranks=(2, 3))
+    if boxes1.dim() != boxes2.dim():
+        raise ValueError(f"boxes1 and boxes2 must have the same rank, got {list(boxes1.shape)} and {list(boxes2.shape)}")
+    if boxes1.dim() == 3 and boxes1.shape[0] != boxes2.shape[0]:
+        raise ValueError(f"boxes1 and boxes2 must have the same batch size, got {boxes1.shape[0]} and {boxes2.shape[0]}")
+    check_same(boxes1, boxes2, "boxes1", "boxes2")
+    return torch.ops.mutualops.box_iou(boxes1, boxes2, mode)
+
+
+def box_iou_aligned(boxes1, boxes2, mode="iou"):
+    """Overlap of matching rows: [..., 4] x [..., 4] -> [...]. Differentiable."""
+    check_choice(mode, "mode", MODES)
+    check_float(boxes1, "boxes1")
+    check_float(boxes2, "boxes2")
+    if boxes1.dim() == 0 or boxes1.shape[-1] != 4:
+        raise ValueError(f"boxes1 must have shape [..., 4], got {list(boxes1.shape)}")
+    if boxes1.shape != boxes2.shape:
+        raise ValueError(f"boxes1 and boxes2 must have the same shape, got {list(boxes1.shape)} and {list(boxes2.shape)}")
+    check_same(boxes1, boxes2, "boxes1", "boxes2")
+    out = torch.ops.mutualops.box_iou_aligned(boxes1.reshape(-1, 4), boxes2.reshape(-1, 4), mode)
+    return out.reshape(boxes1.shape[:-1])
+
+
+def iou_loss(pred, target, mode="giou", reduction="mean", weight=None):
+    """1 - overlap(pred, target) for matching rows, optionally weighted.
+
+    `reduction="mean"` divides the weighted sum by the number of boxes (so
+    weights that average 1, like the mutual box-loss weights, keep the scale).
+    An empty input gives 0 with a gradient path, as in torchvision.
+    """
+    check_choice(mode, "mode", LOSS_MODES)
+    check_choice(reduction, "reduction", REDUCTIONS)
+    loss = 1 - box_iou_aligned(pred, target, mode)
+    if weight is not None:
+        check_float(weight, "weight")
+        if weight.shape != loss.shape:
+            raise ValueError(f"weight must have shape {list(loss.shape)}, got {list(weight.shape)}")
+        check_same(weight, loss, "weight", "pred", dtype=False)
+        loss = loss * weight
+    if reduction == "none":
+        return loss
+    if reduction == "sum" or loss.numel() == 0:
+        return loss.sum()
+    return loss.mean()
+
+
+@torch.library.register_fake("mutualops::box_iou")
+def _box_iou_fake(boxes1, boxes2, mode="iou"):
+    if boxes1.dim() == 2:
+        return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]))
+    return boxes1.new_empty((boxes1.shape[0], boxes1.shape[1], boxes2.shape[1]))
+
+
+@torch.library.register_fake("mutualops::box_iou_aligned")
+def _box_iou_aligned_fake(boxes1, boxes2, mode="iou"):
+    return boxes1.new_empty((boxes1.shape[0],))
+
+
+@torch.library.register_fake("mutualops::box_iou_aligned_backward")
+def _box_iou_aligned_backward_fake(grad, boxes1, boxes2, mode):
+    return torch.empty_like(boxes1), torch.empty_like(boxes2)
+
+
+def _aligned_setup_context(ctx, inputs, output):
+    boxes1, boxes2, mode = inputs
+    ctx.save_for_backward(boxes1, boxes2)
+    ctx.mode = mode
+
+
+def _aligned_backward(ctx, grad):
+    boxes1, boxes2 = ctx.saved_tensors
+    grad1, grad2 = torch.ops.mutualops.box_iou_aligned_backward(grad, boxes1, boxes2, ctx.mode)
+    return grad1, grad2, None
+
+
+torch.library.register_autograd(
+    "mutualops::box_iou_aligned", _aligned_backward, setup_context=_aligned_setup_context
+)

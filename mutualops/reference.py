@@ -1,0 +1,84 @@
+"""Vectorised pure-PyTorch reference implementations of every mutualops op.
+
+These define the expected results (tests compare the kernels with them) and are
+the "plain PyTorch" contestant of the benchmarks. They follow the same
+conventions as the kernels (SPEC 2.1) and make no attempt to save memory.
+"""
+
+import math
+
+import torch
+
+_EPS = 1e-7  # torchvision's eps in the DIoU / CIoU denominators
+
+
+def _math_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _overlap(a, b, mode):
+    """Overlap of broadcastable box tensors a and b ([..., 4] each), in a float type."""
+    wa = (a[..., 2] - a[..., 0]).clamp(min=0)
+    ha = (a[..., 3] - a[..., 1]).clamp(min=0)
+    wb = (b[..., 2] - b[..., 0]).clamp(min=0)
+    hb = (b[..., 3] - b[..., 1]).clamp(min=0)
+    area_a, area_b = wa * ha, wb * hb
+    iw = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
+    ih = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
+    inter = iw * ih
+
+    def safe_div(num, den):
+        pos = den > 0
+        return torch.where(pos, num / torch.where(pos, den, torch.ones_like(den)), torch.zeros_like(num))
+
+    if mode == "iof":
+        return safe_div(inter, area_a)
+    union = area_a + area_b - inter
+    iou = safe_div(inter, union)
+    if mode == "iou":
+        return iou
+    cw = (torch.maximum(a[..., 2], b[..., 2]) - torch.minimum(a[..., 0], b[..., 0])).clamp(min=0)
+    ch = (torch.maximum(a[..., 3], b[..., 3]) - torch.minimum(a[..., 1], b[..., 1])).clamp(min=0)
+    if mode == "giou":
+        enclosing = cw * ch
+        return torch.where(enclosing > 0, iou - safe_div(enclosing - union, enclosing), iou)
+    diag2 = cw * cw + ch * ch + _EPS
+    dx = (a[..., 0] + a[..., 2]) / 2 - (b[..., 0] + b[..., 2]) / 2
+    dy = (a[..., 1] + a[..., 3]) / 2 - (b[..., 1] + b[..., 3]) / 2
+    diou = iou - (dx * dx + dy * dy) / diag2
+    if mode == "diou":
+        return diou
+
+    def angle(w, h):
+        pos = h > 0
+        ratio = w / torch.where(pos, h, torch.ones_like(h))
+        return torch.where(pos, torch.atan(ratio), torch.where(w > 0, math.pi / 2, 0.0).to(w.dtype))
+
+    v = (4 / math.pi**2) * (angle(wa, ha) - angle(wb, hb)) ** 2
+    with torch.no_grad():
+        alpha = v / (1 - iou + v + _EPS)
+    return diou - alpha * v
+
+
+def box_iou(boxes1, boxes2, mode="iou"):
+    """[N,4] x [M,4] -> [N,M] or [B,N,4] x [B,M,4] -> [B,N,M] (materialises N x M temporaries)."""
+    a = boxes1.to(_math_dtype(boxes1)).unsqueeze(-2)
+    b = boxes2.to(_math_dtype(boxes2)).unsqueeze(-3)
+    return _overlap(a, b, mode).to(boxes1.dtype)
+
+
+def box_iou_aligned(boxes1, boxes2, mode="iou"):
+    """[..., 4] x [..., 4] -> [...], differentiable through autograd."""
+    out = _overlap(boxes1.to(_math_dtype(boxes1)), boxes2.to(_math_dtype(boxes2)), mode)
+    return out.to(boxes1.dtype)
+
+
+def iou_loss(pred, target, mode="giou", reduction="mean", weight=None):
+    loss = 1 - box_iou_aligned(pred, target, mode)
+    if weight is not None:
+        loss = loss * weight
+    if reduction == "none":
+        return loss
+    if reduction == "sum" or loss.numel() == 0:
+        return loss.sum()
+    return loss.mean()

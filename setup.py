@@ -1,0 +1,157 @@
+"""Build of mutualops: CPU kernels always, CUDA kernels when torch and a toolkit allow.
+
+MUTUALOPS_WITH_CUDA=auto|0|1 chooses; CUDA_HOME, TORCH_CUDA_ARCH_LIST and MAX_JOBS
+are honoured as in torch.utils.cpp_extension.
+"""
+
+import glob
+import importlib.util
+import os
+import re
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+import torch
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+
+
+def log(msg):
+    print(f"mutualops build: {msg}", file=sys.stderr)
+
+
+def is_cuda_home(path):
+    return bool(path) and os.path.isfile(os.path.join(path, "include", "cuda_runtime.h")) and any(
+        os.path.isfile(os.path.join(path, "bin", exe)) for exe in ("nvcc", "nvcc.exe")
+    )
+
+
+def resolve_nvcc(path, depth=0):
+    """Follows links and wrapper scripts (`exec /real/nvcc "$@"`) to the real nvcc."""
+    path = os.path.realpath(path)
+    if depth > 4:
+        return path
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head.startswith(b"#!"):
+        return path
+    for token in head.decode(errors="replace").replace('"', " ").replace("'", " ").split():
+        if token.startswith("/") and os.path.basename(token) == "nvcc" and os.path.isfile(token):
+            if os.path.realpath(token) != path:
+                return resolve_nvcc(token, depth + 1)
+    return path
+
+
+def find_cuda_home():
+    """The toolkit's real home (with include/ and lib64/), or None."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            home = os.environ[var]
+            if not is_cuda_home(home):
+                raise SystemExit(f"mutualops build: {var}={home} has no bin/nvcc and include/cuda_runtime.h")
+            return home
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        home = os.path.dirname(os.path.dirname(resolve_nvcc(nvcc)))
+        if is_cuda_home(home):
+            return home
+    for home in ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True):
+        if is_cuda_home(home):
+            return home
+    return None
+
+
+def pip_cuda_include_dirs():
+    """Headers that torch's CUDA build needs but the toolkit may lack (cusparse.h & co.),
+    shipped by the pip `nvidia` packages."""
+    spec = importlib.util.find_spec("nvidia")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    major = (torch.version.cuda or "").split(".")[0]
+    dirs = []
+    for base in spec.submodule_search_locations:
+        # New layout: nvidia/cu13/include; old one: nvidia/cusparse/include. Headers of
+        # another CUDA major (nvidia/cu12) must not leak in.
+        for d in glob.glob(os.path.join(base, "*", "include")):
+            name = os.path.basename(os.path.dirname(d))
+            if name == f"cu{major}" or not re.fullmatch(r"cu\d+", name):
+                dirs.append(d)
+    return sorted(set(d for d in dirs if os.path.isdir(d)))
+
+
+def choose_cuda():
+    want = os.environ.get("MUTUALOPS_WITH_CUDA", "auto").strip().lower()
+    if want not in ("auto", "0", "1"):
+        raise SystemExit(f"mutualops build: MUTUALOPS_WITH_CUDA must be auto, 0 or 1, got {want!r}")
+    if want == "0":
+        log("CUDA kernels disabled by MUTUALOPS_WITH_CUDA=0")
+        return None
+    if torch.version.cuda is None:
+        if want == "1":
+            raise SystemExit("mutualops build: MUTUALOPS_WITH_CUDA=1 but torch is a CPU-only build")
+        log("torch is a CPU-only build: CPU kernels only")
+        return None
+    home = find_cuda_home()
+    if home is None:
+        if want == "1":
+            raise SystemExit(
+                "mutualops build: MUTUALOPS_WITH_CUDA=1 but no CUDA toolkit was found "
+                "(set CUDA_HOME to the folder that holds bin/nvcc, include/ and lib64/)"
+            )
+        log("no CUDA toolkit found: CPU kernels only")
+        return None
+    return home
+
+
+CUDA_HOME = choose_cuda()
+if CUDA_HOME:
+    # torch.utils.cpp_extension reads CUDA_HOME once, at import: set it first.
+    os.environ["CUDA_HOME"] = CUDA_HOME
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+        log(f"no GPU visible and no TORCH_CUDA_ARCH_LIST: building for {DEFAULT_ARCH_LIST}")
+    log(f"CUDA kernels on, toolkit at {CUDA_HOME}, arch list {os.environ.get('TORCH_CUDA_ARCH_LIST', 'of the visible GPU')}")
+
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def write_build_info(with_cuda):
+    info = {
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda if with_cuda else None,
+        "with_cuda": with_cuda,
+        "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None,
+    }
+    lines = ['"""Written by setup.py at build time; do not edit."""', ""]
+    lines += [f"{k.upper()} = {v!r}" for k, v in info.items()]
+    with open(os.path.join(ROOT, "mutualops", "_build_info.py"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def extension(with_cuda):
+    rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+    sources = rel("csrc/*.cpp") + rel("csrc/ops/*.cpp") + rel("csrc/cpu/*.cpp")
+    include_dirs = [os.path.join(ROOT, "csrc", "include")]
+    cxx_flags = ["-O3"]
+    kwargs = dict(name="mutualops._C", include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags})
+    if not with_cuda:
+        return CppExtension(sources=sources, **kwargs)
+    extra = pip_cuda_include_dirs()
+    if extra:
+        log("adding pip CUDA headers: " + ", ".join(extra))
+    include_dirs += extra
+    kwargs["extra_compile_args"]["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
+    kwargs["define_macros"] = [("MUTUALOPS_WITH_CUDA", "1")]
+    return CUDAExtension(sources=sources + rel("csrc/cuda/*.cu"), **kwargs)
+
+
+write_build_info(CUDA_HOME is not None)
+
+setup(
+    packages=find_packages(include=["mutualops", "mutualops.*"]),
+    ext_modules=[extension(CUDA_HOME is not None)],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+)
