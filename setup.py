@@ -5,9 +5,7 @@ are honoured as in torch.utils.cpp_extension.
 """
 
 import glob
-import importlib.util
 import os
-import re
 import shutil
 import sys
 
@@ -16,70 +14,15 @@ from setuptools import find_packages, setup
 import torch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, ROOT)
+
+from build_tools.cuda import find_cuda_home, pip_cuda_dirs  # noqa: E402
+
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
 
 
 def log(msg):
     print(f"mutualops build: {msg}", file=sys.stderr)
-
-
-def is_cuda_home(path):
-    return bool(path) and os.path.isfile(os.path.join(path, "include", "cuda_runtime.h")) and any(
-        os.path.isfile(os.path.join(path, "bin", exe)) for exe in ("nvcc", "nvcc.exe")
-    )
-
-
-def resolve_nvcc(path, depth=0):
-    """Follows links and wrapper scripts (`exec /real/nvcc "$@"`) to the real nvcc."""
-    path = os.path.realpath(path)
-    if depth > 4:
-        return path
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    if not head.startswith(b"#!"):
-        return path
-    for token in head.decode(errors="replace").replace('"', " ").replace("'", " ").split():
-        if token.startswith("/") and os.path.basename(token) == "nvcc" and os.path.isfile(token):
-            if os.path.realpath(token) != path:
-                return resolve_nvcc(token, depth + 1)
-    return path
-
-
-def find_cuda_home():
-    """The toolkit's real home (with include/ and lib64/), or None."""
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(var):
-            home = os.environ[var]
-            if not is_cuda_home(home):
-                raise SystemExit(f"mutualops build: {var}={home} has no bin/nvcc and include/cuda_runtime.h")
-            return home
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        home = os.path.dirname(os.path.dirname(resolve_nvcc(nvcc)))
-        if is_cuda_home(home):
-            return home
-    for home in ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True):
-        if is_cuda_home(home):
-            return home
-    return None
-
-
-def pip_cuda_include_dirs():
-    """Headers that torch's CUDA build needs but the toolkit may lack (cusparse.h & co.),
-    shipped by the pip `nvidia` packages."""
-    spec = importlib.util.find_spec("nvidia")
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    major = (torch.version.cuda or "").split(".")[0]
-    dirs = []
-    for base in spec.submodule_search_locations:
-        # New layout: nvidia/cu13/include; old one: nvidia/cusparse/include. Headers of
-        # another CUDA major (nvidia/cu12) must not leak in.
-        for d in glob.glob(os.path.join(base, "*", "include")):
-            name = os.path.basename(os.path.dirname(d))
-            if name == f"cu{major}" or not re.fullmatch(r"cu\d+", name):
-                dirs.append(d)
-    return sorted(set(d for d in dirs if os.path.isdir(d)))
 
 
 def choose_cuda():
@@ -139,7 +82,7 @@ def extension(with_cuda):
     kwargs = dict(name="mutualops._C", include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags})
     if not with_cuda:
         return CppExtension(sources=sources, **kwargs)
-    extra = pip_cuda_include_dirs()
+    extra = pip_cuda_dirs(torch.version.cuda.split(".")[0], "include")
     if extra:
         log("adding pip CUDA headers: " + ", ".join(extra))
     include_dirs += extra
@@ -148,10 +91,21 @@ def extension(with_cuda):
     return CUDAExtension(sources=sources + rel("csrc/cuda/*.cu"), **kwargs)
 
 
+class BuildKeepingObjects(BuildExtension):
+    """Keeps object files in build/ (pip and editable installs otherwise use a fresh
+    temporary folder), so that ninja recompiles only what changed. The folder is
+    keyed by torch version and backend: objects never mix across builds."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        flavour = f"torch{torch.__version__}-{'cuda' if CUDA_HOME else 'cpu'}"
+        self.build_temp = os.path.join(ROOT, "build", f"temp-{flavour}")
+
+
 write_build_info(CUDA_HOME is not None)
 
 setup(
     packages=find_packages(include=["mutualops", "mutualops.*"]),
     ext_modules=[extension(CUDA_HOME is not None)],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+    cmdclass={"build_ext": BuildKeepingObjects.with_options(use_ninja=shutil.which("ninja") is not None)},
 )

@@ -37,8 +37,12 @@ def _overlap(a, b, mode):
     iou = safe_div(inter, union)
     if mode == "iou":
         return iou
-    cw = (torch.maximum(a[..., 2], b[..., 2]) - torch.minimum(a[..., 0], b[..., 0])).clamp(min=0)
-    ch = (torch.maximum(a[..., 3], b[..., 3]) - torch.minimum(a[..., 1], b[..., 1])).clamp(min=0)
+    def enclosing(i, j):  # over all four coordinates, so that flipped boxes lie inside
+        hi = torch.maximum(torch.maximum(a[..., j], b[..., j]), torch.maximum(a[..., i], b[..., i]))
+        lo = torch.minimum(torch.minimum(a[..., i], b[..., i]), torch.minimum(a[..., j], b[..., j]))
+        return (hi - lo).clamp(min=0)
+
+    cw, ch = enclosing(0, 2), enclosing(1, 3)
     if mode == "giou":
         enclosing = cw * ch
         return torch.where(enclosing > 0, iou - safe_div(enclosing - union, enclosing), iou)
@@ -52,7 +56,8 @@ def _overlap(a, b, mode):
     def angle(w, h):
         pos = h > 0
         ratio = w / torch.where(pos, h, torch.ones_like(h))
-        return torch.where(pos, torch.atan(ratio), torch.where(w > 0, math.pi / 2, 0.0).to(w.dtype))
+        flat = torch.where(w > 0, torch.full_like(w, math.pi / 2), torch.zeros_like(w))
+        return torch.where(pos, torch.atan(ratio), flat)
 
     v = (4 / math.pi**2) * (angle(wa, ha) - angle(wb, hb)) ** 2
     with torch.no_grad():

@@ -88,6 +88,14 @@ MUTUALOPS_HD T intersection_area(const Box<T>& a, const Box<T>& b) {
   return w * h;
 }
 
+// Extent along one axis of the smallest box holding both boxes. It spans all
+// four coordinates, not just the outer ones, so that a flipped box (x2 < x1)
+// lies inside too and the DIoU distance term stays within [0, 1].
+template <typename T>
+MUTUALOPS_HD T enclosing_extent(T a1, T a2, T b1, T b2) {
+  return clamp_min0(max2(max2(a2, b2), max2(a1, b1)) - min2(min2(a1, b1), min2(a2, b2)));
+}
+
 MUTUALOPS_HD float atan_of(float x) {
   return atanf(x);
 }
@@ -114,8 +122,8 @@ MUTUALOPS_HD T box_overlap(const Box<T>& a, const Box<T>& b, T area_a, T area_b)
   const T uni = area_a + area_b - inter;
   const T iou = safe_div(inter, uni);
   if (M == IouMode::kIou) return iou;
-  const T cw = clamp_min0(max2(a.x2, b.x2) - min2(a.x1, b.x1));
-  const T ch = clamp_min0(max2(a.y2, b.y2) - min2(a.y1, b.y1));
+  const T cw = enclosing_extent(a.x1, a.x2, b.x1, b.x2);
+  const T ch = enclosing_extent(a.y1, a.y2, b.y1, b.y2);
   if (M == IouMode::kGiou) {
     const T enclosing = cw * ch;
     return enclosing > T(0) ? iou - (enclosing - uni) / enclosing : iou;
@@ -175,6 +183,26 @@ MUTUALOPS_HD void select_backward(bool first, T g, T* g_p, T* g_q) {
   }
 }
 
+// Gradient of enclosing_extent: +g to the largest coordinate, -g to the
+// smallest (ties go to a's far side, then b's, as max2/min2 pick).
+template <typename T>
+MUTUALOPS_HD void enclosing_extent_backward(T a1, T a2, T b1, T b2, T g, T* g_a1, T* g_a2, T* g_b1,
+                                            T* g_b2) {
+  if (g == T(0) || !(enclosing_extent(a1, a2, b1, b2) > T(0))) return;
+  T* g_hi = g_a2;
+  T hi = a2;
+  if (b2 > hi) hi = b2, g_hi = g_b2;
+  if (a1 > hi) hi = a1, g_hi = g_a1;
+  if (b1 > hi) g_hi = g_b1;
+  T* g_lo = g_a1;
+  T lo = a1;
+  if (b1 < lo) lo = b1, g_lo = g_b1;
+  if (a2 < lo) lo = a2, g_lo = g_a2;
+  if (b2 < lo) g_lo = g_b2;
+  *g_hi += g;
+  *g_lo -= g;
+}
+
 // Backward of box_overlap(a, b, mode) for one pair: adds grad * d(overlap)/d(a)
 // to g_a and likewise for b. As in torchvision's CIoU, the trade-off weight
 // alpha is a constant (no gradient through it).
@@ -206,8 +234,8 @@ MUTUALOPS_HD void box_overlap_backward(const Box<T>& a, const Box<T>& b, IouMode
       g_inter = grad / uni;
       g_uni = -grad * inter / (uni * uni);
     }
-    const T cw = clamp_min0(max2(a.x2, b.x2) - min2(a.x1, b.x1));
-    const T ch = clamp_min0(max2(a.y2, b.y2) - min2(a.y1, b.y1));
+    const T cw = enclosing_extent(a.x1, a.x2, b.x1, b.x2);
+    const T ch = enclosing_extent(a.y1, a.y2, b.y1, b.y2);
     if (mode == IouMode::kGiou) {
       // giou = iou - 1 + uni / enclosing
       const T enclosing = cw * ch;
@@ -257,15 +285,8 @@ MUTUALOPS_HD void box_overlap_backward(const Box<T>& a, const Box<T>& b, IouMode
     g_area_b += g_uni;
   }
 
-  // Enclosing box extents: max(a.x2, b.x2) - min(a.x1, b.x1), clamped.
-  if (g_cw != T(0) && max2(a.x2, b.x2) - min2(a.x1, b.x1) > T(0)) {
-    select_backward(a.x2 >= b.x2, g_cw, &g_a->x2, &g_b->x2);
-    select_backward(a.x1 <= b.x1, -g_cw, &g_a->x1, &g_b->x1);
-  }
-  if (g_ch != T(0) && max2(a.y2, b.y2) - min2(a.y1, b.y1) > T(0)) {
-    select_backward(a.y2 >= b.y2, g_ch, &g_a->y2, &g_b->y2);
-    select_backward(a.y1 <= b.y1, -g_ch, &g_a->y1, &g_b->y1);
-  }
+  enclosing_extent_backward(a.x1, a.x2, b.x1, b.x2, g_cw, &g_a->x1, &g_a->x2, &g_b->x1, &g_b->x2);
+  enclosing_extent_backward(a.y1, a.y2, b.y1, b.y2, g_ch, &g_a->y1, &g_a->y2, &g_b->y1, &g_b->y2);
   // Intersection extents: min(a.x2, b.x2) - max(a.x1, b.x1), clamped.
   const T g_iw = g_inter * ih, g_ih = g_inter * iw;
   if (ix2 - ix1 > T(0)) {

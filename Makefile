@@ -1,0 +1,54 @@
+# Set-up and checks. `make demo` and `make test` work on a fresh machine: they
+# create .venv, install the pinned dependencies, build mutualops and run.
+# Both are idempotent: stamps under .stamps/ skip what is already done.
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMPS := .stamps
+NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh') \
+                  setup.py pyproject.toml build_tools/cuda.py
+# The GPU machine brings its own python3 and torch and has no package registry.
+GPU_PY ?= python3
+GPU_REPORT ?= $(if $(OUT),$(OUT),gpu-report)
+
+.PHONY: demo test cpp-test bench gpu-check clean
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMPS)/deps: requirements.txt | $(VPY)
+	$(VPY) -m pip install -q -r requirements.txt
+	@mkdir -p $(STAMPS) && touch $@
+
+# Editable install: Python changes need no rebuild; C++/CUDA changes redo this.
+$(STAMPS)/build: $(STAMPS)/deps $(NATIVE_SOURCES)
+	$(VPY) -m pip install -q --no-build-isolation --no-deps -e .
+	@touch $@
+
+demo: $(STAMPS)/build
+	$(VPY) benchmarks/bench_iou.py
+
+# The C++ build of the same sources (CMake + find_package(Torch)) and ctest.
+cpp-test: $(STAMPS)/deps
+	@mkdir -p build
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cmake -S . -B build/cmake -G Ninja -DPython3_EXECUTABLE="$(CURDIR)/$(VPY)" \
+	  -DCMAKE_PREFIX_PATH="$$($(VPY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" > build/cmake.log 2>&1 \
+	  || (cat build/cmake.log; exit 1)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cmake --build build/cmake
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ctest --test-dir build/cmake --output-on-failure
+
+test: $(STAMPS)/build cpp-test
+	$(VPY) -m pytest -q tests
+
+bench: $(STAMPS)/build
+	for b in benchmarks/bench_*.py; do $(VPY) $$b || exit 1; done
+
+# On a machine with a GPU (see README): build against that machine's python3 and
+# torch, run every test on CUDA, the benchmarks with --device cuda and
+# compute-sanitizer over the CUDA tests; everything lands in $(GPU_REPORT).
+gpu-check:
+	GPU_PY="$(GPU_PY)" GPU_REPORT="$(GPU_REPORT)" bash benchmarks/gpu_check.sh
+
+clean:
+	rm -rf build $(STAMPS) mutualops/_C*.so mutualops/_build_info.py *.egg-info

@@ -1,0 +1,277 @@
+import pytest
+import torch
+import torchvision.ops as tvo
+
+import mutualops
+from helpers import DEVICES, FLOAT_DTYPES, random_boxes
+from mutualops import reference
+
+MODES = ["iou", "giou", "diou", "ciou", "iof"]
+TORCHVISION = {
+    "iou": tvo.box_iou,
+    "giou": tvo.generalized_box_iou,
+    "diou": tvo.distance_box_iou,
+    "ciou": tvo.complete_box_iou,
+}
+TORCHVISION_LOSS = {
+    "giou": tvo.generalized_box_iou_loss,
+    "diou": tvo.distance_box_iou_loss,
+    "ciou": tvo.complete_box_iou_loss,
+}
+# Tolerance against the float64 reference, by input dtype.
+TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def adversarial_boxes(dtype=torch.float64):
+    """Identical, touching, nested, degenerate, zero-area, flipped and huge boxes
+    (huge means up to 1e5, or the largest finite value of dtype when smaller)."""
+    rows = [
+        [0, 0, 10, 10],
+        [0, 0, 10, 10],  # identical to the previous
+        [10, 0, 20, 10],  # touching the first on an edge
+        [10, 10, 20, 20],  # touching on a corner
+        [2, 2, 5, 5],  # nested in the first
+        [3, 3, 3, 8],  # zero width
+        [4, 4, 4, 4],  # a point
+        [4, 4, 4, 4],  # the same point
+        [8, 8, 2, 2],  # flipped: area 0 by convention
+        [0, 0, 1e5, 1e5],  # huge
+        [99990, 99990, 1e5, 1e5],  # small, far away
+        [-50, -50, -10, -20],  # negative coordinates
+    ]
+    boxes = torch.tensor(rows, dtype=torch.float64)
+    return boxes.clamp(max=torch.finfo(dtype).max).to(dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+def test_pairwise_matches_reference(device, dtype, mode, gen):
+    a = torch.cat([random_boxes(70, generator=gen, dtype=dtype), adversarial_boxes(dtype)])
+    b = torch.cat([random_boxes(50, generator=gen, dtype=dtype), adversarial_boxes(dtype)])
+    out = mutualops.box_iou(a.to(device), b.to(device), mode)
+    assert out.dtype == dtype and out.shape == (len(a), len(b))
+    expected = reference.box_iou(a.double(), b.double(), mode)
+    torch.testing.assert_close(out.cpu().double(), expected, rtol=TOL[dtype], atol=TOL[dtype])
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["iou", "giou", "diou", "ciou"])
+def test_pairwise_matches_torchvision(device, mode, gen):
+    a = random_boxes(300, generator=gen)
+    b = random_boxes(200, generator=gen)
+    out = mutualops.box_iou(a.to(device), b.to(device), mode).cpu()
+    expected = TORCHVISION[mode](a, b)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    if mode != "ciou" and device == "cpu":
+        # Same operations in the same order: bit-identical (CIoU uses atan, whose
+        # vectorised torch version differs from libm in the last bit).
+        assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_adversarial_against_torchvision(device):
+    boxes = adversarial_boxes().float()
+    out = mutualops.box_iou(boxes.to(device), boxes.to(device)).cpu()
+    expected = tvo.box_iou(boxes, boxes)
+    valid = torch.isfinite(expected)
+    valid &= (boxes[:, 2] >= boxes[:, 0])[:, None] & (boxes[:, 2] >= boxes[:, 0])[None, :]
+    torch.testing.assert_close(out[valid], expected[valid], rtol=0, atol=1e-6)
+    # torchvision gives NaN where two zero-area boxes meet (zero union); we give 0.
+    assert torch.isnan(expected[6, 7]) and out[6, 7] == 0
+    assert out[0, 1] == 1 and out[0, 2] == 0 and out[0, 3] == 0 and out[8, 8] == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+def test_batched_equals_stacked_pairwise(device, mode, gen):
+    a = random_boxes(40, batch=3, generator=gen).to(device)
+    b = random_boxes(30, batch=3, generator=gen).to(device)
+    out = mutualops.box_iou(a, b, mode)
+    assert out.shape == (3, 40, 30)
+    for k in range(3):
+        torch.testing.assert_close(out[k], mutualops.box_iou(a[k], b[k], mode), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+def test_non_contiguous_inputs(device, mode, gen):
+    base = random_boxes(120, generator=gen).to(device)
+    a = base[::2]  # strided rows
+    b = base.t().contiguous().t()[1::3]  # column-major storage
+    assert not a.is_contiguous() and not b.is_contiguous()
+    expected = mutualops.box_iou(a.contiguous(), b.contiguous(), mode)
+    torch.testing.assert_close(mutualops.box_iou(a, b, mode), expected, rtol=0, atol=0)
+    torch.testing.assert_close(mutualops.box_iou_aligned(a[:40], b[:40], mode),
+                               mutualops.box_iou_aligned(a[:40].contiguous(), b[:40].contiguous(), mode))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_inputs(device):
+    e = torch.zeros(0, 4, device=device)
+    x = random_boxes(5, device=device)
+    assert mutualops.box_iou(e, x).shape == (0, 5)
+    assert mutualops.box_iou(x, e).shape == (5, 0)
+    assert mutualops.box_iou(torch.zeros(2, 0, 4, device=device), torch.zeros(2, 3, 4, device=device)).shape == (2, 0, 3)
+    assert mutualops.box_iou(torch.zeros(0, 3, 4, device=device), torch.zeros(0, 2, 4, device=device)).shape == (0, 3, 2)
+    assert mutualops.box_iou_aligned(e, e).shape == (0,)
+    loss = mutualops.iou_loss(e.requires_grad_(), e)
+    assert loss.item() == 0
+    loss.backward()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+def test_aligned_matches_reference(device, dtype, mode, gen):
+    a = torch.cat([random_boxes(100, generator=gen, dtype=dtype), adversarial_boxes(dtype)])
+    b = torch.cat([random_boxes(100, generator=gen, dtype=dtype), adversarial_boxes(dtype).flip(0)])
+    out = mutualops.box_iou_aligned(a.to(device), b.to(device), mode)
+    expected = reference.box_iou_aligned(a.double(), b.double(), mode)
+    torch.testing.assert_close(out.cpu().double(), expected, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_aligned_keeps_leading_dims(device, gen):
+    a = random_boxes(12, batch=2, generator=gen).to(device)
+    b = random_boxes(12, batch=2, generator=gen).to(device)
+    out = mutualops.box_iou_aligned(a, b, "giou")
+    assert out.shape == (2, 12)
+    torch.testing.assert_close(out[1], torch.diagonal(mutualops.box_iou(a[1], b[1], "giou")))
+
+
+# CIoU's gradient treats alpha as a constant (as torchvision does), so it is not
+# the finite-difference derivative: it is checked against the reference's
+# autograd below and against alpha-frozen differences in tests/cpp.
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["iou", "giou", "diou", "iof"])
+def test_gradcheck(device, mode, gen):
+    a = random_boxes(16, generator=gen, dtype=torch.float64).to(device)
+    # Overlapping partners so that every term of the formula has a gradient.
+    b = (a + torch.randn(16, 4, generator=gen, dtype=torch.float64).to(device) * 5).detach()
+    a.requires_grad_()
+    b.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, y: mutualops.box_iou_aligned(x, y, mode), (a, b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+def test_gradient_matches_reference_autograd(device, mode, gen):
+    a0 = random_boxes(200, generator=gen, dtype=torch.float64).to(device)
+    b0 = a0 + torch.randn(200, 4, generator=gen, dtype=torch.float64).to(device) * 10
+    w = torch.rand(200, generator=gen, dtype=torch.float64).to(device)
+    grads = []
+    for fn in (mutualops.box_iou_aligned, reference.box_iou_aligned):
+        a, b = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+        (fn(a, b, mode) * w).sum().backward()
+        grads.append((a.grad, b.grad))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["giou", "diou", "ciou"])
+def test_losses_match_torchvision(device, mode, gen):
+    a = random_boxes(500, generator=gen)
+    b = (a + torch.randn(500, 4, generator=gen) * 8).clamp(min=0)
+    b[:, 2:] = torch.maximum(b[:, 2:], b[:, :2] + 1)
+    for reduction in ("none", "mean", "sum"):
+        out = mutualops.iou_loss(a.to(device), b.to(device), mode, reduction).cpu()
+        expected = TORCHVISION_LOSS[mode](a, b, reduction=reduction)
+        # torchvision adds eps=1e-7 to the IoU denominator; the boxes here are large
+        # enough for that to stay below 1e-6 (relative for the sum).
+        torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    pa, pb = a.to(device).clone().requires_grad_(), a.clone().requires_grad_()
+    mutualops.iou_loss(pa, b.to(device), mode).backward()
+    TORCHVISION_LOSS[mode](pb, b, reduction="mean").backward()
+    torch.testing.assert_close(pa.grad.cpu(), pb.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_weighted_loss(gen):
+    a = random_boxes(30, generator=gen)
+    b = random_boxes(30, generator=gen)
+    w = torch.rand(30, generator=gen)
+    plain = mutualops.iou_loss(a, b, "giou", "none")
+    torch.testing.assert_close(mutualops.iou_loss(a, b, "giou", "mean", weight=w), (plain * w).mean())
+    torch.testing.assert_close(mutualops.iou_loss(a, b, "giou", "sum", weight=w), (plain * w).sum())
+    torch.testing.assert_close(mutualops.iou_loss(a, b, "giou", "mean", weight=w),
+                               reference.iou_loss(a, b, "giou", "mean", weight=w))
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda x: mutualops.box_iou(x[:, :3], x), ValueError, "boxes1"),
+        (lambda x: mutualops.box_iou(x, x[None]), ValueError, "rank"),
+        (lambda x: mutualops.box_iou(x, x[0]), ValueError, "boxes2"),
+        (lambda x: mutualops.box_iou(x[None].expand(2, -1, -1), x[None]), ValueError, "batch"),
+        (lambda x: mutualops.box_iou(x.long(), x), TypeError, "boxes1"),
+        (lambda x: mutualops.box_iou(x, x.int()), TypeError, "boxes2"),
+        (lambda x: mutualops.box_iou(x, x.double()), TypeError, "dtype"),
+        (lambda x: mutualops.box_iou(x, x.to("meta")), ValueError, "device"),
+        (lambda x: mutualops.box_iou(x, x, "dice"), ValueError, "mode"),
+        (lambda x: mutualops.box_iou(x.tolist(), x), TypeError, "boxes1"),
+        (lambda x: mutualops.box_iou_aligned(x, x[:3]), ValueError, "same shape"),
+        (lambda x: mutualops.iou_loss(x, x, "iof"), ValueError, "mode"),
+        (lambda x: mutualops.iou_loss(x, x, reduction="avg"), ValueError, "reduction"),
+        (lambda x: mutualops.iou_loss(x, x, weight=torch.ones(3)), ValueError, "weight"),
+    ],
+)
+def test_bad_input_names_the_argument(call, error, match):
+    with pytest.raises(error, match=match):
+        call(random_boxes(5))
+
+
+def test_kernel_checks_direct_calls():
+    # Calls that bypass the Python wrapper still get an error, not a crash.
+    x = random_boxes(5)
+    with pytest.raises(RuntimeError, match="4 coordinates"):
+        torch.ops.mutualops.box_iou(x[:, :3], x, "iou")
+    with pytest.raises(RuntimeError, match="mode"):
+        torch.ops.mutualops.box_iou(x, x, "dice")
+    with pytest.raises(RuntimeError, match="floating-point"):
+        torch.ops.mutualops.box_iou(x.long(), x.long(), "iou")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device, gen):
+    a = random_boxes(9, generator=gen).to(device)
+    b = random_boxes(7, generator=gen).to(device)
+    for mode in MODES:
+        torch.library.opcheck(torch.ops.mutualops.box_iou.default, (a, b, mode))
+        torch.library.opcheck(torch.ops.mutualops.box_iou.default, (a[None], b[None], mode))
+        torch.library.opcheck(torch.ops.mutualops.box_iou_aligned.default,
+                              (a.double().requires_grad_(), a.double().flip(0).requires_grad_(), mode))
+        torch.library.opcheck(torch.ops.mutualops.box_iou_aligned_backward.default,
+                              (torch.ones(9, device=device), a, a.flip(0), mode))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(device, gen):
+    torch._dynamo.reset()
+
+    def fn(a, b):
+        return mutualops.box_iou(a, b, "giou").amax(dim=1) + mutualops.iou_loss(a[:5], b[:5], "ciou")
+
+    a = random_boxes(20, generator=gen).to(device)
+    b = random_boxes(10, generator=gen).to(device)
+    compiled = torch.compile(fn, fullgraph=True, dynamic=True)
+    torch.testing.assert_close(compiled(a, b), fn(a, b))
+    torch.testing.assert_close(compiled(a[:13], b[:7]), fn(a[:13], b[:7]))
+
+
+def test_build_info():
+    info = mutualops.build_info()
+    assert info["torch_runtime"] == torch.__version__
+    assert info["torch_built"].split("+")[0] == torch.__version__.split("+")[0]
+    assert "cpu" in info["backends"]
+    if info["cuda_built"] is not None:
+        assert "cuda" in info["backends"] and info["cuda_arch_list"]
+
+
+def test_mismatched_torch_gives_clear_error(monkeypatch):
+    from mutualops import _build_info, _extension
+
+    monkeypatch.setattr(_build_info, "TORCH_VERSION", "1.0.0")
+    with pytest.raises(ImportError, match="built against torch 1.0.0"):
+        _extension.load()
