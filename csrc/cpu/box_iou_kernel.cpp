@@ -18,14 +18,15 @@ template <typename scalar_t, IouMode M>
 void pairwise_rows(const scalar_t* boxes1, const scalar_t* boxes2, scalar_t* out, int64_t batch,
                    int64_t n, int64_t m) {
   using acc_t = at::opmath_type<scalar_t>;
-  // boxes2 as five planes (x1, y1, x2, y2, area) in the math type: O(B*M)
+  // boxes2 as six planes (x1, y1, x2, y2, area, angle) in the math type: O(B*M)
   // scratch that lets the inner loop load contiguous lanes and vectorize.
-  at::Tensor planes = at::empty({5, batch * m}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  at::Tensor planes = at::empty({6, batch * m}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
   acc_t* px1 = planes.data_ptr<acc_t>();
   acc_t* py1 = px1 + batch * m;
   acc_t* px2 = py1 + batch * m;
   acc_t* py2 = px2 + batch * m;
   acc_t* parea = py2 + batch * m;
+  acc_t* pangle = parea + batch * m;
   at::parallel_for(0, batch * m, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const Box<acc_t> b = load_box<acc_t>(boxes2 + 4 * k);
@@ -33,19 +34,22 @@ void pairwise_rows(const scalar_t* boxes1, const scalar_t* boxes2, scalar_t* out
       py1[k] = b.y1;
       px2[k] = b.x2;
       py2[k] = b.y2;
-      parea[k] = box_area(b);
+      const BoxShape<acc_t> shape = box_shape<M>(b);
+      parea[k] = shape.area;
+      pangle[k] = shape.angle;
     }
   });
   at::parallel_for(0, batch * n, row_grain(m), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / n;
       const Box<acc_t> a = load_box<acc_t>(boxes1 + 4 * r);
-      const acc_t area_a = box_area(a);
+      const BoxShape<acc_t> sa = box_shape<M>(a);
       const int64_t base = b * m;
       scalar_t* row = out + pair_offset(b, r - b * n, 0, n, m);
       for (int64_t j = 0; j < m; ++j) {
         const Box<acc_t> bj{px1[base + j], py1[base + j], px2[base + j], py2[base + j]};
-        row[j] = static_cast<scalar_t>(box_overlap<M>(a, bj, area_a, parea[base + j]));
+        const BoxShape<acc_t> sb{parea[base + j], pangle[base + j]};
+        row[j] = static_cast<scalar_t>(box_overlap<M>(a, bj, sa, sb));
       }
     }
   });

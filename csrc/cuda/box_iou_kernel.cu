@@ -23,7 +23,7 @@ __global__ void pairwise_kernel(const scalar_t* __restrict__ boxes1,
     const Box<acc_t> a = load_box<acc_t>(boxes1 + 4 * row);
     const Box<acc_t> c = load_box<acc_t>(boxes2 + 4 * (b * m + col));
     out[pair_offset(b, row - b * n, col, n, m)] =
-        static_cast<scalar_t>(box_overlap<M>(a, c, box_area(a), box_area(c)));
+        static_cast<scalar_t>(box_overlap<M>(a, c));
   }
 }
 

@@ -112,14 +112,27 @@ MUTUALOPS_HD T aspect_angle(T w, T h) {
   return w > T(0) ? T(1.5707963267948966) : T(0);
 }
 
-// Overlap of a and b for one mode, given both areas (the pairwise kernels
-// precompute them once per box). The mode is a template parameter so that a
+// What the overlap formulas need of one box besides its corners: its area and,
+// for CIoU, its aspect angle. Pairwise kernels compute it once per box rather
+// than once per pair (the angle costs an atan).
+template <typename T>
+struct BoxShape {
+  T area;
+  T angle;
+};
+
+template <IouMode M, typename T>
+MUTUALOPS_HD BoxShape<T> box_shape(const Box<T>& b) {
+  return BoxShape<T>{box_area(b), M == IouMode::kCiou ? aspect_angle(box_width(b), box_height(b)) : T(0)};
+}
+
+// Overlap of a and b for one mode. The mode is a template parameter so that a
 // kernel's inner loop carries no switch.
 template <IouMode M, typename T>
-MUTUALOPS_HD T box_overlap(const Box<T>& a, const Box<T>& b, T area_a, T area_b) {
+MUTUALOPS_HD T box_overlap(const Box<T>& a, const Box<T>& b, const BoxShape<T>& sa, const BoxShape<T>& sb) {
   const T inter = intersection_area(a, b);
-  if (M == IouMode::kIof) return safe_div(inter, area_a);
-  const T uni = area_a + area_b - inter;
+  if (M == IouMode::kIof) return safe_div(inter, sa.area);
+  const T uni = sa.area + sb.area - inter;
   const T iou = safe_div(inter, uni);
   if (M == IouMode::kIou) return iou;
   const T cw = enclosing_extent(a.x1, a.x2, b.x1, b.x2);
@@ -133,34 +146,37 @@ MUTUALOPS_HD T box_overlap(const Box<T>& a, const Box<T>& b, T area_a, T area_b)
   const T dy = (a.y1 + a.y2) / T(2) - (b.y1 + b.y2) / T(2);
   const T diou = iou - (dx * dx + dy * dy) / diag2;
   if (M == IouMode::kDiou) return diou;
-  const T dt = aspect_angle(box_width(a), box_height(a)) - aspect_angle(box_width(b), box_height(b));
+  const T dt = sa.angle - sb.angle;
   const T v = T(0.40528473456935109) * dt * dt;  // 4 / pi^2
   const T alpha = v / (T(1) - iou + v + distance_eps<T>());
   return diou - alpha * v;
 }
 
+template <IouMode M, typename T>
+MUTUALOPS_HD T box_overlap(const Box<T>& a, const Box<T>& b) {
+  return box_overlap<M>(a, b, box_shape<M>(a), box_shape<M>(b));
+}
+
 template <typename T>
 MUTUALOPS_HD T box_overlap(const Box<T>& a, const Box<T>& b, IouMode mode) {
-  const T area_a = box_area(a);
-  const T area_b = box_area(b);
   switch (mode) {
     case IouMode::kGiou:
-      return box_overlap<IouMode::kGiou>(a, b, area_a, area_b);
+      return box_overlap<IouMode::kGiou>(a, b);
     case IouMode::kDiou:
-      return box_overlap<IouMode::kDiou>(a, b, area_a, area_b);
+      return box_overlap<IouMode::kDiou>(a, b);
     case IouMode::kCiou:
-      return box_overlap<IouMode::kCiou>(a, b, area_a, area_b);
+      return box_overlap<IouMode::kCiou>(a, b);
     case IouMode::kIof:
-      return box_overlap<IouMode::kIof>(a, b, area_a, area_b);
+      return box_overlap<IouMode::kIof>(a, b);
     default:
-      return box_overlap<IouMode::kIou>(a, b, area_a, area_b);
+      return box_overlap<IouMode::kIou>(a, b);
   }
 }
 
 // Plain IoU, the quantity NMS and assignment threshold on.
 template <typename T>
 MUTUALOPS_HD T box_iou(const Box<T>& a, const Box<T>& b) {
-  return box_overlap<IouMode::kIou>(a, b, box_area(a), box_area(b));
+  return box_overlap<IouMode::kIou>(a, b);
 }
 
 // Gradient of one clamped extent max(hi - lo, 0) into its two coordinates.

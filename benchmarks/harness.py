@@ -1,0 +1,165 @@
+"""What every benchmark shares: timing, peak extra memory, the table and the JSON.
+
+Timing is the median of repeated runs after warm-up; on CUDA, events bracket
+each run. Peak extra memory is the high-water mark of bytes allocated during
+one call above what was allocated before it (its output included): on CUDA
+from the caching allocator's statistics, on the CPU from the profiler's
+allocation events (torch tensors) plus tracemalloc (NumPy and SciPy buffers).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+import tracemalloc
+
+import torch
+
+
+def parse_args(description, extra=None):
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per contestant")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--json", default=None, help="where to save the results (default benchmarks/out/)")
+    parser.add_argument("--quick", action="store_true", help="smaller cases, fewer repeats (smoke test)")
+    if extra:
+        extra(parser)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a CUDA device")
+    return args
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(fn, device, repeats, warmup=2):
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _cpu_torch_peak(fn):
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+        out = fn()
+        del out
+    events = [
+        e for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    ]
+    current = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def peak_extra_bytes(fn, device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        del out
+        return peak
+    tracemalloc.start()
+    try:
+        torch_peak = _cpu_torch_peak(fn)
+        _, numpy_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return torch_peak + numpy_peak
+
+
+def measure(fn, device, repeats):
+    return {"ms": median_ms(fn, device, repeats), "peak_bytes": peak_extra_bytes(fn, device)}
+
+
+def machine(device):
+    info = {
+        "date": datetime.date.today().isoformat(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def mb(nbytes):
+    return nbytes / 2**20
+
+
+def print_table(title, rows):
+    """rows: dicts with case, peer, peer_ms, ours_ms, peer_peak_bytes, ours_peak_bytes (and
+    optional target); speed-up and memory ratio are derived."""
+    header = ["case", "peer", "peer ms", "ours ms", "speed-up", "peer MiB", "ours MiB", "memory", "target"]
+    lines = []
+    for r in rows:
+        lines.append([
+            r["case"], r["peer"], f"{r['peer_ms']:.2f}", f"{r['ours_ms']:.2f}",
+            f"{r['peer_ms'] / r['ours_ms']:.1f}x",
+            f"{mb(r['peer_peak_bytes']):.1f}", f"{mb(r['ours_peak_bytes']):.1f}",
+            f"{r['ours_peak_bytes'] / max(r['peer_peak_bytes'], 1):.2f}x",
+            r.get("target", ""),
+        ])
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    fmt = " | ".join("{:<%d}" % w for w in widths)
+    print(f"\n{title}")
+    print(fmt.format(*header))
+    print("-+-".join("-" * w for w in widths))
+    for line in lines:
+        print(fmt.format(*line))
+
+
+def save_json(name, args, rows, extra=None):
+    path = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", f"{name}-{args.device}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    payload = {"benchmark": name, "machine": machine(args.device), "rows": rows}
+    if extra:
+        payload.update(extra)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+    print(f"\nsaved {path}")
+    return path
+
+
+def row(case, peer, peer_result, ours_result, target=""):
+    return {
+        "case": case,
+        "peer": peer,
+        "peer_ms": peer_result["ms"],
+        "ours_ms": ours_result["ms"],
+        "peer_peak_bytes": peer_result["peak_bytes"],
+        "ours_peak_bytes": ours_result["peak_bytes"],
+        "speedup": peer_result["ms"] / ours_result["ms"],
+        "target": target,
+    }
