@@ -8,6 +8,8 @@ _BUILD = _extension.load()
 
 from . import reference  # noqa: E402
 from .box_iou import box_iou, box_iou_aligned, iou_loss  # noqa: E402
+from .ranking import rank, spearman  # noqa: E402
+from . import metrics  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -24,4 +26,4 @@ def build_info():
     }
 
 
-__all__ = ["box_iou", "box_iou_aligned", "iou_loss", "build_info", "reference"]
+__all__ = ["box_iou", "box_iou_aligned", "iou_loss", "rank", "spearman", "metrics", "build_info", "reference"]

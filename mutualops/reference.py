@@ -87,3 +87,66 @@ def iou_loss(pred, target, mode="giou", reduction="mean", weight=None):
     if reduction == "sum" or loss.numel() == 0:
         return loss.sum()
     return loss.mean()
+
+
+def _sorted_runs(x, groups):
+    """Sorts x within groups (stable) and locates groups and runs of equal values.
+
+    Returns perm (sorted position -> element), the sorted group ids, and, per
+    sorted position, its group's first position, its run's first and one-past-
+    last positions, and the number of runs of its group before it.
+    """
+    n = x.shape[0]
+    pos = torch.arange(n, device=x.device)
+    perm_v = torch.sort(x, stable=True).indices
+    perm = perm_v[torch.sort(groups[perm_v], stable=True).indices]
+    g, v = groups[perm], x[perm]
+    new_group = torch.ones(n, dtype=torch.bool, device=x.device)
+    new_group[1:] = g[1:] != g[:-1]
+    new_run = new_group.clone()
+    new_run[1:] |= v[1:] != v[:-1]
+    last = torch.ones_like(new_run)
+    last[:-1] = new_run[1:]
+    group_begin = torch.where(new_group, pos, -1).cummax(0).values
+    run_begin = torch.where(new_run, pos, -1).cummax(0).values
+    run_end = torch.where(last, pos + 1, n).flip(0).cummin(0).values.flip(0)
+    runs = new_run.long().cumsum(0)
+    return perm, g, pos - group_begin, run_begin - group_begin, run_end - group_begin, runs - runs[group_begin]
+
+
+def rank(x, groups=None, ties="average"):
+    """scipy.stats.rankdata per group, float64, NaN for groups holding a NaN."""
+    x = x.double()
+    groups = torch.zeros_like(x, dtype=torch.long) if groups is None else groups.long()
+    out = torch.empty_like(x)
+    if x.numel() == 0:
+        return out
+    perm, g, pos, run_begin, run_end, dense = _sorted_runs(x, groups)
+    ranks = {
+        "average": (run_begin + 1 + run_end).double() / 2,
+        "min": (run_begin + 1).double(),
+        "max": run_end.double(),
+        "dense": (dense + 1).double(),
+        "ordinal": (pos + 1).double(),
+    }[ties]
+    has_nan = torch.zeros(int(groups.max()) + 1, dtype=torch.long, device=x.device)
+    has_nan.index_add_(0, groups, x.isnan().long())
+    out[perm] = torch.where(has_nan[g] > 0, torch.full_like(ranks, math.nan), ranks)
+    return out
+
+
+def spearman(x, y, groups=None, num_groups=None):
+    """scipy.stats.spearmanr per group: float64 [num_groups], NaN where undefined."""
+    if num_groups is None:
+        num_groups = 1 if groups is None else (int(groups.max()) + 1 if groups.numel() else 0)
+    groups = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if groups is None else groups.long()
+    rx, ry = rank(x, groups), rank(y, groups)
+    sizes = torch.zeros(num_groups, dtype=torch.long, device=x.device).index_add_(0, groups, torch.ones_like(groups))
+    cx = rx - (sizes[groups] + 1).double() / 2
+    cy = ry - (sizes[groups] + 1).double() / 2
+    sums = torch.zeros(3, num_groups, dtype=torch.float64, device=x.device)
+    for k, term in enumerate((cx * cy, cx * cx, cy * cy)):
+        sums[k].index_add_(0, groups, term)
+    rho = (sums[0] / torch.sqrt(sums[1] * sums[2])).clamp(-1, 1)
+    defined = (sizes >= 2) & (sums[1] > 0) & (sums[2] > 0)
+    return torch.where(defined, rho, torch.full_like(rho, math.nan))

@@ -1,0 +1,11 @@
+// Schemas of the ranking family (SPEC 2.4). Kernels live in cpu/ and cuda/.
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(mutualops, m) {
+  // Ranks of x within each group (a group id per element; None: one group),
+  // 1-based, float64. ties: average, min, max, dense, ordinal.
+  m.def("rank(Tensor x, Tensor? groups, str ties=\"average\") -> Tensor");
+  // Spearman's rho per group, float64 [num_groups]; num_groups None means
+  // max(groups) + 1 (a data-dependent size).
+  m.def("spearman(Tensor x, Tensor y, Tensor? groups, int? num_groups=None) -> Tensor");
+}

@@ -1,0 +1,118 @@
+"""The localization-classification divergence metric (SPEC section 1).
+
+For each ground-truth object j with at least `min_size` predictions assigned to
+it, rho_j is Spearman's rank correlation between those predictions' scores and
+their IoUs with the object. Harmony aggregates rho_j over objects (NaN-skipping);
+divergence = 1 - harmony. Report `num_objects` beside every figure.
+
+Which predictions belong to an object is the caller's choice, through
+`gt_index` (one object id per prediction, -1 for none):
+
+- `gt_index_from_assignment`: the training assigner's positives (the default
+  of SPEC);
+- `gt_index_from_iou`: for evaluation, every pre-NMS prediction whose best IoU
+  (>= a threshold, 0.5 by default) is with that object.
+
+Example::
+
+    gt_index = mutualops.metrics.gt_index_from_iou(pred_boxes, gt_boxes)
+    ious = mutualops.box_iou_aligned(pred_boxes, gt_boxes[gt_index.clamp(min=0)])
+    h = mutualops.metrics.harmony(scores, ious, gt_index)
+    print(f"harmony {h.harmony:.3f} over {h.num_objects} objects")
+"""
+
+from typing import NamedTuple
+
+import torch
+
+from ._validate import check_boxes, check_choice, check_float, check_tensor
+from .box_iou import box_iou
+from .ranking import spearman
+
+AGGREGATES = ("mean", "count_weighted")
+
+
+class Harmony(NamedTuple):
+    harmony: float  # NaN when no object qualifies
+    divergence: float  # 1 - harmony
+    num_objects: int  # objects whose rho entered the aggregate
+    per_object: torch.Tensor  # float64 [num object ids], NaN where skipped
+    counts: torch.Tensor  # int64 [num object ids], predictions per object
+
+
+def harmony(scores, ious, gt_index, min_size=2, aggregate="mean"):
+    """Harmony of classification scores and localization IoUs, per object and overall.
+
+    scores, ious: [P] floats; gt_index: [P] integer object ids, negative for
+    predictions that belong to no object. `aggregate` is "mean" (each object
+    counts once, SPEC's default) or "count_weighted" (objects weigh by their
+    number of predictions).
+    """
+    check_float(scores, "scores")
+    check_float(ious, "ious")
+    check_tensor(gt_index, "gt_index")
+    if scores.dim() != 1 or ious.shape != scores.shape or gt_index.shape != scores.shape:
+        raise ValueError(
+            f"scores, ious and gt_index must be 1-D of one length, got {list(scores.shape)}, "
+            f"{list(ious.shape)} and {list(gt_index.shape)}"
+        )
+    if gt_index.is_floating_point() or gt_index.dtype == torch.bool:
+        raise TypeError(f"gt_index must be an integer tensor, got {gt_index.dtype}")
+    check_choice(aggregate, "aggregate", AGGREGATES)
+    if min_size < 2:
+        raise ValueError(f"min_size must be >= 2 (a rank correlation needs two elements), got {min_size}")
+    keep = gt_index >= 0
+    ids = gt_index[keep].long()
+    num_ids = int(ids.max()) + 1 if ids.numel() else 0
+    rho = spearman(scores[keep], ious[keep], ids, num_groups=num_ids)
+    counts = torch.bincount(ids, minlength=num_ids)
+    rho = torch.where(counts >= min_size, rho, torch.full_like(rho, float("nan")))
+    used = ~torch.isnan(rho)
+    num_objects = int(used.sum())
+    if num_objects == 0:
+        value = float("nan")
+    elif aggregate == "mean":
+        value = float(rho[used].mean())
+    else:
+        w = counts[used].double()
+        value = float((rho[used] * w).sum() / w.sum())
+    return Harmony(value, 1.0 - value, num_objects, rho, counts)
+
+
+def gt_index_from_assignment(matched, num_gt=None):
+    """Object ids from an assigner's output: matched [P] or [B,P] GT indices, negative
+    for background or ignored. In a batch, image b's object j gets id b * Gmax + j,
+    where Gmax is `num_gt` (the padded GT count) or the largest index + 1."""
+    check_tensor(matched, "matched")
+    if matched.dim() == 1:
+        return torch.where(matched >= 0, matched.long(), -1)
+    if matched.dim() != 2:
+        raise ValueError(f"matched must have shape [P] or [B, P], got {list(matched.shape)}")
+    gmax = num_gt if num_gt is not None else int(matched.max()) + 1 if matched.numel() else 0
+    offset = torch.arange(matched.shape[0], device=matched.device)[:, None] * gmax
+    return torch.where(matched >= 0, matched.long() + offset, -1).reshape(-1)
+
+
+def gt_index_from_iou(pred_boxes, gt_boxes, iou_threshold=0.5, num_gt=None):
+    """Object ids for evaluation: each prediction belongs to the GT it overlaps most,
+    when that IoU is >= iou_threshold, else -1.
+
+    [P,4] x [G,4] -> [P]; or batched [B,P,4] x [B,Gmax,4] (with `num_gt` [B] real
+    GT counts, the rest being padding) -> [B*P] ids b * Gmax + j.
+    """
+    check_boxes(pred_boxes, "pred_boxes", ranks=(2, 3))
+    check_boxes(gt_boxes, "gt_boxes", ranks=(2, 3))
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+    batched = pred_boxes.dim() == 3
+    preds = pred_boxes if batched else pred_boxes[None]
+    gts = gt_boxes if batched else gt_boxes[None]
+    if gts.shape[1] == 0:
+        return torch.full((preds.shape[0] * preds.shape[1],), -1, dtype=torch.long, device=preds.device)
+    iou = box_iou(preds, gts.to(preds.dtype))  # [B, P, G]: evaluation-sized, not a training hot path
+    if num_gt is not None:
+        padding = torch.arange(gts.shape[1], device=iou.device)[None, :] >= num_gt.to(iou.device)[:, None]
+        iou = iou.masked_fill(padding[:, None, :], -1)
+    best, j = iou.max(dim=2)
+    offset = torch.arange(preds.shape[0], device=iou.device)[:, None] * gts.shape[1]
+    return torch.where(best >= iou_threshold, j + offset, -1).reshape(-1)

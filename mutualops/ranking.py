@@ -1,0 +1,77 @@
+"""The ranking family (SPEC 2.4): ranks and Spearman's rho within ragged groups.
+
+Semantics are scipy's: `rank` is `scipy.stats.rankdata` per group (1-based),
+`spearman` is `scipy.stats.spearmanr` per group (NaN for fewer than 2 elements
+or a constant input). A group holding a NaN gets NaN ranks and a NaN rho.
+Ranks are float64 for every tie method, so that NaN can propagate.
+"""
+
+import torch
+
+from ._validate import check_choice, check_float, check_tensor
+
+TIES = ("average", "min", "max", "dense", "ordinal")
+
+
+def _check_values(x, name):
+    check_float(x, name)
+    if x.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {list(x.shape)}")
+
+
+def _check_groups(groups, x):
+    if groups is None:
+        return
+    check_tensor(groups, "groups")
+    if groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
+        raise TypeError(f"groups must be an integer tensor, got {groups.dtype}")
+    if groups.shape != x.shape:
+        raise ValueError(f"groups must have shape {list(x.shape)} (one id per element), got {list(groups.shape)}")
+    if groups.device != x.device:
+        raise ValueError(f"groups must be on {x.device}, got {groups.device}")
+
+
+def rank(x, groups=None, ties="average"):
+    """Ranks of x within each group: float64, 1-based, scipy.stats.rankdata ties.
+
+    `groups` holds a non-negative group id per element, in any order; None means
+    one group.
+    """
+    _check_values(x, "x")
+    _check_groups(groups, x)
+    check_choice(ties, "ties", TIES)
+    return torch.ops.mutualops.rank(x, groups, ties)
+
+
+def spearman(x, y, groups=None, num_groups=None):
+    """Spearman's rho of x and y per group: float64 [num_groups].
+
+    `num_groups` defaults to max(groups) + 1; give it to get a static output size
+    (groups with no element then give NaN).
+    """
+    _check_values(x, "x")
+    _check_values(y, "y")
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same length, got {x.shape[0]} and {y.shape[0]}")
+    if x.device != y.device:
+        raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
+    _check_groups(groups, x)
+    if num_groups is not None and (not isinstance(num_groups, int) or num_groups < 0):
+        raise ValueError(f"num_groups must be a non-negative int, got {num_groups!r}")
+    return torch.ops.mutualops.spearman(x, y, groups, num_groups)
+
+
+@torch.library.register_fake("mutualops::rank")
+def _rank_fake(x, groups, ties="average"):
+    return x.new_empty(x.shape, dtype=torch.float64)
+
+
+@torch.library.register_fake("mutualops::spearman")
+def _spearman_fake(x, y, groups, num_groups=None):
+    if groups is None:
+        size = 1
+    elif num_groups is not None:
+        size = num_groups
+    else:
+        size = torch.library.get_ctx().new_dynamic_size()
+    return x.new_empty((size,), dtype=torch.float64)
