@@ -61,11 +61,7 @@ def median_ms(fn, device, repeats, warmup=2):
     return statistics.median(times)
 
 
-def _cpu_torch_peak(fn):
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
-        out = fn()
-        del out
+def _cpu_torch_peak(prof):
     events = [
         e for e in prof.profiler.kineto_results.events()
         if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
@@ -87,13 +83,17 @@ def peak_extra_bytes(fn, device):
         peak = torch.cuda.max_memory_allocated() - base
         del out
         return peak
-    tracemalloc.start()
-    try:
-        torch_peak = _cpu_torch_peak(fn)
-        _, numpy_peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return torch_peak + numpy_peak
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+        tracemalloc.start()
+        try:
+            out = fn()
+            del out
+            _, numpy_peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    # Read the profiler only after tracemalloc stopped: its own objects are not the op's.
+    return _cpu_torch_peak(prof) + numpy_peak
 
 
 def measure(fn, device, repeats):
