@@ -150,3 +150,26 @@ def spearman(x, y, groups=None, num_groups=None):
     rho = (sums[0] / torch.sqrt(sums[1] * sums[2])).clamp(-1, 1)
     defined = (sizes >= 2) & (sums[1] > 0) & (sums[2] > 0)
     return torch.where(defined, rho, torch.full_like(rho, math.nan))
+
+
+def batched_nms(boxes, scores, idxs, iou_threshold):
+    """Greedy NMS within each idxs value on a full IoU matrix: kept indices by score
+    descending, ties to the lower index; non-finite boxes or scores are dropped."""
+    finite = torch.isfinite(scores) & torch.isfinite(boxes).all(dim=1)
+    cand = finite.nonzero().squeeze(1)
+    cand = cand[torch.sort(scores[cand].float(), descending=True, stable=True).indices]
+    b = boxes[cand]
+    same = idxs[cand][:, None] == idxs[cand][None, :]
+    b = b.to(_math_dtype(b))
+    over = (box_iou(b, b) > iou_threshold) & same
+    removed = torch.zeros(len(cand), dtype=torch.bool)
+    keep = []
+    for i in range(len(cand)):
+        if not removed[i]:
+            keep.append(i)
+            removed |= over[i].cpu()
+    return cand[torch.tensor(keep, dtype=torch.long, device=cand.device)] if keep else cand[:0]
+
+
+def nms(boxes, scores, iou_threshold):
+    return batched_nms(boxes, scores, torch.zeros(boxes.shape[0], dtype=torch.long, device=boxes.device), iou_threshold)
