@@ -62,6 +62,11 @@ def iou_loss(pred, target, mode="giou", reduction="mean", weight=None):
             raise ValueError(f"weight must have shape {list(loss.shape)}, got {list(weight.shape)}")
         check_same(weight, loss, "weight", "pred", dtype=False)
         loss = loss * weight
+    return reduce_loss(loss, reduction)
+
+
+def reduce_loss(loss, reduction):
+    """none, sum, or mean over elements; an empty mean is 0 with a gradient path."""
     if reduction == "none":
         return loss
     if reduction == "sum" or loss.numel() == 0:

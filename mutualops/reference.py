@@ -9,6 +9,8 @@ import math
 
 import torch
 
+from .box_iou import reduce_loss
+
 _EPS = 1e-7  # torchvision's eps in the DIoU / CIoU denominators
 
 
@@ -82,11 +84,7 @@ def iou_loss(pred, target, mode="giou", reduction="mean", weight=None):
     loss = 1 - box_iou_aligned(pred, target, mode)
     if weight is not None:
         loss = loss * weight
-    if reduction == "none":
-        return loss
-    if reduction == "sum" or loss.numel() == 0:
-        return loss.sum()
-    return loss.mean()
+    return reduce_loss(loss, reduction)
 
 
 def _sorted_runs(x, groups):
