@@ -8,7 +8,7 @@ _BUILD = _extension.load()
 
 from . import reference  # noqa: E402
 from .box_iou import box_iou, box_iou_aligned, iou_loss  # noqa: E402
-from .nms import batched_nms, nms  # noqa: E402
+from .nms import Detections, batched_nms, nms, rescored_nms  # noqa: E402
 from .ranking import rank, spearman  # noqa: E402
 from . import metrics  # noqa: E402
 
@@ -27,4 +27,4 @@ def build_info():
     }
 
 
-__all__ = ["box_iou", "box_iou_aligned", "iou_loss", "nms", "batched_nms", "rank", "spearman", "metrics", "build_info", "reference"]
+__all__ = ["box_iou", "box_iou_aligned", "iou_loss", "nms", "batched_nms", "rescored_nms", "Detections", "rank", "spearman", "metrics", "build_info", "reference"]

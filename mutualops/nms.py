@@ -6,6 +6,8 @@ Boxes or scores that are not finite are never kept and suppress nothing.
 IoU is compared with `> iou_threshold`, as in torchvision.
 """
 
+from typing import NamedTuple
+
 import torch
 
 from ._validate import check_boxes, check_float, check_same, check_tensor
@@ -44,3 +46,143 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
 def _batched_nms_fake(boxes, scores, idxs, iou_threshold):
     size = torch.library.get_ctx().new_dynamic_size()
     return scores.new_empty((size,), dtype=torch.long)
+
+
+class Detections(NamedTuple):
+    """Detections of a batch. Flat: [D] tensors ordered by image, then score
+    descending (`counts` [B] says how many each image has). Fixed-shape: [B, K]
+    tensors padded with score 0, label -1, index -1 and zero boxes."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    batch_index: torch.Tensor  # flat mode: image of each detection; fixed-shape mode: None
+    indices: torch.Tensor  # dense input: point index n; flat input: element index
+    counts: torch.Tensor
+
+
+def rescored_nms(
+    boxes,
+    scores,
+    iou=None,
+    *,
+    labels=None,
+    batch_index=None,
+    num_images=None,
+    level_index=None,
+    num_levels=None,
+    alpha=0.5,
+    score_threshold=0.05,
+    iou_threshold=0.5,
+    pre_nms_top_k=1000,
+    max_detections=100,
+    class_agnostic=False,
+    fixed_shape=False,
+):
+    """Detector post-processing in one call: IoU rescoring, score threshold,
+    per-image top-k, class-aware NMS and a per-image cap (SPEC 2.2).
+
+    Dense head outputs: boxes [B,N,4], scores [B,N,C] class probabilities and
+    optionally iou [B,N] predicted IoUs: every (point, class) pair is a
+    candidate. Flat candidates: boxes [M,4], scores [M], labels [M], optional iou
+    [M], batch_index [M] (default: one image) and num_images.
+
+    The ranking score is s = scores^(1 - alpha) * iou^alpha (alpha = 0, or no
+    iou: plain scores; FCOS's sqrt(cls * centerness) is alpha = 0.5 with
+    centerness as iou). Candidates need s > score_threshold; the best
+    pre_nms_top_k per image survive (per image and level when level_index, a
+    level per point or element, is given; -1 for no limit; pass num_levels too
+    to spare a host synchronisation on CUDA); NMS suppresses IoU >
+    iou_threshold within a class (within the image if class_agnostic); at most
+    max_detections per image remain. Ties go to the lower index; non-finite
+    boxes or scores are never kept and suppress nothing.
+
+    Returns Detections. With fixed_shape=True the tensors are padded to
+    [B, max_detections]: no data-dependent shape, for CUDA graphs and
+    torch.compile.
+    """
+    check_float(boxes, "boxes")
+    check_float(scores, "scores")
+    for name, value in (("alpha", alpha), ("score_threshold", score_threshold), ("iou_threshold", iou_threshold)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    if not isinstance(max_detections, int) or max_detections < 0:
+        raise ValueError(f"max_detections must be a non-negative int, got {max_detections!r}")
+    if not isinstance(pre_nms_top_k, int) or pre_nms_top_k < -1:
+        raise ValueError(f"pre_nms_top_k must be an int >= -1 (-1: no limit), got {pre_nms_top_k!r}")
+    if iou is not None:
+        check_float(iou, "iou")
+        check_same(boxes, iou, "boxes", "iou")
+    check_same(boxes, scores, "boxes", "scores")
+    if level_index is None:
+        num_levels = 1
+    elif num_levels is None:
+        num_levels = int(level_index.max()) + 1 if level_index.numel() else 1
+    common = (float(alpha), float(score_threshold), float(iou_threshold), pre_nms_top_k, max_detections,
+              bool(class_agnostic))
+    if boxes.dim() == 3:
+        if labels is not None or batch_index is not None:
+            raise ValueError("labels and batch_index are for flat inputs; dense scores [B,N,C] carry both")
+        check_boxes(boxes, "boxes", ranks=(3,))
+        if scores.dim() != 3 or scores.shape[:2] != boxes.shape[:2]:
+            raise ValueError(f"scores must have shape [B, N, C] = [{boxes.shape[0]}, {boxes.shape[1]}, C], got {list(scores.shape)}")
+        if iou is not None and iou.shape != boxes.shape[:2]:
+            raise ValueError(f"iou must have shape {list(boxes.shape[:2])}, got {list(iou.shape)}")
+        _check_index(level_index, "level_index", boxes.shape[1], boxes.device)
+        out = torch.ops.mutualops.rescored_nms_dense(boxes, scores, iou, level_index, num_levels, *common)
+    else:
+        check_boxes(boxes, "boxes")
+        m = boxes.shape[0]
+        if scores.shape != (m,):
+            raise ValueError(f"scores must have shape [{m}] for flat boxes [M, 4], got {list(scores.shape)}")
+        if labels is None:
+            raise ValueError("labels are required with flat boxes [M, 4]")
+        _check_index(labels, "labels", m, boxes.device)
+        if iou is not None and iou.shape != (m,):
+            raise ValueError(f"iou must have shape [{m}], got {list(iou.shape)}")
+        _check_index(batch_index, "batch_index", m, boxes.device)
+        _check_index(level_index, "level_index", m, boxes.device)
+        if num_images is None:
+            num_images = 1 if batch_index is None else (int(batch_index.max()) + 1 if m else 0)
+        out = torch.ops.mutualops.rescored_nms_flat(boxes, scores, labels, iou, batch_index, level_index,
+                                                    num_levels, int(num_images), *common)
+    det_boxes, det_scores, det_labels, det_indices, counts = out
+    if fixed_shape:
+        return Detections(det_boxes, det_scores, det_labels, None, det_indices, counts)
+    valid = det_labels >= 0
+    image = torch.arange(counts.shape[0], device=counts.device)[:, None].expand_as(det_labels)
+    return Detections(det_boxes[valid], det_scores[valid], det_labels[valid], image[valid], det_indices[valid], counts)
+
+
+def _check_index(t, name, n, device):
+    if t is None:
+        return
+    check_tensor(t, name)
+    if t.is_floating_point() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
+    if t.shape != (n,):
+        raise ValueError(f"{name} must have shape [{n}], got {list(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} must be on {device}, got {t.device}")
+
+
+def _padded_fake(boxes, images, k):
+    return (
+        boxes.new_empty((images, k, 4)),
+        boxes.new_empty((images, k)),
+        boxes.new_empty((images, k), dtype=torch.long),
+        boxes.new_empty((images, k), dtype=torch.long),
+        boxes.new_empty((images,), dtype=torch.long),
+    )
+
+
+@torch.library.register_fake("mutualops::rescored_nms_dense")
+def _rescored_nms_dense_fake(boxes, scores, iou, level_index, num_levels, alpha, score_threshold, iou_threshold, pre_nms_top_k,
+                             max_detections, class_agnostic):
+    return _padded_fake(boxes, boxes.shape[0], max_detections)
+
+
+@torch.library.register_fake("mutualops::rescored_nms_flat")
+def _rescored_nms_flat_fake(boxes, scores, labels, iou, batch_index, level_index, num_levels, num_images, alpha, score_threshold,
+                            iou_threshold, pre_nms_top_k, max_detections, class_agnostic):
+    return _padded_fake(boxes, num_images, max_detections)

@@ -171,3 +171,64 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
 
 def nms(boxes, scores, iou_threshold):
     return batched_nms(boxes, scores, torch.zeros(boxes.shape[0], dtype=torch.long, device=boxes.device), iou_threshold)
+
+
+def rescored_nms(boxes, scores, iou=None, *, labels=None, batch_index=None, num_images=None, level_index=None,
+                 alpha=0.5, score_threshold=0.05, iou_threshold=0.5, pre_nms_top_k=1000, max_detections=100,
+                 class_agnostic=False):
+    """Plain-PyTorch rescored NMS: returns per image a list of (boxes, scores, labels, indices),
+    ordered by score descending, ties to the lower candidate index."""
+    if boxes.dim() == 3:  # dense: every (point, class) pair, candidate order n * C + c
+        b_, n, c = scores.shape
+        q = torch.ones(b_, n, dtype=scores.dtype, device=scores.device) if iou is None else iou
+        flat_scores = _rescore(scores, q[..., None], alpha).reshape(-1)
+        points = torch.arange(n, device=boxes.device).repeat_interleave(c)
+        images = torch.arange(b_, device=boxes.device).repeat_interleave(n * c)
+        cand = dict(
+            boxes=boxes[images, points.repeat(b_)], scores=flat_scores, labels=torch.arange(c, device=boxes.device).repeat(b_ * n),
+            images=images, order=torch.arange(n * c, device=boxes.device).repeat(b_), source=points.repeat(b_),
+            levels=(level_index.long().repeat_interleave(c).repeat(b_) if level_index is not None else None),
+        )
+        num_images = b_
+    else:
+        m = boxes.shape[0]
+        q = torch.ones_like(scores) if iou is None else iou
+        images = torch.zeros(m, dtype=torch.long, device=boxes.device) if batch_index is None else batch_index.long()
+        cand = dict(boxes=boxes, scores=_rescore(scores, q, alpha), labels=labels.long(), images=images,
+                    order=torch.arange(m, device=boxes.device), source=torch.arange(m, device=boxes.device),
+                    levels=level_index.long() if level_index is not None else None)
+        num_images = num_images if num_images is not None else (int(images.max()) + 1 if m else 1)
+    results = []
+    for img in range(num_images):
+        s = cand["scores"]
+        ok = (cand["images"] == img) & torch.isfinite(s) & (s > score_threshold) & torch.isfinite(cand["boxes"]).all(1)
+        idx = ok.nonzero().squeeze(1)
+        levels = cand["levels"][idx] if cand["levels"] is not None else torch.zeros_like(idx)
+        chosen = []
+        for lv in levels.unique().tolist():
+            sub = idx[levels == lv]
+            rank = _rank_order(s[sub], cand["order"][sub])
+            chosen.append(sub[rank[: pre_nms_top_k] if pre_nms_top_k >= 0 else rank])
+        idx = torch.cat(chosen) if chosen else idx
+        keys = torch.zeros_like(idx) if class_agnostic else cand["labels"][idx]
+        keep = batched_nms(cand["boxes"][idx], s[idx].float(), keys, iou_threshold)
+        idx = idx[keep]
+        idx = idx[_rank_order(s[idx], cand["order"][idx])][:max_detections]
+        results.append((cand["boxes"][idx], s[idx], cand["labels"][idx], cand["source"][idx]))
+    return results
+
+
+def _rescore(cls, q, alpha):
+    if alpha == 0:
+        return cls * torch.ones_like(q)
+    if alpha == 1:
+        return q * torch.ones_like(cls)
+    if alpha == 0.5:
+        return torch.sqrt(cls * q)
+    return cls ** (1 - alpha) * q**alpha
+
+
+def _rank_order(scores, order):
+    """Positions sorted by score descending, then order ascending."""
+    by_order = torch.sort(order, stable=True).indices
+    return by_order[torch.sort(scores[by_order], descending=True, stable=True).indices]

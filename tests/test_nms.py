@@ -122,3 +122,186 @@ def test_opcheck_and_compile(device, gen):
     fn = lambda b, s, i: mutualops.batched_nms(b, s, i, 0.5)  # noqa: E731
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     assert torch.equal(compiled(*args[:3]), fn(*args[:3]))
+
+
+def dense_case(gen, images=2, points=300, classes=5):
+    xy = torch.rand(images, points, 2, generator=gen) * 100
+    wh = torch.rand(images, points, 2, generator=gen) * 40 + 1
+    boxes = torch.cat([xy, xy + wh], -1)
+    return boxes, torch.rand(images, points, classes, generator=gen), torch.rand(images, points, generator=gen)
+
+
+def assert_matches_reference(det, expected):
+    for img, (boxes, scores, labels, indices) in enumerate(expected):
+        mine = det.batch_index == img
+        assert torch.equal(det.indices[mine].cpu(), indices)
+        assert torch.equal(det.labels[mine].cpu(), labels)
+        torch.testing.assert_close(det.scores[mine].cpu(), scores, rtol=2e-7, atol=0)
+        assert torch.equal(det.boxes[mine].cpu(), boxes)
+        assert int(det.counts[img]) == len(indices)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 0.3, 1.0])
+@pytest.mark.parametrize("class_agnostic", [False, True])
+def test_rescored_dense_matches_reference(device, alpha, class_agnostic, gen):
+    boxes, scores, iou = dense_case(gen)
+    levels = torch.randint(0, 3, (boxes.shape[1],), generator=gen)
+    kwargs = dict(alpha=alpha, score_threshold=0.2, iou_threshold=0.5, pre_nms_top_k=60, max_detections=25,
+                  class_agnostic=class_agnostic)
+    det = mutualops.rescored_nms(boxes.to(device), scores.to(device), iou.to(device), level_index=levels.to(device), **kwargs)
+    assert_matches_reference(det, reference.rescored_nms(boxes, scores, iou, level_index=levels, **kwargs))
+    # Output order: by image, then score descending.
+    assert torch.all(det.batch_index[1:] >= det.batch_index[:-1])
+    same = det.batch_index[1:] == det.batch_index[:-1]
+    assert torch.all(det.scores[1:][same] <= det.scores[:-1][same])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rescored_flat_matches_reference_and_dense(device, gen):
+    boxes, scores, iou = dense_case(gen, images=3, points=200, classes=4)
+    kwargs = dict(alpha=0.5, score_threshold=0.1, iou_threshold=0.6, pre_nms_top_k=100, max_detections=30)
+    dense = mutualops.rescored_nms(boxes.to(device), scores.to(device), iou.to(device), **kwargs)
+    # The same candidates, flattened: element e = (image * N + n) * C + c.
+    b, n, c = scores.shape
+    flat_boxes = boxes[:, :, None, :].expand(b, n, c, 4).reshape(-1, 4)
+    flat_labels = torch.arange(c).repeat(b * n)
+    flat_iou = iou[:, :, None].expand(b, n, c).reshape(-1)
+    flat_image = torch.arange(b).repeat_interleave(n * c)
+    flat = mutualops.rescored_nms(flat_boxes.to(device), scores.reshape(-1).to(device), flat_iou.to(device),
+                                  labels=flat_labels.to(device), batch_index=flat_image.to(device), **kwargs)
+    assert torch.equal(flat.counts, dense.counts) and torch.equal(flat.labels, dense.labels)
+    assert torch.equal(flat.indices.cpu() % (n * c) // c, dense.indices.cpu())
+    assert torch.equal(flat.scores, dense.scores) and torch.equal(flat.boxes, dense.boxes)
+    expected = reference.rescored_nms(flat_boxes, scores.reshape(-1), flat_iou, labels=flat_labels,
+                                      batch_index=flat_image, num_images=b, **kwargs)
+    assert_matches_reference(flat, expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rescored_fixed_shape(device, gen):
+    boxes, scores, iou = dense_case(gen)
+    args = (boxes.to(device), scores.to(device), iou.to(device))
+    kwargs = dict(score_threshold=0.3, max_detections=40)
+    fixed = mutualops.rescored_nms(*args, fixed_shape=True, **kwargs)
+    flat = mutualops.rescored_nms(*args, **kwargs)
+    assert fixed.boxes.shape == (2, 40, 4) and fixed.scores.shape == (2, 40) and fixed.counts.shape == (2,)
+    for img in range(2):
+        k = int(fixed.counts[img])
+        assert torch.equal(fixed.scores[img, :k], flat.scores[flat.batch_index == img])
+        assert torch.all(fixed.labels[img, k:] == -1) and torch.all(fixed.indices[img, k:] == -1)
+        assert torch.all(fixed.scores[img, k:] == 0) and torch.all(fixed.boxes[img, k:] == 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rescored_special_values(device):
+    nan = float("nan")
+    boxes = torch.tensor([[[0.0, 0, 10, 10], [0, 0, 10, nan], [1, 1, 10, 10], [20, 20, 30, 30]]])
+    scores = torch.tensor([[[0.6], [0.99], [0.6], [nan]]])
+    det = mutualops.rescored_nms(boxes.to(device), scores.to(device), alpha=0.0, score_threshold=0.1)
+    # The NaN box is never kept nor suppresses; of the tied pair the lower index wins.
+    assert det.indices.tolist() == [0]
+    empty = mutualops.rescored_nms(boxes.to(device), scores.to(device), alpha=0.0, score_threshold=0.99)
+    assert empty.boxes.shape == (0, 4) and empty.counts.tolist() == [0]
+    none = mutualops.rescored_nms(torch.zeros(0, 4, device=device), torch.zeros(0, device=device),
+                                  labels=torch.zeros(0, dtype=torch.long, device=device))
+    assert none.counts.tolist() == [0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("device", DEVICES)
+def test_rescored_dtypes(device, dtype, gen):
+    boxes, scores, iou = dense_case(gen)
+    boxes, scores, iou = boxes.to(dtype), scores.to(dtype), iou.to(dtype)
+    kwargs = dict(alpha=0.5, score_threshold=0.2, pre_nms_top_k=80, max_detections=20)
+    det = mutualops.rescored_nms(boxes.to(device), scores.to(device), iou.to(device), **kwargs)
+    assert det.scores.dtype == dtype and det.boxes.dtype == dtype
+    expected = reference.rescored_nms(boxes.float(), scores.float(), iou.float(), **kwargs)
+    for img, (_, _, labels, indices) in enumerate(expected):
+        mine = det.batch_index == img
+        assert torch.equal(det.indices[mine].cpu(), indices) and torch.equal(det.labels[mine].cpu(), labels)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(alpha=1.5), ValueError, "alpha"),
+        (dict(score_threshold=-0.1), ValueError, "score_threshold"),
+        (dict(iou_threshold=2.0), ValueError, "iou_threshold"),
+        (dict(max_detections=-1), ValueError, "max_detections"),
+        (dict(pre_nms_top_k=-5), ValueError, "pre_nms_top_k"),
+        (dict(labels=torch.zeros(3, dtype=torch.long)), ValueError, "flat"),
+        (dict(level_index=torch.zeros(7, dtype=torch.long)), ValueError, "level_index"),
+    ],
+)
+def test_rescored_bad_input(kwargs, error, match, gen):
+    boxes, scores, iou = dense_case(gen, images=1, points=5, classes=2)
+    with pytest.raises(error, match=match):
+        mutualops.rescored_nms(boxes, scores, iou, **kwargs)
+
+
+def test_rescored_bad_shapes(gen):
+    boxes, scores, iou = dense_case(gen, images=1, points=5, classes=2)
+    with pytest.raises(ValueError, match="scores"):
+        mutualops.rescored_nms(boxes, scores[:, :4], iou)
+    with pytest.raises(ValueError, match="iou"):
+        mutualops.rescored_nms(boxes, scores, iou[:, :4])
+    with pytest.raises(ValueError, match="labels"):
+        mutualops.rescored_nms(boxes[0], scores[0, :, 0])
+    with pytest.raises(ValueError, match="batch_index"):
+        mutualops.rescored_nms(boxes[0], scores[0, :, 0], labels=torch.zeros(5, dtype=torch.long),
+                               batch_index=torch.full((5,), 3), num_images=2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rescored_opcheck_and_compile(device, gen):
+    boxes, scores, iou = (t.to(device) for t in dense_case(gen, images=2, points=40, classes=3))
+    levels = (torch.arange(40) % 2).to(device)
+    torch.library.opcheck(torch.ops.mutualops.rescored_nms_dense.default,
+                          (boxes, scores, iou, levels, 2, 0.5, 0.1, 0.5, 10, 8, False))
+    flat_labels = torch.randint(0, 3, (40,), generator=gen).to(device)
+    flat_images = (torch.arange(40) % 2).to(device)
+    torch.library.opcheck(torch.ops.mutualops.rescored_nms_flat.default,
+                          (boxes[0], scores[0, :, 0], flat_labels, iou[0], flat_images, None, 1, 2, 0.5, 0.1, 0.5, -1, 8, True))
+    torch._dynamo.reset()
+
+    def fn(b, s, q):
+        det = mutualops.rescored_nms(b, s, q, score_threshold=0.1, max_detections=8, fixed_shape=True)
+        return det.boxes.sum(-1) * det.scores, det.counts
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    for got, want in zip(compiled(boxes, scores, iou), fn(boxes, scores, iou)):
+        assert torch.equal(got, want)
+
+
+def canonical(det):
+    """Detections sorted by (score descending, label, box): the order among exactly
+    tied scores is torch.sort's in torchvision and lower-index-first in ours."""
+    key = torch.cat([-det["scores"][:, None].double(), det["labels"][:, None].double(), det["boxes"].double()], 1)
+    order = sorted(range(len(key)), key=lambda i: key[i].tolist())
+    return {k: v[order] for k, v in det.items()}
+
+
+@pytest.mark.parametrize("name, score_thresh", [("fcos_resnet50_fpn", 0.05), ("retinanet_resnet50_fpn", 0.0)])
+def test_torchvision_postprocess_replacement(name, score_thresh):
+    import torchvision
+
+    from mutualops import torchvision_postprocess
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None, min_size=192,
+                                                        max_size=256).eval()
+    # Random heads score about 0.01: lower the threshold so that NMS has real work.
+    model.score_thresh = score_thresh
+    images = [torch.rand(3, 200, 240), torch.rand(3, 180, 256)]
+    with torch.no_grad():
+        expected = model(images)
+        torchvision_postprocess.install(model)
+        got = model(images)
+    for e, g in zip(expected, got):
+        assert len(e["boxes"]) > 50
+        e, g = canonical(e), canonical(g)
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(g[key], e[key]), key
+    with pytest.raises(TypeError, match="FCOS or RetinaNet"):
+        torchvision_postprocess.install(torch.nn.Linear(2, 2))

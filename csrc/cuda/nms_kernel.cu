@@ -1,15 +1,23 @@
-// CUDA kernel of the NMS family: device sort by (key, score, index), a 64x64
-// bitmask IoU kernel that only compares boxes of one key, and an on-device
-// greedy reduction over the mask (no copy of the mask to the host). IoU comes
-// from mutualops/box_math.h.
+// CUDA kernels of the NMS family. Candidates are sorted on the device by
+// (key, score descending, index); a 64x64 bitmask kernel compares boxes of one
+// key; an on-device greedy pass (one block per image) reduces the mask, which
+// never goes to the host. IoU and rescoring come from the shared headers.
+//
+// rescored_nms works on static shapes only (rescoring and thresholding in one
+// kernel, then top-k, sorts and the NMS above over a fixed number of
+// candidate slots per image, invalid slots marked), so it makes no host
+// synchronisation: fixed-shape outputs are CUDA-graph and torch.compile safe.
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <limits>
+
 #include "../ops/nms.h"
 #include "launch.cuh"
 #include "mutualops/box_math.h"
+#include "mutualops/score_math.h"
 
 namespace mutualops {
 namespace {
@@ -17,20 +25,27 @@ namespace {
 constexpr int kMaskBits = 64;
 // The greedy pass keeps its "removed" bitmap in shared memory when it fits.
 constexpr int64_t kSharedRemovedWords = 6144;  // 48 KiB
+// Key of an invalid candidate slot: sorts after every real key.
+constexpr int64_t kInvalidKey = std::numeric_limits<int64_t>::max();
 
-// Per sorted position: one past the last position holding the same key.
-__global__ void bucket_end_kernel(const int64_t* __restrict__ key, int64_t m, int64_t* __restrict__ end) {
-  for (int64_t p = grid_start(); p < m; p += grid_stride()) {
-    end[p] = (p == m - 1 || key[p + 1] != key[p]) ? p + 1 : m;
+// Per (image, sorted position): one past the last position with the same key.
+__global__ void run_end_kernel(const int64_t* __restrict__ key, int64_t images, int64_t m, int64_t* __restrict__ end) {
+  for (int64_t t = grid_start(); t < images * m; t += grid_stride()) {
+    const int64_t p = t % m;
+    end[t] = (p == m - 1 || key[t + 1] != key[t]) ? p + 1 : m;
   }
 }
 
-// mask[i][w] bit t: box i suppresses box w*64+t (j > i, same key, IoU > threshold).
+// mask[b][i][w] bit t: in image b, sorted box i suppresses box w*64+t (later,
+// same key, IoU > threshold). blockIdx.z is the image.
 template <typename T>
 __global__ void nms_mask_kernel(const T* __restrict__ boxes, const int64_t* __restrict__ key, int64_t m,
                                 int64_t col_blocks, T threshold, unsigned long long* __restrict__ mask) {
-  const int64_t row_block = blockIdx.y, col_block = blockIdx.x;
+  const int64_t row_block = blockIdx.y, col_block = blockIdx.x, image = blockIdx.z;
   if (col_block < row_block) return;
+  boxes += image * m * 4;
+  key += image * m;
+  mask += image * m * col_blocks;
   const int64_t row_start = row_block * kMaskBits, col_start = col_block * kMaskBits;
   const int64_t rows = min(m - row_start, (int64_t)kMaskBits);
   const int64_t cols = min(m - col_start, (int64_t)kMaskBits);
@@ -58,70 +73,97 @@ __global__ void nms_mask_kernel(const T* __restrict__ boxes, const int64_t* __re
   mask[i * col_blocks + col_block] = bits;
 }
 
-// Greedy pass in sorted order, in one block: box i is kept unless an earlier
-// kept box removed it; a kept box removes its mask row (within its key).
-__global__ void nms_reduce_kernel(const unsigned long long* __restrict__ mask, const int64_t* __restrict__ bucket_end,
-                                  int64_t m, int64_t col_blocks, unsigned long long* __restrict__ removed_global,
-                                  bool* __restrict__ keep) {
+// Greedy pass in sorted order, one block per image: box i is kept unless an
+// earlier kept box removed it; a kept box removes its mask row (up to the end
+// of its key's run). Invalid slots are never kept.
+__global__ void nms_reduce_kernel(const unsigned long long* __restrict__ mask, const int64_t* __restrict__ run_end,
+                                  const int64_t* __restrict__ key, int64_t m, int64_t col_blocks,
+                                  unsigned long long* __restrict__ removed_global, bool* __restrict__ keep) {
   extern __shared__ unsigned long long removed_shared[];
-  unsigned long long* removed = col_blocks <= kSharedRemovedWords ? removed_shared : removed_global;
+  const int64_t image = blockIdx.x;
+  mask += image * m * col_blocks;
+  run_end += image * m;
+  key += image * m;
+  keep += image * m;
+  unsigned long long* removed =
+      col_blocks <= kSharedRemovedWords ? removed_shared : removed_global + image * col_blocks;
   for (int64_t w = threadIdx.x; w < col_blocks; w += blockDim.x) removed[w] = 0;
   for (int64_t i = 0; i < m; ++i) {
     __syncthreads();
-    const bool drop = (removed[i / kMaskBits] >> (i % kMaskBits)) & 1ULL;
+    const bool drop = key[i] == kInvalidKey || ((removed[i / kMaskBits] >> (i % kMaskBits)) & 1ULL);
     if (threadIdx.x == 0) keep[i] = !drop;
     if (drop) continue;
-    const int64_t last_word = (bucket_end[i] - 1) / kMaskBits;
+    const int64_t last_word = (run_end[i] - 1) / kMaskBits;
     for (int64_t w = i / kMaskBits + threadIdx.x; w <= last_word; w += blockDim.x) {
       removed[w] |= mask[i * col_blocks + w];
     }
   }
 }
 
+// Greedy NMS of `images` independent rows of m candidates each, already
+// sorted by (key, score descending, index): boxes [images, m, 4] in the math
+// type, key [images, m] (kInvalidKey for empty slots). Returns keep [images, m].
+template <typename T>
+at::Tensor greedy_nms_sorted(const at::Tensor& boxes, const at::Tensor& key, double iou_threshold) {
+  const int64_t images = key.size(0), m = key.size(1);
+  at::Tensor keep = at::zeros({images, m}, key.options().dtype(at::kBool));
+  if (images == 0 || m == 0) return keep;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor run_end = at::empty({images, m}, key.options());
+  run_end_kernel<<<grid_for(images * m), kThreads, 0, stream>>>(key.data_ptr<int64_t>(), images, m,
+                                                               run_end.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  run_end = std::get<0>(run_end.flip(1).cummin(1)).flip(1).contiguous();
+
+  const int64_t col_blocks = (m + kMaskBits - 1) / kMaskBits;
+  at::Tensor mask = at::empty({images, m, col_blocks}, key.options());
+  const dim3 grid(col_blocks, col_blocks, images);
+  nms_mask_kernel<T><<<grid, kMaskBits, 0, stream>>>(
+      boxes.data_ptr<T>(), key.data_ptr<int64_t>(), m, col_blocks, nms_threshold<T>(iou_threshold),
+      reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+  const bool in_shared = col_blocks <= kSharedRemovedWords;
+  at::Tensor removed = at::empty({in_shared ? 1 : images * col_blocks}, key.options());
+  nms_reduce_kernel<<<images, 256, in_shared ? col_blocks * sizeof(unsigned long long) : 0, stream>>>(
+      reinterpret_cast<const unsigned long long*>(mask.data_ptr<int64_t>()), run_end.data_ptr<int64_t>(),
+      key.data_ptr<int64_t>(), m, col_blocks, reinterpret_cast<unsigned long long*>(removed.data_ptr<int64_t>()),
+      keep.data_ptr<bool>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return keep;
+}
+
+// Positions of each row of `scores` ordered by (score descending, order
+// ascending), from two stable sorts; with `key`, by key first.
+at::Tensor rank_rows(const at::Tensor& scores, const at::Tensor& order, const std::optional<at::Tensor>& key) {
+  at::Tensor perm = std::get<1>(at::sort(order, /*stable=*/true, 1, false));
+  perm = perm.gather(1, std::get<1>(at::sort(scores.gather(1, perm), /*stable=*/true, 1, /*descending=*/true)));
+  if (key.has_value()) {
+    perm = perm.gather(1, std::get<1>(at::sort(key->gather(1, perm), /*stable=*/true, 1, false)));
+  }
+  return perm;
+}
+
 template <typename scalar_t>
 at::Tensor batched_nms_typed(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
                              double iou_threshold) {
   using acc_t = at::opmath_type<scalar_t>;
-  const auto stream = at::cuda::getCurrentCUDAStream();
   const at::Tensor finite = scores.isfinite().logical_and_(boxes.isfinite().all(1));
   const at::Tensor candidates = finite.nonzero().squeeze(1);  // the output is data-dependent anyway
   const int64_t m = candidates.size(0);
   if (m == 0) return candidates;
-  // (key, score descending, index): a stable sort by score, then a stable sort by key.
-  const at::Tensor cand_scores = scores.index_select(0, candidates);
-  const at::Tensor by_score = std::get<1>(at::sort(cand_scores, /*stable=*/true, 0, /*descending=*/true));
-  const at::Tensor by_key = std::get<1>(at::sort(idxs.index_select(0, candidates.index_select(0, by_score)),
-                                                 /*stable=*/true, 0, false));
-  const at::Tensor order = candidates.index_select(0, by_score.index_select(0, by_key));
-  const at::Tensor key = idxs.index_select(0, order).contiguous();
-  const at::Tensor sorted_boxes = boxes.index_select(0, order).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-
-  at::Tensor bucket_end = at::empty({m}, key.options());
-  bucket_end_kernel<<<grid_for(m), kThreads, 0, stream>>>(key.data_ptr<int64_t>(), m, bucket_end.data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  bucket_end = std::get<0>(bucket_end.flip(0).cummin(0)).flip(0).contiguous();
-
-  const int64_t col_blocks = (m + kMaskBits - 1) / kMaskBits;
-  at::Tensor mask = at::empty({m, col_blocks}, key.options());
-  const dim3 grid(col_blocks, col_blocks);
-  nms_mask_kernel<acc_t><<<grid, kMaskBits, 0, stream>>>(
-      sorted_boxes.data_ptr<acc_t>(), key.data_ptr<int64_t>(), m, col_blocks, nms_threshold<acc_t>(iou_threshold),
-      reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-
-  at::Tensor removed = at::empty({col_blocks > kSharedRemovedWords ? col_blocks : 1}, key.options());
-  at::Tensor keep = at::empty({m}, key.options().dtype(at::kBool));
-  const size_t shared = col_blocks <= kSharedRemovedWords ? col_blocks * sizeof(unsigned long long) : 0;
-  nms_reduce_kernel<<<1, 256, shared, stream>>>(
-      reinterpret_cast<const unsigned long long*>(mask.data_ptr<int64_t>()), bucket_end.data_ptr<int64_t>(), m,
-      col_blocks, reinterpret_cast<unsigned long long*>(removed.data_ptr<int64_t>()), keep.data_ptr<bool>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-
+  const at::Tensor order = candidates.unsqueeze(0);
+  const at::Tensor perm = rank_rows(scores.index_select(0, candidates).unsqueeze(0), order,
+                                    idxs.index_select(0, candidates).unsqueeze(0));
+  const at::Tensor sorted = order.gather(1, perm).squeeze(0);
+  const at::Tensor key = idxs.index_select(0, sorted).unsqueeze(0).contiguous();
+  const at::Tensor sorted_boxes =
+      boxes.index_select(0, sorted).to(c10::CppTypeToScalarType<acc_t>::value).unsqueeze(0).contiguous();
+  const at::Tensor keep = greedy_nms_sorted<acc_t>(sorted_boxes, key, iou_threshold).squeeze(0);
   // Output order: score descending, ties to the lower index.
-  const at::Tensor kept = std::get<0>(at::sort(order.masked_select(keep), /*stable=*/true, 0, false));
-  const at::Tensor by_kept_score =
-      std::get<1>(at::sort(scores.index_select(0, kept), /*stable=*/true, 0, /*descending=*/true));
-  return kept.index_select(0, by_kept_score);
+  const at::Tensor kept = sorted.masked_select(keep).unsqueeze(0);
+  return kept.gather(1, rank_rows(scores.index_select(0, kept.squeeze(0)).unsqueeze(0), kept, std::nullopt))
+      .squeeze(0);
 }
 
 at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
@@ -136,10 +178,140 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, c
   return keep;
 }
 
+// ---- rescored NMS -------------------------------------------------------
+
+// Candidate scores [images, P] (P = N*C dense, M flat): the rescored score
+// where the candidate passes (finite box and score, score > threshold, right
+// image), -inf elsewhere. Dense candidate p is (point p / C, class p % C).
+template <typename scalar_t, typename acc_t>
+__global__ void candidate_scores_kernel(const scalar_t* __restrict__ boxes, const scalar_t* __restrict__ cls,
+                                        const scalar_t* __restrict__ iou, const int64_t* __restrict__ batch_index,
+                                        int64_t images, int64_t points, int64_t classes, bool dense, acc_t alpha,
+                                        acc_t score_threshold, acc_t* __restrict__ out) {
+  const int64_t per_image = points * classes;
+  for (int64_t t = grid_start(); t < images * per_image; t += grid_stride()) {
+    const int64_t image = t / per_image, p = t % per_image;
+    // Dense inputs index boxes, cls and iou by image; flat ones are shared by all images.
+    const int64_t point = dense ? image * points + p / classes : p;
+    const int64_t cls_at = dense ? t : p;
+    const Box<acc_t> b = load_box<acc_t>(boxes + 4 * point);
+    const acc_t s = rescore(static_cast<acc_t>(cls[cls_at]), iou ? static_cast<acc_t>(iou[point]) : acc_t(1), alpha);
+    const bool ok = (dense || batch_index == nullptr || batch_index[p] == image) && s > score_threshold &&
+                    isfinite(s) && isfinite(b.x1) && isfinite(b.y1) && isfinite(b.x2) && isfinite(b.y2);
+    out[t] = ok ? s : -INFINITY;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_cuda(
+    const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& iou,
+    const std::optional<at::Tensor>& labels, const std::optional<at::Tensor>& batch_index,
+    const std::optional<at::Tensor>& level_index, int64_t num_levels, int64_t images, bool dense, double alpha,
+    double score_threshold, double iou_threshold, int64_t pre_nms_top_k, int64_t max_detections,
+    bool class_agnostic) {
+  const c10::cuda::CUDAGuard guard(boxes.device());
+  const at::Tensor b = boxes.contiguous(), s = scores.contiguous();
+  const at::Tensor q = iou.has_value() ? iou->contiguous() : at::Tensor();
+  const at::Tensor bi = batch_index.has_value() ? batch_index->to(at::kLong).contiguous() : at::Tensor();
+  const int64_t points = dense ? b.size(1) : b.size(0);
+  const int64_t classes = dense ? s.size(2) : 1;
+  const int64_t per_image = points * classes;
+  const auto longs = b.options().dtype(at::kLong);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> result;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "rescored_nms_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto accs = b.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+    at::Tensor cand = at::empty({images, per_image}, accs);
+    if (cand.numel() > 0) {
+      candidate_scores_kernel<scalar_t, acc_t><<<grid_for(cand.numel()), kThreads, 0, stream>>>(
+          b.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), q.defined() ? q.data_ptr<scalar_t>() : nullptr,
+          bi.defined() ? bi.data_ptr<int64_t>() : nullptr, images, points, classes, dense,
+          static_cast<acc_t>(alpha), static_cast<acc_t>(score_threshold), cand.data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    // Top-k per (image, level): a fixed number of slots, -inf where unused.
+    const at::Tensor point_of = at::arange(per_image, longs).div_(classes, "floor");
+    const int64_t k = pre_nms_top_k < 0 ? per_image : std::min(pre_nms_top_k, per_image);
+    std::vector<at::Tensor> slot_scores, slot_ids;
+    for (int64_t level = 0; level < num_levels; ++level) {
+      at::Tensor level_scores = cand;
+      if (level_index.has_value()) {
+        const at::Tensor in_level = level_index->index_select(0, point_of).eq(level);
+        level_scores = cand.masked_fill(in_level.logical_not().unsqueeze(0), -INFINITY);
+      }
+      auto top = at::topk(level_scores, k, 1, /*largest=*/true, /*sorted=*/false);
+      slot_scores.push_back(std::get<0>(top));
+      slot_ids.push_back(std::get<1>(top));
+    }
+    const at::Tensor slot_score = at::cat(slot_scores, 1);  // [images, slots]
+    const at::Tensor slot_id = at::cat(slot_ids, 1);        // candidate p of each slot
+    const at::Tensor valid = slot_score.isfinite();
+    const at::Tensor slot_point = point_of.index_select(0, slot_id.reshape(-1)).view_as(slot_id);
+    const at::Tensor slot_label = dense ? slot_id.remainder(classes)
+                                        : labels->to(at::kLong).index_select(0, slot_id.reshape(-1)).view_as(slot_id);
+    at::Tensor key = class_agnostic ? at::zeros_like(slot_label) : slot_label;
+    key = key.masked_fill(valid.logical_not(), kInvalidKey);
+    // Sort slots by (key, score descending, candidate index); invalid slots last.
+    const at::Tensor perm = rank_rows(slot_score, slot_id, key);
+    const at::Tensor sorted_key = key.gather(1, perm).contiguous();
+    const at::Tensor sorted_point = slot_point.gather(1, perm);
+    const at::Tensor image_offset = dense ? at::arange(images, longs).mul_(points).unsqueeze(1) : at::zeros({images, 1}, longs);
+    const at::Tensor box_row = (sorted_point + image_offset).reshape(-1);
+    const at::Tensor sorted_boxes = b.reshape({-1, 4}).index_select(0, box_row).to(accs.dtype()).view({images, -1, 4}).contiguous();
+    const at::Tensor keep = greedy_nms_sorted<acc_t>(sorted_boxes, sorted_key, iou_threshold);
+    // Survivors by (score descending, candidate index); the first max_detections.
+    const at::Tensor kept_score = slot_score.gather(1, perm).masked_fill(keep.logical_not(), -INFINITY);
+    const at::Tensor best = rank_rows(kept_score, slot_id.gather(1, perm), std::nullopt);
+    const int64_t slots = best.size(1);
+    const int64_t take = std::min(max_detections, slots);
+    const at::Tensor pick = perm.gather(1, best.narrow(1, 0, take));  // slot index of each detection
+    const at::Tensor counts = keep.sum(1).clamp_max(max_detections);
+    at::Tensor filled = at::arange(take, longs).unsqueeze(0).lt(counts.unsqueeze(1));
+    auto pad = [&](const at::Tensor& t, const at::Scalar& fill) {
+      at::Tensor out = t.new_full({images, max_detections}, fill);
+      out.narrow(1, 0, take).copy_(t.masked_fill(filled.logical_not(), fill));
+      return out;
+    };
+    const at::Tensor det_point = slot_point.gather(1, pick);
+    const at::Tensor det_box_row = (det_point + image_offset).reshape(-1);
+    at::Tensor det_boxes = b.reshape({-1, 4}).index_select(0, det_box_row).view({images, take, 4});
+    det_boxes = det_boxes.masked_fill(filled.logical_not().unsqueeze(2), 0);
+    at::Tensor out_boxes = b.new_zeros({images, max_detections, 4});
+    out_boxes.narrow(1, 0, take).copy_(det_boxes);
+    const at::Tensor source = dense ? det_point : slot_id.gather(1, pick);
+    result = {out_boxes, pad(slot_score.gather(1, pick).to(b.scalar_type()), 0),
+              pad(slot_label.gather(1, pick), -1), pad(source, -1), counts};
+  });
+  return result;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_nms_dense_cuda(
+    const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& iou,
+    const std::optional<at::Tensor>& level_index, int64_t num_levels, double alpha, double score_threshold,
+    double iou_threshold, int64_t pre_nms_top_k, int64_t max_detections, bool class_agnostic) {
+  check_rescored_dense(boxes, scores, iou, level_index, num_levels, alpha, score_threshold, iou_threshold,
+                       max_detections);
+  return rescored_cuda(boxes, scores, iou, std::nullopt, std::nullopt, level_index, num_levels, boxes.size(0), true,
+                       alpha, score_threshold, iou_threshold, pre_nms_top_k, max_detections, class_agnostic);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_nms_flat_cuda(
+    const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& labels, const std::optional<at::Tensor>& iou,
+    const std::optional<at::Tensor>& batch_index, const std::optional<at::Tensor>& level_index, int64_t num_levels,
+    int64_t num_images, double alpha, double score_threshold, double iou_threshold, int64_t pre_nms_top_k,
+    int64_t max_detections, bool class_agnostic) {
+  check_rescored_flat(boxes, scores, labels, iou, batch_index, level_index, num_levels, num_images, alpha,
+                      score_threshold, iou_threshold, max_detections);
+  return rescored_cuda(boxes, scores, iou, labels, batch_index, level_index, num_levels, num_images, false, alpha,
+                       score_threshold, iou_threshold, pre_nms_top_k, max_detections, class_agnostic);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mutualops, CUDA, m) {
   m.impl("batched_nms", &batched_nms_cuda);
+  m.impl("rescored_nms_dense", &rescored_nms_dense_cuda);
+  m.impl("rescored_nms_flat", &rescored_nms_flat_cuda);
 }
 
 }  // namespace mutualops

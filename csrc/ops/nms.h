@@ -26,6 +26,68 @@ inline void check_nms_args(const at::Tensor& boxes, const at::Tensor& scores, co
                     iou_threshold);
 }
 
+inline void check_rescore_params(double alpha, double score_threshold, double iou_threshold,
+                                 int64_t max_detections) {
+  TORCH_CHECK_VALUE(alpha >= 0.0 && alpha <= 1.0, "alpha must be in [0, 1], got ", alpha);
+  TORCH_CHECK_VALUE(score_threshold >= 0.0 && score_threshold <= 1.0, "score_threshold must be in [0, 1], got ",
+                    score_threshold);
+  TORCH_CHECK_VALUE(iou_threshold >= 0.0 && iou_threshold <= 1.0, "iou_threshold must be in [0, 1], got ",
+                    iou_threshold);
+  TORCH_CHECK_VALUE(max_detections >= 0, "max_detections must be >= 0, got ", max_detections);
+}
+
+inline void check_optional_index(const std::optional<at::Tensor>& t, int64_t n, const at::Tensor& like,
+                                 const char* name) {
+  if (!t.has_value()) return;
+  TORCH_CHECK_TYPE(at::isIntegralType(t->scalar_type(), /*includeBool=*/false), name,
+                   " must be an integer tensor, got ", t->scalar_type());
+  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == n, name, " must have shape [", n, "], got ", t->sizes());
+  TORCH_CHECK_VALUE(t->device() == like.device(), name, " must be on ", like.device());
+}
+
+inline void check_rescored_dense(const at::Tensor& boxes, const at::Tensor& scores,
+                                 const std::optional<at::Tensor>& iou, const std::optional<at::Tensor>& level_index,
+                                 int64_t num_levels, double alpha, double score_threshold, double iou_threshold, int64_t max_detections) {
+  TORCH_CHECK_TYPE(at::isFloatingType(boxes.scalar_type()), "boxes must be a floating-point tensor");
+  TORCH_CHECK_VALUE(boxes.dim() == 3 && boxes.size(2) == 4, "boxes must have shape [B, N, 4], got ", boxes.sizes());
+  TORCH_CHECK_VALUE(scores.dim() == 3 && scores.size(0) == boxes.size(0) && scores.size(1) == boxes.size(1),
+                    "scores must have shape [B, N, C] matching boxes [B, N, 4], got ", scores.sizes());
+  TORCH_CHECK_TYPE(scores.scalar_type() == boxes.scalar_type(), "scores must have the dtype of boxes");
+  TORCH_CHECK_VALUE(scores.device() == boxes.device(), "scores must be on the device of boxes");
+  if (iou.has_value()) {
+    TORCH_CHECK_VALUE(iou->dim() == 2 && iou->size(0) == boxes.size(0) && iou->size(1) == boxes.size(1),
+                      "iou must have shape [B, N], got ", iou->sizes());
+    TORCH_CHECK_TYPE(iou->scalar_type() == boxes.scalar_type(), "iou must have the dtype of boxes");
+    TORCH_CHECK_VALUE(iou->device() == boxes.device(), "iou must be on the device of boxes");
+  }
+  check_optional_index(level_index, boxes.size(1), boxes, "level_index");
+  TORCH_CHECK_VALUE(num_levels >= 1, "num_levels must be >= 1, got ", num_levels);
+  check_rescore_params(alpha, score_threshold, iou_threshold, max_detections);
+}
+
+inline void check_rescored_flat(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& labels,
+                                const std::optional<at::Tensor>& iou, const std::optional<at::Tensor>& batch_index,
+                                const std::optional<at::Tensor>& level_index, int64_t num_levels,
+                                int64_t num_images, double alpha,
+                                double score_threshold, double iou_threshold, int64_t max_detections) {
+  TORCH_CHECK_TYPE(at::isFloatingType(boxes.scalar_type()), "boxes must be a floating-point tensor");
+  TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, "boxes must have shape [M, 4], got ", boxes.sizes());
+  const int64_t m = boxes.size(0);
+  TORCH_CHECK_VALUE(scores.dim() == 1 && scores.size(0) == m, "scores must have shape [", m, "], got ",
+                    scores.sizes());
+  TORCH_CHECK_TYPE(scores.scalar_type() == boxes.scalar_type(), "scores must have the dtype of boxes");
+  if (iou.has_value()) {
+    TORCH_CHECK_VALUE(iou->dim() == 1 && iou->size(0) == m, "iou must have shape [", m, "], got ", iou->sizes());
+    TORCH_CHECK_TYPE(iou->scalar_type() == boxes.scalar_type(), "iou must have the dtype of boxes");
+  }
+  check_optional_index(labels, m, boxes, "labels");
+  check_optional_index(batch_index, m, boxes, "batch_index");
+  check_optional_index(level_index, m, boxes, "level_index");
+  TORCH_CHECK_VALUE(num_images >= 0, "num_images must be >= 0, got ", num_images);
+  TORCH_CHECK_VALUE(num_levels >= 1, "num_levels must be >= 1, got ", num_levels);
+  check_rescore_params(alpha, score_threshold, iou_threshold, max_detections);
+}
+
 // The threshold in the IoU's type T such that (iou > t) == (double(iou) >
 // threshold) for every T iou: torchvision compares float IoUs with a double.
 template <typename T>
