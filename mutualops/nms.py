@@ -77,6 +77,7 @@ def rescored_nms(
     pre_nms_top_k=1000,
     max_detections=100,
     class_agnostic=False,
+    logits=False,
     fixed_shape=False,
 ):
     """Detector post-processing in one call: IoU rescoring, score threshold,
@@ -96,6 +97,9 @@ def rescored_nms(
     iou_threshold within a class (within the image if class_agnostic); at most
     max_detections per image remain. Ties go to the lower index; non-finite
     boxes or scores are never kept and suppress nothing.
+
+    With logits=True, scores and iou are the head's logits: the sigmoid is taken
+    in the same pass, and no [B,N,C] probability tensor is ever allocated.
 
     Returns Detections. With fixed_shape=True the tensors are padded to
     [B, max_detections]: no data-dependent shape, for CUDA graphs and
@@ -119,7 +123,7 @@ def rescored_nms(
     elif num_levels is None:
         num_levels = int(level_index.max()) + 1 if level_index.numel() else 1
     common = (float(alpha), float(score_threshold), float(iou_threshold), pre_nms_top_k, max_detections,
-              bool(class_agnostic))
+              bool(class_agnostic), bool(logits))
     if boxes.dim() == 3:
         if labels is not None or batch_index is not None:
             raise ValueError("labels and batch_index are for flat inputs; dense scores [B,N,C] carry both")
@@ -177,12 +181,12 @@ def _padded_fake(boxes, images, k):
 
 
 @torch.library.register_fake("mutualops::rescored_nms_dense")
-def _rescored_nms_dense_fake(boxes, scores, iou, level_index, num_levels, alpha, score_threshold, iou_threshold, pre_nms_top_k,
-                             max_detections, class_agnostic):
+def _rescored_nms_dense_fake(boxes, scores, iou, level_index, num_levels, alpha, score_threshold, iou_threshold,
+                             pre_nms_top_k, max_detections, class_agnostic, logits=False):
     return _padded_fake(boxes, boxes.shape[0], max_detections)
 
 
 @torch.library.register_fake("mutualops::rescored_nms_flat")
 def _rescored_nms_flat_fake(boxes, scores, labels, iou, batch_index, level_index, num_levels, num_images, alpha, score_threshold,
-                            iou_threshold, pre_nms_top_k, max_detections, class_agnostic):
+                            iou_threshold, pre_nms_top_k, max_detections, class_agnostic, logits=False):
     return _padded_fake(boxes, num_images, max_detections)

@@ -179,6 +179,19 @@ def test_rescored_flat_matches_reference_and_dense(device, gen):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_rescored_from_logits(device, gen):
+    boxes, scores, iou = dense_case(gen)
+    logit = lambda p: torch.log(p) - torch.log1p(-p)  # noqa: E731
+    kwargs = dict(alpha=0.5, score_threshold=0.3, pre_nms_top_k=50, max_detections=20)
+    det = mutualops.rescored_nms(boxes.to(device), logit(scores).to(device), logit(iou).to(device), logits=True, **kwargs)
+    expected = reference.rescored_nms(boxes, scores, iou, **kwargs)
+    for img, (_, exp_scores, labels, indices) in enumerate(expected):
+        mine = det.batch_index == img
+        assert torch.equal(det.indices[mine].cpu(), indices) and torch.equal(det.labels[mine].cpu(), labels)
+        torch.testing.assert_close(det.scores[mine].cpu(), exp_scores, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_rescored_fixed_shape(device, gen):
     boxes, scores, iou = dense_case(gen)
     args = (boxes.to(device), scores.to(device), iou.to(device))

@@ -53,15 +53,24 @@ struct BoxPlanes {
 
 // Greedy NMS over positions [begin, end) of one key, already in score order:
 // a box that survives removes every later box overlapping it above threshold.
+// Plain restrict pointers keep the inner loop vectorizable.
 template <typename T>
-void greedy_nms_run(const BoxPlanes<T>& planes, int64_t begin, int64_t end, T threshold, uint8_t* removed) {
+void greedy_nms_run(const BoxPlanes<T>& planes, int64_t begin, int64_t end, T threshold, uint8_t* removed_ptr) {
+  const int64_t m = planes.m;
+  const T* __restrict__ x1 = planes.data.ptr;
+  const T* __restrict__ y1 = x1 + m;
+  const T* __restrict__ x2 = y1 + m;
+  const T* __restrict__ y2 = x2 + m;
+  const T* __restrict__ area = y2 + m;
+  uint8_t* __restrict__ removed = removed_ptr;
   for (int64_t i = begin; i < end; ++i) {
     if (removed[i]) continue;
-    const Box<T> a = planes.box(i);
-    const BoxShape<T> sa{planes.area(i), T(0)};
+    const Box<T> a{x1[i], y1[i], x2[i], y2[i]};
+    const BoxShape<T> sa{area[i], T(0)};
     for (int64_t j = i + 1; j < end; ++j) {
-      const BoxShape<T> sb{planes.area(j), T(0)};
-      removed[j] |= static_cast<uint8_t>(box_overlap<IouMode::kIou>(a, planes.box(j), sa, sb) > threshold);
+      const Box<T> b{x1[j], y1[j], x2[j], y2[j]};
+      const BoxShape<T> sb{area[j], T(0)};
+      removed[j] |= static_cast<uint8_t>(box_overlap<IouMode::kIou>(a, b, sa, sb) > threshold);
     }
   }
 }
@@ -152,19 +161,29 @@ bool candidate_before(const Candidate<T>& a, const Candidate<T>& b) {
 
 // The best `k` candidates of one level (all of them when k < 0), kept in a
 // bounded heap whose top is the worst: O(k) memory however many pass.
+// Candidates arrive in increasing `order`, so once the heap is full a newcomer
+// must beat the worst score strictly: `floor` lets the scan test one float.
 template <typename T>
 struct TopK {
   int64_t k;
+  T floor;  // a candidate needs score > floor
   std::vector<Candidate<T>> heap;
+  TopK(int64_t k_, T score_threshold) : k(k_), floor(score_threshold) {}
   void offer(const Candidate<T>& c) {
-    if (k < 0 || static_cast<int64_t>(heap.size()) < k) {
+    if (!std::isfinite(c.score)) return;
+    if (k < 0) {
       heap.push_back(c);
-      if (k >= 0) std::push_heap(heap.begin(), heap.end(), candidate_before<T>);
-    } else if (k > 0 && candidate_before(c, heap.front())) {
+      return;
+    }
+    if (static_cast<int64_t>(heap.size()) < k) {
+      heap.push_back(c);
+      std::push_heap(heap.begin(), heap.end(), candidate_before<T>);
+    } else if (k > 0) {
       std::pop_heap(heap.begin(), heap.end(), candidate_before<T>);
       heap.back() = c;
       std::push_heap(heap.begin(), heap.end(), candidate_before<T>);
     }
+    if (k > 0 && static_cast<int64_t>(heap.size()) == k) floor = std::max(floor, heap.front().score);
   }
 };
 
@@ -237,7 +256,7 @@ void check_levels(const std::optional<at::Tensor>& level_index, int64_t num_leve
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_nms_dense_cpu(
     const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& iou,
     const std::optional<at::Tensor>& level_index, int64_t levels, double alpha, double score_threshold,
-    double iou_threshold, int64_t pre_nms_top_k, int64_t max_detections, bool class_agnostic) {
+    double iou_threshold, int64_t pre_nms_top_k, int64_t max_detections, bool class_agnostic, bool logits) {
   check_rescored_dense(boxes, scores, iou, level_index, levels, alpha, score_threshold, iou_threshold, max_detections);
   check_levels(level_index, levels);
   const RescoreParams p{alpha, score_threshold, iou_threshold, pre_nms_top_k, max_detections, class_agnostic};
@@ -257,15 +276,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
         const scalar_t* pq = q.defined() ? q.data_ptr<scalar_t>() + img * n : nullptr;
         const int64_t* pl = lv.defined() ? lv.data_ptr<int64_t>() : nullptr;
         auto box_at = [&](int64_t point) { return load_box<acc_t>(pb + 4 * point); };
-        std::vector<TopK<acc_t>> top(levels, TopK<acc_t>{pre_nms_top_k, {}});
+        std::vector<TopK<acc_t>> top(levels, TopK<acc_t>(pre_nms_top_k, score_floor));
         // One pass over the image's (point, class) pairs: rescore, threshold, top-k.
         for (int64_t pt = 0; pt < n; ++pt) {
           if (!finite_box(box_at(pt))) continue;
-          const acc_t quality = pq ? static_cast<acc_t>(pq[pt]) : acc_t(1);
+          const acc_t quality = pq ? probability(static_cast<acc_t>(pq[pt]), logits) : acc_t(1);
           TopK<acc_t>& level_top = top[pl ? pl[pt] : 0];
           for (int64_t cls = 0; cls < c; ++cls) {
-            const acc_t score = rescore(static_cast<acc_t>(ps[pt * c + cls]), quality, a);
-            if (score > score_floor && std::isfinite(score)) level_top.offer({score, pt * c + cls, pt, cls});
+            const acc_t score = rescore(probability(static_cast<acc_t>(ps[pt * c + cls]), logits), quality, a);
+            if (score > level_top.floor) level_top.offer({score, pt * c + cls, pt, cls});
           }
         }
         std::vector<Candidate<acc_t>> cands;
@@ -281,7 +300,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
     const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& labels, const std::optional<at::Tensor>& iou,
     const std::optional<at::Tensor>& batch_index, const std::optional<at::Tensor>& level_index, int64_t levels,
     int64_t num_images, double alpha, double score_threshold, double iou_threshold, int64_t pre_nms_top_k,
-    int64_t max_detections, bool class_agnostic) {
+    int64_t max_detections, bool class_agnostic, bool logits) {
   check_rescored_flat(boxes, scores, labels, iou, batch_index, level_index, levels, num_images, alpha,
                       score_threshold, iou_threshold, max_detections);
   check_levels(level_index, levels);
@@ -317,13 +336,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
     auto box_at = [&](int64_t e) { return load_box<acc_t>(pb + 4 * e); };
     at::parallel_for(0, num_images, 1, [&](int64_t begin, int64_t end) {
       for (int64_t img = begin; img < end; ++img) {
-        std::vector<TopK<acc_t>> top(levels, TopK<acc_t>{pre_nms_top_k, {}});
+        std::vector<TopK<acc_t>> top(levels, TopK<acc_t>(pre_nms_top_k, score_floor));
         for (int64_t k = offsets[img]; k < offsets[img + 1]; ++k) {
           const int64_t e = by_image[k];
-          const acc_t score = rescore(static_cast<acc_t>(ps[e]), pq ? static_cast<acc_t>(pq[e]) : acc_t(1), a);
-          if (score > score_floor && std::isfinite(score) && finite_box(box_at(e))) {
-            top[pl ? pl[e] : 0].offer({score, e, e, plab[e]});
-          }
+          const acc_t score = rescore(probability(static_cast<acc_t>(ps[e]), logits),
+                                      pq ? probability(static_cast<acc_t>(pq[e]), logits) : acc_t(1), a);
+          TopK<acc_t>& level_top = top[pl ? pl[e] : 0];
+          if (score > level_top.floor && finite_box(box_at(e))) level_top.offer({score, e, e, plab[e]});
         }
         std::vector<Candidate<acc_t>> cands;
         for (auto& t : top) cands.insert(cands.end(), t.heap.begin(), t.heap.end());

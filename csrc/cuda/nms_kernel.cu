@@ -186,8 +186,8 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, c
 template <typename scalar_t, typename acc_t>
 __global__ void candidate_scores_kernel(const scalar_t* __restrict__ boxes, const scalar_t* __restrict__ cls,
                                         const scalar_t* __restrict__ iou, const int64_t* __restrict__ batch_index,
-                                        int64_t images, int64_t points, int64_t classes, bool dense, acc_t alpha,
-                                        acc_t score_threshold, acc_t* __restrict__ out) {
+                                        int64_t images, int64_t points, int64_t classes, bool dense, bool logits,
+                                        acc_t alpha, acc_t score_threshold, acc_t* __restrict__ out) {
   const int64_t per_image = points * classes;
   for (int64_t t = grid_start(); t < images * per_image; t += grid_stride()) {
     const int64_t image = t / per_image, p = t % per_image;
@@ -195,7 +195,8 @@ __global__ void candidate_scores_kernel(const scalar_t* __restrict__ boxes, cons
     const int64_t point = dense ? image * points + p / classes : p;
     const int64_t cls_at = dense ? t : p;
     const Box<acc_t> b = load_box<acc_t>(boxes + 4 * point);
-    const acc_t s = rescore(static_cast<acc_t>(cls[cls_at]), iou ? static_cast<acc_t>(iou[point]) : acc_t(1), alpha);
+    const acc_t quality = iou ? probability(static_cast<acc_t>(iou[point]), logits) : acc_t(1);
+    const acc_t s = rescore(probability(static_cast<acc_t>(cls[cls_at]), logits), quality, alpha);
     const bool ok = (dense || batch_index == nullptr || batch_index[p] == image) && s > score_threshold &&
                     isfinite(s) && isfinite(b.x1) && isfinite(b.y1) && isfinite(b.x2) && isfinite(b.y2);
     out[t] = ok ? s : -INFINITY;
@@ -207,7 +208,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
     const std::optional<at::Tensor>& labels, const std::optional<at::Tensor>& batch_index,
     const std::optional<at::Tensor>& level_index, int64_t num_levels, int64_t images, bool dense, double alpha,
     double score_threshold, double iou_threshold, int64_t pre_nms_top_k, int64_t max_detections,
-    bool class_agnostic) {
+    bool class_agnostic, bool logits) {
   const c10::cuda::CUDAGuard guard(boxes.device());
   const at::Tensor b = boxes.contiguous(), s = scores.contiguous();
   const at::Tensor q = iou.has_value() ? iou->contiguous() : at::Tensor();
@@ -225,7 +226,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
     if (cand.numel() > 0) {
       candidate_scores_kernel<scalar_t, acc_t><<<grid_for(cand.numel()), kThreads, 0, stream>>>(
           b.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), q.defined() ? q.data_ptr<scalar_t>() : nullptr,
-          bi.defined() ? bi.data_ptr<int64_t>() : nullptr, images, points, classes, dense,
+          bi.defined() ? bi.data_ptr<int64_t>() : nullptr, images, points, classes, dense, logits,
           static_cast<acc_t>(alpha), static_cast<acc_t>(score_threshold), cand.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -288,22 +289,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_nms_dense_cuda(
     const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& iou,
     const std::optional<at::Tensor>& level_index, int64_t num_levels, double alpha, double score_threshold,
-    double iou_threshold, int64_t pre_nms_top_k, int64_t max_detections, bool class_agnostic) {
+    double iou_threshold, int64_t pre_nms_top_k, int64_t max_detections, bool class_agnostic, bool logits) {
   check_rescored_dense(boxes, scores, iou, level_index, num_levels, alpha, score_threshold, iou_threshold,
                        max_detections);
   return rescored_cuda(boxes, scores, iou, std::nullopt, std::nullopt, level_index, num_levels, boxes.size(0), true,
-                       alpha, score_threshold, iou_threshold, pre_nms_top_k, max_detections, class_agnostic);
+                       alpha, score_threshold, iou_threshold, pre_nms_top_k, max_detections, class_agnostic, logits);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_nms_flat_cuda(
     const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& labels, const std::optional<at::Tensor>& iou,
     const std::optional<at::Tensor>& batch_index, const std::optional<at::Tensor>& level_index, int64_t num_levels,
     int64_t num_images, double alpha, double score_threshold, double iou_threshold, int64_t pre_nms_top_k,
-    int64_t max_detections, bool class_agnostic) {
+    int64_t max_detections, bool class_agnostic, bool logits) {
   check_rescored_flat(boxes, scores, labels, iou, batch_index, level_index, num_levels, num_images, alpha,
                       score_threshold, iou_threshold, max_detections);
   return rescored_cuda(boxes, scores, iou, labels, batch_index, level_index, num_levels, num_images, false, alpha,
-                       score_threshold, iou_threshold, pre_nms_top_k, max_detections, class_agnostic);
+                       score_threshold, iou_threshold, pre_nms_top_k, max_detections, class_agnostic, logits);
 }
 
 }  // namespace

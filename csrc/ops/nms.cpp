@@ -12,7 +12,8 @@ TORCH_LIBRARY_FRAGMENT(mutualops, m) {
   // Fused post-processing (SPEC 2.2): rescoring s = cls^(1-alpha) * iou^alpha,
   // s > score_threshold, top-k per image (and per level when level_index is
   // given, with values in [0, num_levels)), class-aware greedy NMS per image,
-  // at most max_detections per image. pre_nms_top_k < 0 means no limit.
+  // at most max_detections per image. pre_nms_top_k < 0 means no limit. With
+  // logits, scores and iou are logits and go through a sigmoid in the same pass.
   // Outputs are padded per image: boxes [B,K,4], scores [B,K], labels [B,K]
   // (-1 padding), indices [B,K] (source index, -1 padding) and counts [B].
   //
@@ -20,12 +21,14 @@ TORCH_LIBRARY_FRAGMENT(mutualops, m) {
   // iou [B,N], level_index [N]; indices are point indices n.
   m.def(
       "rescored_nms_dense(Tensor boxes, Tensor scores, Tensor? iou, Tensor? level_index, int num_levels, float alpha, "
-      "float score_threshold, float iou_threshold, int pre_nms_top_k, int max_detections, bool class_agnostic) "
+      "float score_threshold, float iou_threshold, int pre_nms_top_k, int max_detections, bool class_agnostic, "
+      "bool logits=False) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Flat candidates: boxes [M,4], scores [M], labels [M], iou [M], batch_index
   // [M] in [0, num_images), level_index [M]; indices are element indices.
   m.def(
       "rescored_nms_flat(Tensor boxes, Tensor scores, Tensor labels, Tensor? iou, Tensor? batch_index, "
       "Tensor? level_index, int num_levels, int num_images, float alpha, float score_threshold, float iou_threshold, "
-      "int pre_nms_top_k, int max_detections, bool class_agnostic) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "int pre_nms_top_k, int max_detections, bool class_agnostic, bool logits=False) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
