@@ -7,6 +7,7 @@ from . import _extension
 _BUILD = _extension.load()
 
 from . import reference  # noqa: E402
+from .assign import MutualTargets, assign_and_label, assign_fcos, assign_max_iou, mutual_targets  # noqa: E402
 from .box_iou import box_iou, box_iou_aligned, iou_loss  # noqa: E402
 from .nms import Detections, batched_nms, nms, rescored_nms  # noqa: E402
 from .ranking import rank, spearman  # noqa: E402
@@ -27,4 +28,4 @@ def build_info():
     }
 
 
-__all__ = ["box_iou", "box_iou_aligned", "iou_loss", "nms", "batched_nms", "rescored_nms", "Detections", "rank", "spearman", "metrics", "build_info", "reference"]
+__all__ = ["box_iou", "box_iou_aligned", "iou_loss", "nms", "batched_nms", "rescored_nms", "Detections", "assign_fcos", "assign_max_iou", "mutual_targets", "assign_and_label", "MutualTargets", "rank", "spearman", "metrics", "build_info", "reference"]

@@ -232,3 +232,104 @@ def _rank_order(scores, order):
     """Positions sorted by score descending, then order ascending."""
     by_order = torch.sort(order, stable=True).indices
     return by_order[torch.sort(scores[by_order], descending=True, stable=True).indices]
+
+
+def assign_fcos(points, gt_boxes, num_gt, strides, regress_ranges, center_sampling_radius=1.5, inclusive=False,
+                torchvision_compat=False):
+    """FCOS assignment on full [P, G] matrices: matched [B, P], -1 background."""
+    out = torch.full((gt_boxes.shape[0], points.shape[0]), -1, dtype=torch.long, device=points.device)
+    x, y = points[:, 0:1], points[:, 1:2]
+    for b in range(gt_boxes.shape[0]):
+        g = gt_boxes[b, : int(num_gt[b])]
+        if g.shape[0] == 0:
+            continue
+        dist = torch.stack([x - g[:, 0], y - g[:, 1], g[:, 2] - x, g[:, 3] - y], dim=2)
+        match = dist.min(dim=2).values > 0
+        if center_sampling_radius > 0:
+            centres = (g[:, :2] + g[:, 2:]) / 2
+            reach = (points[:, None, :] - centres[None]).abs().max(dim=2).values
+            match &= reach < center_sampling_radius * strides[:, None]
+        d = dist.max(dim=2).values
+        lo, hi = regress_ranges[:, 0:1], regress_ranges[:, 1:2]
+        match &= ((d >= lo) & (d <= hi)) if inclusive else ((d > lo) & (d < hi))
+        if torchvision_compat:
+            key = -(1e8 - ((g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1])).float())
+        else:
+            key = (g[:, 2] - g[:, 0]).clamp(min=0) * (g[:, 3] - g[:, 1]).clamp(min=0)
+        keys = torch.where(match, key[None, :].to(dist.dtype), torch.full_like(d, math.inf))
+        best, arg = keys.min(dim=1)
+        ok = best < math.inf
+        if torchvision_compat:
+            ok &= -best >= 1e-5
+        out[b] = torch.where(ok, arg, -1)
+    return out
+
+
+def assign_max_iou(anchors, gt_boxes, num_gt, pos_iou_threshold=0.5, neg_iou_threshold=0.4, low_quality="torchvision",
+                   min_pos_iou=0.0, gt_max_assign_all=True, ignore_boxes=None, num_ignore=None,
+                   ignore_iof_threshold=0.5):
+    """Max-IoU assignment on full [G, P] IoU matrices: (matched [B, P], max_iou [B, P])."""
+    images, n = gt_boxes.shape[0], anchors.shape[0]
+    matched = torch.full((images, n), -1, dtype=torch.long, device=anchors.device)
+    max_iou = torch.zeros((images, n), dtype=anchors.dtype, device=anchors.device)
+    for b in range(images):
+        ignored = torch.zeros(n, dtype=torch.bool, device=anchors.device)
+        if ignore_boxes is not None and int(num_ignore[b]) > 0:
+            iof = box_iou(anchors, ignore_boxes[b, : int(num_ignore[b])], "iof")
+            ignored = iof.max(dim=1).values > ignore_iof_threshold
+        g = gt_boxes[b, : int(num_gt[b])]
+        if g.shape[0] == 0:
+            matched[b] = torch.where(ignored, -2, -1)
+            max_iou[b] = torch.where(ignored, -1.0, 0.0).to(anchors.dtype)
+            continue
+        iou = box_iou(g, anchors)  # [G, P]
+        iou[:, ignored] = -1
+        best, arg = iou.max(dim=0)
+        codes = torch.where(best >= pos_iou_threshold, arg, torch.where(best < neg_iou_threshold, -1, -2))
+        codes[ignored] = -2
+        gt_best = iou.max(dim=1).values
+        is_best = (iou == gt_best[:, None]) & ~ignored[None, :]
+        if low_quality == "torchvision":
+            restore = is_best.any(dim=0)
+            codes[restore] = arg[restore]
+        elif low_quality == "mmdet":
+            for j in range(g.shape[0]):
+                if gt_best[j] < min_pos_iou:
+                    continue
+                if gt_max_assign_all:
+                    codes[is_best[j]] = j
+                else:
+                    codes[int(iou[j].argmax())] = j
+        matched[b], max_iou[b] = codes, best
+    return matched, max_iou
+
+
+def mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls_logits, priors, scale=None, box_coding="distance",
+                   gamma_cls=1.0, gamma_loc=1.0):
+    """Mutual targets with plain tensor ops: (decoded, iou_target, cls_target, box_weight)."""
+    if box_coding == "distance":
+        s = scale if scale is not None else torch.ones(priors.shape[0], dtype=priors.dtype, device=priors.device)
+        x, y, d = priors[:, 0], priors[:, 1], box_pred
+        decoded = torch.stack([x - d[..., 0] * s, y - d[..., 1] * s, x + d[..., 2] * s, y + d[..., 3] * s], dim=-1)
+    else:
+        w = priors[:, 2] - priors[:, 0]
+        h = priors[:, 3] - priors[:, 1]
+        cx, cy = priors[:, 0] + 0.5 * w, priors[:, 1] + 0.5 * h
+        clip = math.log(1000.0 / 16)
+        dw, dh = box_pred[..., 2].clamp(max=clip), box_pred[..., 3].clamp(max=clip)
+        pcx, pcy = box_pred[..., 0] * w + cx, box_pred[..., 1] * h + cy
+        pw, ph = torch.exp(dw) * w, torch.exp(dh) * h
+        decoded = torch.stack([pcx - 0.5 * pw, pcy - 0.5 * ph, pcx + 0.5 * pw, pcy + 0.5 * ph], dim=-1)
+    positive = matched >= 0
+    gt_index = matched.clamp(min=0)
+    gt = torch.gather(gt_boxes, 1, gt_index[..., None].expand(-1, -1, 4))
+    labels = torch.gather(gt_labels.long(), 1, gt_index)
+    q = torch.where(positive, box_iou_aligned(decoded, gt), torch.zeros_like(decoded[..., 0]))
+    cls_target = torch.zeros_like(cls_logits)
+    soft = q**gamma_cls
+    cls_target.scatter_(2, labels[..., None], torch.where(positive, soft, torch.zeros_like(soft))[..., None])
+    p = torch.sigmoid(torch.gather(cls_logits, 2, labels[..., None])[..., 0])
+    raw = torch.where(positive, p**gamma_loc, torch.zeros_like(p))
+    total = raw.sum()
+    weight = raw * positive.sum() / total if total > 0 else torch.zeros_like(raw)
+    return decoded, q, cls_target, weight

@@ -1,0 +1,281 @@
+// CPU kernels of the label-assignment family: loops over points (parallel)
+// and GTs (vectorised), calling mutualops/assign_math.h and box_math.h. Extra
+// memory is O(P + G) per image: per-GT planes and per-thread GT maxima.
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <vector>
+
+#include "../ops/assign.h"
+
+namespace mutualops {
+namespace {
+
+// An image's real GT boxes as planes, in the math type.
+template <typename T>
+struct GtPlanes {
+  std::vector<T> x1, y1, x2, y2;
+  template <typename S>
+  GtPlanes(const S* boxes, int64_t n) : x1(n), y1(n), x2(n), y2(n) {
+    for (int64_t g = 0; g < n; ++g) {
+      const Box<T> b = load_box<T>(boxes + 4 * g);
+      x1[g] = b.x1, y1[g] = b.y1, x2[g] = b.x2, y2[g] = b.y2;
+    }
+  }
+  Box<T> box(int64_t g) const { return Box<T>{x1[g], y1[g], x2[g], y2[g]}; }
+};
+
+int64_t point_grain(int64_t gts) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(gts, 1));
+}
+
+at::Tensor assign_fcos_cpu(const at::Tensor& points, const at::Tensor& gt_boxes, const at::Tensor& num_gt,
+                           const at::Tensor& strides, const at::Tensor& regress_ranges, double center_radius,
+                           bool inclusive, bool torchvision_compat) {
+  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt");
+  check_priors(points, gt_boxes, 2, "points");
+  const int64_t images = gt_boxes.size(0), gmax = gt_boxes.size(1), n = points.size(0);
+  TORCH_CHECK_VALUE(strides.dim() == 1 && strides.size(0) == n, "strides must have shape [", n, "]");
+  TORCH_CHECK_VALUE(regress_ranges.dim() == 2 && regress_ranges.size(0) == n && regress_ranges.size(1) == 2,
+                    "regress_ranges must have shape [", n, ", 2]");
+  const at::Tensor pts = points.contiguous(), gts = gt_boxes.contiguous();
+  const at::Tensor str = strides.to(points.scalar_type()).contiguous();
+  const at::Tensor rng = regress_ranges.to(points.scalar_type()).contiguous();
+  const at::Tensor counts = num_gt.to(at::kLong).contiguous();
+  at::Tensor matched = at::full({images, n}, kNegative, pts.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pts.scalar_type(), "assign_fcos_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const scalar_t* pp = pts.data_ptr<scalar_t>();
+    const scalar_t* ps = str.data_ptr<scalar_t>();
+    const scalar_t* pr = rng.data_ptr<scalar_t>();
+    const T radius = static_cast<T>(center_radius);
+    for (int64_t img = 0; img < images; ++img) {
+      const int64_t count = std::min(counts.data_ptr<int64_t>()[img], gmax);
+      if (count <= 0) continue;
+      const GtPlanes<T> gt(gts.data_ptr<scalar_t>() + img * gmax * 4, count);
+      std::vector<T> key(count);
+      for (int64_t g = 0; g < count; ++g) key[g] = fcos_area_key(gt.box(g), torchvision_compat);
+      int64_t* out = matched.data_ptr<int64_t>() + img * n;
+      at::parallel_for(0, n, point_grain(count), [&](int64_t begin, int64_t end) {
+        const T inf = std::numeric_limits<T>::infinity();
+        for (int64_t p = begin; p < end; ++p) {
+          const T x = static_cast<T>(pp[2 * p]), y = static_cast<T>(pp[2 * p + 1]);
+          const T stride = static_cast<T>(ps[p]), lower = static_cast<T>(pr[2 * p]), upper = static_cast<T>(pr[2 * p + 1]);
+          // Pass 1 (vectorised): the smallest key among matching GTs.
+          T best = inf;
+          for (int64_t g = 0; g < count; ++g) {
+            const Box<T> b{gt.x1[g], gt.y1[g], gt.x2[g], gt.y2[g]};
+            const bool ok = fcos_point_matches(x, y, b, stride, radius, lower, upper, inclusive);
+            best = min2(best, ok ? key[g] : inf);
+          }
+          if (!(best < inf) || !fcos_key_acceptable(best, torchvision_compat)) continue;
+          // Pass 2, rare: the first GT holding it.
+          for (int64_t g = 0; g < count; ++g) {
+            if (key[g] == best && fcos_point_matches(x, y, gt.box(g), stride, radius, lower, upper, inclusive)) {
+              out[p] = g;
+              break;
+            }
+          }
+        }
+      });
+    }
+  });
+  return matched;
+}
+
+std::tuple<at::Tensor, at::Tensor> assign_max_iou_cpu(const at::Tensor& anchors, const at::Tensor& gt_boxes,
+                                                      const at::Tensor& num_gt,
+                                                      const std::optional<at::Tensor>& ignore_boxes,
+                                                      const std::optional<at::Tensor>& num_ignore, double pos_iou,
+                                                      double neg_iou, c10::string_view low_quality,
+                                                      double min_pos_iou, bool gt_max_assign_all, double ignore_iof) {
+  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt");
+  check_priors(anchors, gt_boxes, 4, "anchors");
+  const LowQuality lq = parse_low_quality(low_quality);
+  TORCH_CHECK_VALUE(ignore_boxes.has_value() == num_ignore.has_value(), "ignore_boxes and num_ignore go together");
+  if (ignore_boxes.has_value()) check_gt(*ignore_boxes, *num_ignore, "ignore_boxes", "num_ignore");
+  const int64_t images = gt_boxes.size(0), gmax = gt_boxes.size(1), n = anchors.size(0);
+  const at::Tensor anc = anchors.contiguous(), gts = gt_boxes.contiguous();
+  const at::Tensor counts = num_gt.to(at::kLong).contiguous();
+  const at::Tensor ign = ignore_boxes.has_value() ? ignore_boxes->to(gts.scalar_type()).contiguous() : at::Tensor();
+  const at::Tensor ign_counts = num_ignore.has_value() ? num_ignore->to(at::kLong).contiguous() : at::Tensor();
+  at::Tensor matched = at::full({images, n}, kNegative, anc.options().dtype(at::kLong));
+  at::Tensor max_iou = at::zeros({images, n}, anc.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, anc.scalar_type(), "assign_max_iou_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const scalar_t* pa = anc.data_ptr<scalar_t>();
+    // Anchors as planes with their areas: the IoU loops vectorize over GTs.
+    std::vector<Box<T>> abox(n);
+    std::vector<T> aarea(n);
+    for (int64_t p = 0; p < n; ++p) abox[p] = load_box<T>(pa + 4 * p), aarea[p] = box_area(abox[p]);
+    std::vector<uint8_t> ignored(n);
+    for (int64_t img = 0; img < images; ++img) {
+      const int64_t count = std::min(counts.data_ptr<int64_t>()[img], gmax);
+      int64_t* out = matched.data_ptr<int64_t>() + img * n;
+      scalar_t* out_iou = max_iou.data_ptr<scalar_t>() + img * n;
+      // Crowd / ignore regions: anchors mostly inside one (IoF) are ignored.
+      std::fill(ignored.begin(), ignored.end(), 0);
+      if (ign.defined()) {
+        const int64_t icount = std::min(ign_counts.data_ptr<int64_t>()[img], ign.size(1));
+        const GtPlanes<T> ig(ign.data_ptr<scalar_t>() + img * ign.size(1) * 4, icount);
+        at::parallel_for(0, n, point_grain(icount), [&](int64_t begin, int64_t end) {
+          for (int64_t p = begin; p < end; ++p) {
+            T best = T(0);
+            for (int64_t g = 0; g < icount; ++g) {
+              best = max2(best, box_overlap<IouMode::kIof>(abox[p], ig.box(g), BoxShape<T>{aarea[p], T(0)},
+                                                           BoxShape<T>{T(0), T(0)}));
+            }
+            ignored[p] = best > static_cast<T>(ignore_iof);
+          }
+        });
+      }
+      if (count <= 0) {
+        for (int64_t p = 0; p < n; ++p) out[p] = ignored[p] ? kIgnore : kNegative;
+        for (int64_t p = 0; p < n; ++p) out_iou[p] = static_cast<scalar_t>(ignored[p] ? -1 : 0);
+        continue;
+      }
+      const GtPlanes<T> gt(gts.data_ptr<scalar_t>() + img * gmax * 4, count);
+      std::vector<T> garea(count);
+      for (int64_t g = 0; g < count; ++g) garea[g] = box_area(gt.box(g));
+      // Pass 1: each anchor's best GT (first on ties) and each GT's best IoU
+      // (per-thread maxima, then reduced: O(threads x G)).
+      std::vector<T> anchor_best(n);
+      std::vector<int64_t> anchor_arg(n);
+      const int64_t threads = at::get_num_threads();
+      std::vector<T> gt_best_per_thread(threads * count, T(-1));
+      at::parallel_for(0, n, point_grain(count), [&](int64_t begin, int64_t end) {
+        T* gt_best = gt_best_per_thread.data() + at::get_thread_num() * count;
+        for (int64_t p = begin; p < end; ++p) {
+          const Box<T> a = abox[p];
+          const BoxShape<T> sa{aarea[p], T(0)};
+          const T none = ignored[p] ? T(-1) : T(0);
+          T best = T(-1);
+          for (int64_t g = 0; g < count; ++g) {
+            const Box<T> b{gt.x1[g], gt.y1[g], gt.x2[g], gt.y2[g]};
+            const T iou = ignored[p] ? none : box_overlap<IouMode::kIou>(a, b, sa, BoxShape<T>{garea[g], T(0)});
+            best = max2(best, iou);
+            gt_best[g] = max2(gt_best[g], iou);
+          }
+          int64_t arg = 0;
+          for (int64_t g = 0; g < count; ++g) {
+            const T iou = ignored[p] ? none : box_overlap<IouMode::kIou>(a, gt.box(g), sa, BoxShape<T>{garea[g], T(0)});
+            if (iou == best) {
+              arg = g;
+              break;
+            }
+          }
+          anchor_best[p] = best;
+          anchor_arg[p] = arg;
+        }
+      });
+      std::vector<T> gt_best(count, T(-1));
+      for (int64_t t = 0; t < threads; ++t) {
+        for (int64_t g = 0; g < count; ++g) gt_best[g] = max2(gt_best[g], gt_best_per_thread[t * count + g]);
+      }
+      for (int64_t p = 0; p < n; ++p) {
+        out[p] = ignored[p] ? kIgnore : max_iou_code(anchor_best[p], anchor_arg[p], pos_iou, neg_iou);
+        out_iou[p] = static_cast<scalar_t>(anchor_best[p]);
+      }
+      if (lq == LowQuality::kNone) continue;
+      // Pass 2: low-quality matches. torchvision: an anchor that is some GT's
+      // best (ties included) gets back its own best GT. mmdetection: it gets
+      // the last such GT whose best IoU reaches min_pos_iou (all tied anchors
+      // with gt_max_assign_all, else only the GT's first best anchor).
+      std::vector<int64_t> first_best_anchor(count, -1);
+      if (lq == LowQuality::kMmdet && !gt_max_assign_all) {
+        for (int64_t p = 0; p < n; ++p) {
+          if (ignored[p]) continue;
+          for (int64_t g = 0; g < count; ++g) {
+            if (first_best_anchor[g] < 0 &&
+                box_overlap<IouMode::kIou>(abox[p], gt.box(g), BoxShape<T>{aarea[p], T(0)},
+                                           BoxShape<T>{garea[g], T(0)}) == gt_best[g]) {
+              first_best_anchor[g] = p;
+            }
+          }
+        }
+        for (int64_t g = 0; g < count; ++g) {
+          if (gt_best[g] >= static_cast<T>(min_pos_iou) && first_best_anchor[g] >= 0) out[first_best_anchor[g]] = g;
+        }
+        continue;
+      }
+      at::parallel_for(0, n, point_grain(count), [&](int64_t begin, int64_t end) {
+        for (int64_t p = begin; p < end; ++p) {
+          if (ignored[p]) continue;
+          const BoxShape<T> sa{aarea[p], T(0)};
+          int64_t last = -1;
+          for (int64_t g = 0; g < count; ++g) {
+            const T iou = box_overlap<IouMode::kIou>(abox[p], Box<T>{gt.x1[g], gt.y1[g], gt.x2[g], gt.y2[g]}, sa,
+                                                     BoxShape<T>{garea[g], T(0)});
+            const bool best_of_gt = iou == gt_best[g] &&
+                                    (lq == LowQuality::kTorchvision || gt_best[g] >= static_cast<T>(min_pos_iou));
+            last = best_of_gt ? g : last;
+          }
+          if (last >= 0) out[p] = lq == LowQuality::kTorchvision ? anchor_arg[p] : last;
+        }
+      });
+    }
+  });
+  return {matched, max_iou};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mutual_targets_cpu(
+    const at::Tensor& matched, const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& box_pred,
+    const at::Tensor& cls_logits, const at::Tensor& priors, const std::optional<at::Tensor>& scale,
+    c10::string_view box_coding, double gamma_cls, double gamma_loc) {
+  const BoxCoding coding = parse_box_coding(box_coding);
+  check_mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls_logits, priors, scale, coding);
+  const int64_t images = matched.size(0), n = matched.size(1), gmax = gt_boxes.size(1), classes = cls_logits.size(2);
+  const at::Tensor m = matched.contiguous(), gts = gt_boxes.contiguous(), labels = gt_labels.to(at::kLong).contiguous();
+  const at::Tensor pred = box_pred.contiguous(), logits = cls_logits.contiguous(), pri = priors.contiguous();
+  const at::Tensor sc = scale.has_value() ? scale->to(pred.scalar_type()).contiguous() : at::Tensor();
+  at::Tensor decoded = at::empty({images, n, 4}, pred.options());
+  at::Tensor iou_target = at::zeros({images, n}, pred.options());
+  at::Tensor cls_target = at::zeros({images, n, classes}, logits.options());
+  at::Tensor raw_weight = at::zeros({images, n}, pred.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "mutual_targets_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const int64_t* pm = m.data_ptr<int64_t>();
+    const scalar_t* pg = gts.data_ptr<scalar_t>();
+    const int64_t* pl = labels.data_ptr<int64_t>();
+    const scalar_t* pp = pred.data_ptr<scalar_t>();
+    const scalar_t* pz = logits.data_ptr<scalar_t>();
+    const scalar_t* pr = pri.data_ptr<scalar_t>();
+    const scalar_t* ps = sc.defined() ? sc.data_ptr<scalar_t>() : nullptr;
+    scalar_t* od = decoded.data_ptr<scalar_t>();
+    scalar_t* oq = iou_target.data_ptr<scalar_t>();
+    scalar_t* oc = cls_target.data_ptr<scalar_t>();
+    scalar_t* ow = raw_weight.data_ptr<scalar_t>();
+    at::parallel_for(0, images * n, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t img = i / n, p = i % n;
+        const T d[4] = {static_cast<T>(pp[4 * i]), static_cast<T>(pp[4 * i + 1]), static_cast<T>(pp[4 * i + 2]),
+                        static_cast<T>(pp[4 * i + 3])};
+        const Box<T> box = coding == BoxCoding::kDistance
+                               ? decode_distance(static_cast<T>(pr[2 * p]), static_cast<T>(pr[2 * p + 1]), d,
+                                                 ps ? static_cast<T>(ps[p]) : T(1))
+                               : decode_delta(load_box<T>(pr + 4 * p), d);
+        store_box(box, od + 4 * i);
+        const int64_t g = pm[i];
+        if (g < 0) continue;
+        const int64_t label = pl[img * gmax + g];
+        const T q = box_iou(box, load_box<T>(pg + 4 * (img * gmax + g)));
+        oq[i] = static_cast<scalar_t>(q);
+        oc[i * classes + label] = static_cast<scalar_t>(soft_class_target(q, static_cast<T>(gamma_cls)));
+        ow[i] = static_cast<scalar_t>(box_loss_weight(static_cast<T>(pz[i * classes + label]), static_cast<T>(gamma_loc)));
+      }
+    });
+  });
+  return {decoded, iou_target, cls_target, normalise_over_positives(raw_weight, m >= 0)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mutualops, CPU, m) {
+  m.impl("assign_fcos", &assign_fcos_cpu);
+  m.impl("assign_max_iou", &assign_max_iou_cpu);
+  m.impl("mutual_targets", &mutual_targets_cpu);
+}
+
+}  // namespace mutualops

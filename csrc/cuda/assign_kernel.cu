@@ -1,0 +1,306 @@
+// CUDA kernels of the label-assignment family: one thread per (image, point)
+// looping over GTs (or per (image, GT) looping over anchors for the per-GT
+// maxima), calling mutualops/assign_math.h and box_math.h. Extra memory is
+// O(P + G); results are deterministic (no atomics).
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../ops/assign.h"
+#include "launch.cuh"
+
+namespace mutualops {
+namespace {
+
+__device__ __forceinline__ int64_t real_count(const int64_t* counts, int64_t image, int64_t gmax) {
+  const int64_t c = counts[image];
+  return c < gmax ? (c > 0 ? c : 0) : gmax;
+}
+
+template <typename scalar_t>
+__global__ void assign_fcos_kernel(const scalar_t* __restrict__ points, const scalar_t* __restrict__ gts,
+                                   const int64_t* __restrict__ counts, const scalar_t* __restrict__ strides,
+                                   const scalar_t* __restrict__ ranges, int64_t images, int64_t n, int64_t gmax,
+                                   double radius, bool inclusive, bool compat, int64_t* __restrict__ matched) {
+  using T = at::opmath_type<scalar_t>;
+  for (int64_t t = grid_start(); t < images * n; t += grid_stride()) {
+    const int64_t image = t / n, p = t % n;
+    const int64_t count = real_count(counts, image, gmax);
+    const T x = static_cast<T>(points[2 * p]), y = static_cast<T>(points[2 * p + 1]);
+    const T stride = static_cast<T>(strides[p]), lower = static_cast<T>(ranges[2 * p]);
+    const T upper = static_cast<T>(ranges[2 * p + 1]);
+    int64_t arg = kNegative;
+    T best = T(0);
+    for (int64_t g = 0; g < count; ++g) {
+      const Box<T> b = load_box<T>(gts + 4 * (image * gmax + g));
+      if (!fcos_point_matches(x, y, b, stride, static_cast<T>(radius), lower, upper, inclusive)) continue;
+      const T key = fcos_area_key(b, compat);
+      if (arg < 0 || key < best) best = key, arg = g;
+    }
+    matched[t] = arg >= 0 && fcos_key_acceptable(best, compat) ? arg : kNegative;
+  }
+}
+
+template <typename T, typename scalar_t>
+__device__ __forceinline__ T pair_iou(const scalar_t* anchors, const scalar_t* gts, int64_t p, int64_t gi) {
+  return box_iou(load_box<T>(anchors + 4 * p), load_box<T>(gts + 4 * gi));
+}
+
+// Anchors mostly inside an ignore box (IoF > threshold).
+template <typename scalar_t>
+__global__ void ignored_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ ign,
+                               const int64_t* __restrict__ counts, int64_t images, int64_t n, int64_t imax,
+                               double threshold, bool* __restrict__ ignored) {
+  using T = at::opmath_type<scalar_t>;
+  for (int64_t t = grid_start(); t < images * n; t += grid_stride()) {
+    const int64_t image = t / n, p = t % n;
+    const int64_t count = real_count(counts, image, imax);
+    const Box<T> a = load_box<T>(anchors + 4 * p);
+    T best = T(0);
+    for (int64_t g = 0; g < count; ++g) {
+      best = max2(best, box_overlap<IouMode::kIof>(a, load_box<T>(ign + 4 * (image * imax + g))));
+    }
+    ignored[t] = best > static_cast<T>(threshold);
+  }
+}
+
+// Per (image, anchor): best IoU over GTs and its first GT; -1 when ignored.
+template <typename scalar_t>
+__global__ void anchor_best_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ gts,
+                                   const int64_t* __restrict__ counts, const bool* __restrict__ ignored,
+                                   int64_t images, int64_t n, int64_t gmax, double pos_iou, double neg_iou,
+                                   int64_t* __restrict__ matched, int64_t* __restrict__ arg_out,
+                                   scalar_t* __restrict__ best_out) {
+  using T = at::opmath_type<scalar_t>;
+  for (int64_t t = grid_start(); t < images * n; t += grid_stride()) {
+    const int64_t image = t / n, p = t % n;
+    const int64_t count = real_count(counts, image, gmax);
+    T best = T(-1);
+    int64_t arg = 0;
+    if (!ignored[t]) {
+      for (int64_t g = 0; g < count; ++g) {
+        const T iou = pair_iou<T>(anchors, gts, p, image * gmax + g);
+        if (iou > best) best = iou, arg = g;
+      }
+    }
+    arg_out[t] = arg;
+    best_out[t] = static_cast<scalar_t>(best);
+    matched[t] = ignored[t] ? kIgnore : (count == 0 ? kNegative : max_iou_code(best, arg, pos_iou, neg_iou));
+  }
+}
+
+// Per (image, GT): best IoU over non-ignored anchors and the first anchor holding it.
+template <typename scalar_t>
+__global__ void gt_best_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ gts,
+                               const int64_t* __restrict__ counts, const bool* __restrict__ ignored, int64_t images,
+                               int64_t n, int64_t gmax, at::opmath_type<scalar_t>* __restrict__ gt_best,
+                               int64_t* __restrict__ gt_first_anchor) {
+  using T = at::opmath_type<scalar_t>;
+  for (int64_t t = grid_start(); t < images * gmax; t += grid_stride()) {
+    const int64_t image = t / gmax, g = t % gmax;
+    T best = T(-1);
+    int64_t first = -1;
+    if (g < real_count(counts, image, gmax)) {
+      for (int64_t p = 0; p < n; ++p) {
+        if (ignored[image * n + p]) continue;
+        const T iou = pair_iou<T>(anchors, gts, p, t);
+        if (iou > best) best = iou, first = p;
+      }
+    }
+    gt_best[t] = best;
+    gt_first_anchor[t] = first;
+  }
+}
+
+// Low-quality matches (see assign_kernel.cpp): torchvision restores an
+// anchor's own best GT when it is some GT's best; mmdetection (all ties)
+// gives it the last such GT whose best IoU reaches min_pos_iou.
+template <typename scalar_t>
+__global__ void low_quality_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ gts,
+                                   const int64_t* __restrict__ counts, const bool* __restrict__ ignored,
+                                   const at::opmath_type<scalar_t>* __restrict__ gt_best,
+                                   const int64_t* __restrict__ anchor_arg,
+                                   int64_t images, int64_t n, int64_t gmax, bool torchvision, double min_pos_iou,
+                                   int64_t* __restrict__ matched) {
+  using T = at::opmath_type<scalar_t>;
+  for (int64_t t = grid_start(); t < images * n; t += grid_stride()) {
+    if (ignored[t]) continue;
+    const int64_t image = t / n, p = t % n;
+    const int64_t count = real_count(counts, image, gmax);
+    int64_t last = -1;
+    for (int64_t g = 0; g < count; ++g) {
+      const T best = gt_best[image * gmax + g];
+      const bool best_of_gt = pair_iou<T>(anchors, gts, p, image * gmax + g) == best &&
+                              (torchvision || best >= static_cast<T>(min_pos_iou));
+      last = best_of_gt ? g : last;
+    }
+    if (last >= 0) matched[t] = torchvision ? anchor_arg[t] : last;
+  }
+}
+
+// mmdetection without gt_max_assign_all: each GT, in order, takes its first best anchor.
+template <typename T>
+__global__ void first_best_anchor_kernel(const T* __restrict__ gt_best, const int64_t* __restrict__ first,
+                                         const int64_t* __restrict__ counts, int64_t images, int64_t n,
+                                         int64_t gmax, double min_pos_iou, int64_t* __restrict__ matched) {
+  for (int64_t image = grid_start(); image < images; image += grid_stride()) {
+    const int64_t count = real_count(counts, image, gmax);
+    for (int64_t g = 0; g < count; ++g) {
+      const int64_t t = image * gmax + g;
+      if (first[t] >= 0 && gt_best[t] >= static_cast<T>(min_pos_iou)) matched[image * n + first[t]] = g;
+    }
+  }
+}
+
+template <typename scalar_t>
+__global__ void mutual_targets_kernel(const int64_t* __restrict__ matched, const scalar_t* __restrict__ gts,
+                                      const int64_t* __restrict__ labels, const scalar_t* __restrict__ pred,
+                                      const scalar_t* __restrict__ logits, const scalar_t* __restrict__ priors,
+                                      const scalar_t* __restrict__ scale, int64_t images, int64_t n, int64_t gmax,
+                                      int64_t classes, BoxCoding coding, double gamma_cls, double gamma_loc,
+                                      scalar_t* __restrict__ decoded, scalar_t* __restrict__ iou_target,
+                                      scalar_t* __restrict__ cls_target, scalar_t* __restrict__ raw_weight) {
+  using T = at::opmath_type<scalar_t>;
+  for (int64_t i = grid_start(); i < images * n; i += grid_stride()) {
+    const int64_t image = i / n, p = i % n;
+    const T d[4] = {static_cast<T>(pred[4 * i]), static_cast<T>(pred[4 * i + 1]), static_cast<T>(pred[4 * i + 2]),
+                    static_cast<T>(pred[4 * i + 3])};
+    const Box<T> box = coding == BoxCoding::kDistance
+                           ? decode_distance(static_cast<T>(priors[2 * p]), static_cast<T>(priors[2 * p + 1]), d,
+                                             scale ? static_cast<T>(scale[p]) : T(1))
+                           : decode_delta(load_box<T>(priors + 4 * p), d);
+    store_box(box, decoded + 4 * i);
+    const int64_t g = matched[i];
+    if (g < 0) continue;
+    const int64_t label = labels[image * gmax + g];
+    const T q = box_iou(box, load_box<T>(gts + 4 * (image * gmax + g)));
+    iou_target[i] = static_cast<scalar_t>(q);
+    cls_target[i * classes + label] = static_cast<scalar_t>(soft_class_target(q, static_cast<T>(gamma_cls)));
+    raw_weight[i] = static_cast<scalar_t>(box_loss_weight(static_cast<T>(logits[i * classes + label]),
+                                                          static_cast<T>(gamma_loc)));
+  }
+}
+
+at::Tensor assign_fcos_cuda(const at::Tensor& points, const at::Tensor& gt_boxes, const at::Tensor& num_gt,
+                            const at::Tensor& strides, const at::Tensor& regress_ranges, double center_radius,
+                            bool inclusive, bool torchvision_compat) {
+  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt");
+  check_priors(points, gt_boxes, 2, "points");
+  const c10::cuda::CUDAGuard guard(points.device());
+  const int64_t images = gt_boxes.size(0), gmax = gt_boxes.size(1), n = points.size(0);
+  TORCH_CHECK_VALUE(strides.dim() == 1 && strides.size(0) == n, "strides must have shape [", n, "]");
+  TORCH_CHECK_VALUE(regress_ranges.dim() == 2 && regress_ranges.size(0) == n && regress_ranges.size(1) == 2,
+                    "regress_ranges must have shape [", n, ", 2]");
+  const at::Tensor pts = points.contiguous(), gts = gt_boxes.contiguous();
+  const at::Tensor str = strides.to(points.scalar_type()).contiguous();
+  const at::Tensor rng = regress_ranges.to(points.scalar_type()).contiguous();
+  const at::Tensor counts = num_gt.to(at::kLong).contiguous();
+  at::Tensor matched = at::empty({images, n}, pts.options().dtype(at::kLong));
+  if (matched.numel() == 0) return matched;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pts.scalar_type(), "assign_fcos_cuda", [&] {
+    assign_fcos_kernel<scalar_t><<<grid_for(images * n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        pts.data_ptr<scalar_t>(), gts.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(), str.data_ptr<scalar_t>(),
+        rng.data_ptr<scalar_t>(), images, n, gmax, center_radius, inclusive, torchvision_compat,
+        matched.data_ptr<int64_t>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return matched;
+}
+
+std::tuple<at::Tensor, at::Tensor> assign_max_iou_cuda(const at::Tensor& anchors, const at::Tensor& gt_boxes,
+                                                       const at::Tensor& num_gt,
+                                                       const std::optional<at::Tensor>& ignore_boxes,
+                                                       const std::optional<at::Tensor>& num_ignore, double pos_iou,
+                                                       double neg_iou, c10::string_view low_quality,
+                                                       double min_pos_iou, bool gt_max_assign_all, double ignore_iof) {
+  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt");
+  check_priors(anchors, gt_boxes, 4, "anchors");
+  const LowQuality lq = parse_low_quality(low_quality);
+  TORCH_CHECK_VALUE(ignore_boxes.has_value() == num_ignore.has_value(), "ignore_boxes and num_ignore go together");
+  if (ignore_boxes.has_value()) check_gt(*ignore_boxes, *num_ignore, "ignore_boxes", "num_ignore");
+  const c10::cuda::CUDAGuard guard(anchors.device());
+  const int64_t images = gt_boxes.size(0), gmax = gt_boxes.size(1), n = anchors.size(0);
+  const at::Tensor anc = anchors.contiguous(), gts = gt_boxes.contiguous();
+  const at::Tensor counts = num_gt.to(at::kLong).contiguous();
+  const auto longs = anc.options().dtype(at::kLong);
+  at::Tensor matched = at::empty({images, n}, longs);
+  at::Tensor max_iou = at::empty({images, n}, anc.options());
+  at::Tensor ignored = at::zeros({images, n}, anc.options().dtype(at::kBool));
+  if (matched.numel() == 0) return {matched, max_iou};
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor anchor_arg = at::empty({images, n}, longs);
+  at::Tensor gt_first = at::empty({images, gmax}, longs);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, anc.scalar_type(), "assign_max_iou_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
+    at::Tensor gt_best = at::empty({images, gmax}, anc.options().dtype(c10::CppTypeToScalarType<T>::value));
+    if (ignore_boxes.has_value() && ignore_boxes->size(1) > 0) {
+      const at::Tensor ign = ignore_boxes->to(anc.scalar_type()).contiguous();
+      const at::Tensor ign_counts = num_ignore->to(at::kLong).contiguous();
+      ignored_kernel<scalar_t><<<grid_for(images * n), kThreads, 0, stream>>>(
+          anc.data_ptr<scalar_t>(), ign.data_ptr<scalar_t>(), ign_counts.data_ptr<int64_t>(), images, n, ign.size(1),
+          ignore_iof, ignored.data_ptr<bool>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    anchor_best_kernel<scalar_t><<<grid_for(images * n), kThreads, 0, stream>>>(
+        anc.data_ptr<scalar_t>(), gts.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(), ignored.data_ptr<bool>(),
+        images, n, gmax, pos_iou, neg_iou, matched.data_ptr<int64_t>(), anchor_arg.data_ptr<int64_t>(),
+        max_iou.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (lq == LowQuality::kNone || gmax == 0) return;
+    gt_best_kernel<scalar_t><<<grid_for(images * gmax), 64, 0, stream>>>(
+        anc.data_ptr<scalar_t>(), gts.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(), ignored.data_ptr<bool>(),
+        images, n, gmax, gt_best.data_ptr<T>(), gt_first.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (lq == LowQuality::kMmdet && !gt_max_assign_all) {
+      first_best_anchor_kernel<T><<<1, 32, 0, stream>>>(gt_best.data_ptr<T>(), gt_first.data_ptr<int64_t>(),
+                                                     counts.data_ptr<int64_t>(), images, n, gmax, min_pos_iou,
+                                                     matched.data_ptr<int64_t>());
+    } else {
+      low_quality_kernel<scalar_t><<<grid_for(images * n), kThreads, 0, stream>>>(
+          anc.data_ptr<scalar_t>(), gts.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(), ignored.data_ptr<bool>(),
+          gt_best.data_ptr<T>(), anchor_arg.data_ptr<int64_t>(), images, n, gmax,
+          lq == LowQuality::kTorchvision, min_pos_iou, matched.data_ptr<int64_t>());
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {matched, max_iou};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mutual_targets_cuda(
+    const at::Tensor& matched, const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& box_pred,
+    const at::Tensor& cls_logits, const at::Tensor& priors, const std::optional<at::Tensor>& scale,
+    c10::string_view box_coding, double gamma_cls, double gamma_loc) {
+  const BoxCoding coding = parse_box_coding(box_coding);
+  check_mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls_logits, priors, scale, coding);
+  const c10::cuda::CUDAGuard guard(box_pred.device());
+  const int64_t images = matched.size(0), n = matched.size(1), gmax = gt_boxes.size(1), classes = cls_logits.size(2);
+  const at::Tensor m = matched.contiguous(), gts = gt_boxes.contiguous(), labels = gt_labels.to(at::kLong).contiguous();
+  const at::Tensor pred = box_pred.contiguous(), logits = cls_logits.contiguous(), pri = priors.contiguous();
+  const at::Tensor sc = scale.has_value() ? scale->to(pred.scalar_type()).contiguous() : at::Tensor();
+  at::Tensor decoded = at::empty({images, n, 4}, pred.options());
+  at::Tensor iou_target = at::zeros({images, n}, pred.options());
+  at::Tensor cls_target = at::zeros({images, n, classes}, logits.options());
+  at::Tensor raw_weight = at::zeros({images, n}, pred.options());
+  if (images * n > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "mutual_targets_cuda", [&] {
+      mutual_targets_kernel<scalar_t><<<grid_for(images * n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          m.data_ptr<int64_t>(), gts.data_ptr<scalar_t>(), labels.data_ptr<int64_t>(), pred.data_ptr<scalar_t>(),
+          logits.data_ptr<scalar_t>(), pri.data_ptr<scalar_t>(), sc.defined() ? sc.data_ptr<scalar_t>() : nullptr,
+          images, n, gmax, classes, coding, gamma_cls, gamma_loc, decoded.data_ptr<scalar_t>(),
+          iou_target.data_ptr<scalar_t>(), cls_target.data_ptr<scalar_t>(), raw_weight.data_ptr<scalar_t>());
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {decoded, iou_target, cls_target, normalise_over_positives(raw_weight, m >= 0)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mutualops, CUDA, m) {
+  m.impl("assign_fcos", &assign_fcos_cuda);
+  m.impl("assign_max_iou", &assign_max_iou_cuda);
+  m.impl("mutual_targets", &mutual_targets_cuda);
+}
+
+}  // namespace mutualops

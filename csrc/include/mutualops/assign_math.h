@@ -1,0 +1,95 @@
+#pragma once
+
+// Label-assignment and box-coding math shared by the CPU and CUDA kernels:
+// the FCOS point rule, the max-IoU rule's thresholds, box decoding and the
+// mutual targets. IoU itself comes from box_math.h.
+
+#include <math.h>
+#include <stdint.h>
+
+#include "mutualops/box_math.h"
+#include "mutualops/score_math.h"
+
+namespace mutualops {
+
+// Assignment codes of the max-IoU rule.
+constexpr int64_t kNegative = -1;
+constexpr int64_t kIgnore = -2;
+
+// The FCOS rule for one (point, GT) pair (SPEC 2.3): the point lies strictly
+// inside the GT; with centre sampling (radius > 0) it also lies strictly
+// within radius * stride of the GT's centre (the sampling region clipped to
+// the box); and its largest regression distance lies in the level's range,
+// exclusive (torchvision) or inclusive (mmdetection) of the bounds.
+// Written without early returns so that CPU loops over GTs vectorize.
+template <typename T>
+MUTUALOPS_HD bool fcos_point_matches(T x, T y, const Box<T>& g, T stride, T radius, T lower, T upper,
+                                     bool inclusive) {
+  const T l = x - g.x1, t = y - g.y1, r = g.x2 - x, b = g.y2 - y;
+  const bool inside = min2(min2(l, t), min2(r, b)) > T(0);
+  const T dx = x - (g.x1 + g.x2) / T(2), dy = y - (g.y1 + g.y2) / T(2);
+  const bool near = !(radius > T(0)) || max2(dx > T(0) ? dx : -dx, dy > T(0) ? dy : -dy) < radius * stride;
+  const T d = max2(max2(l, t), max2(r, b));
+  const bool in_range = inclusive ? (d >= lower) & (d <= upper) : (d > lower) & (d < upper);
+  return inside & near & in_range;
+}
+
+// The quantity the FCOS rule minimises among a point's matching GTs: the GT
+// area, or, to reproduce torchvision exactly, -(1e8 - area) in float32 (whose
+// rounding makes close areas tie; ties go to the lower GT index).
+template <typename T>
+MUTUALOPS_HD T fcos_area_key(const Box<T>& g, bool torchvision_compat) {
+  if (!torchvision_compat) return box_area(g);
+  const float area = static_cast<float>((g.x2 - g.x1) * (g.y2 - g.y1));
+  return static_cast<T>(-(1e8f - area));
+}
+
+// torchvision leaves a point unmatched when its best 1e8 - area is below 1e-5.
+template <typename T>
+MUTUALOPS_HD bool fcos_key_acceptable(T key, bool torchvision_compat) {
+  return !torchvision_compat || -key >= T(1e-5f);
+}
+
+// Max-IoU thresholds (torchvision Matcher, mmdetection MaxIoUAssigner):
+// >= positive: matched; < negative: negative; in between: ignored.
+MUTUALOPS_HD int64_t max_iou_code(double iou, int64_t best_gt, double positive, double negative) {
+  if (iou >= positive) return best_gt;
+  return iou < negative ? kNegative : kIgnore;
+}
+
+// Box decoding. "distance": (l, t, r, b) from a point, times a scale (the
+// stride when the head predicts normalised distances, else 1).
+template <typename T>
+MUTUALOPS_HD Box<T> decode_distance(T x, T y, const T* ltrb, T scale) {
+  return Box<T>{x - ltrb[0] * scale, y - ltrb[1] * scale, x + ltrb[2] * scale, y + ltrb[3] * scale};
+}
+
+// "delta": (dx, dy, dw, dh) relative to an anchor, as torchvision's BoxCoder
+// with weights (1, 1, 1, 1) and dw, dh clamped at log(1000 / 16).
+template <typename T>
+MUTUALOPS_HD Box<T> decode_delta(const Box<T>& anchor, const T* d) {
+  const T w = anchor.x2 - anchor.x1, h = anchor.y2 - anchor.y1;
+  const T cx = anchor.x1 + T(0.5) * w, cy = anchor.y1 + T(0.5) * h;
+  const T clip = T(4.135166556742356);  // log(1000 / 16)
+  const T dw = d[2] < clip ? d[2] : clip, dh = d[3] < clip ? d[3] : clip;
+  const T pcx = d[0] * w + cx, pcy = d[1] * h + cy;
+  const T pw = exp_of(dw) * w, ph = exp_of(dh) * h;
+  return Box<T>{pcx - T(0.5) * pw, pcy - T(0.5) * ph, pcx + T(0.5) * pw, pcy + T(0.5) * ph};
+}
+
+// The mutual labels of one positive (SPEC section 1): q = IoU(decoded, GT);
+// classification target q^gamma_cls at the GT's class; box-loss weight
+// p^gamma_loc with p = sigmoid(logit of the GT's class), to be normalised over
+// the positives of the batch.
+template <typename T>
+MUTUALOPS_HD T soft_class_target(T q, T gamma_cls) {
+  return gamma_cls == T(1) ? q : pow_of(q, gamma_cls);
+}
+
+template <typename T>
+MUTUALOPS_HD T box_loss_weight(T class_logit, T gamma_loc) {
+  const T p = sigmoid(class_logit);
+  return gamma_loc == T(1) ? p : pow_of(p, gamma_loc);
+}
+
+}  // namespace mutualops

@@ -1,0 +1,76 @@
+#pragma once
+
+// Host-side argument checks shared by the CPU and CUDA assignment kernels.
+#include <ATen/ATen.h>
+
+#include "mutualops/assign_math.h"
+
+namespace mutualops {
+
+inline void check_gt(const at::Tensor& gt_boxes, const at::Tensor& num_gt, const char* boxes_name,
+                     const char* count_name) {
+  TORCH_CHECK_TYPE(at::isFloatingType(gt_boxes.scalar_type()), boxes_name, " must be floating-point");
+  TORCH_CHECK_VALUE(gt_boxes.dim() == 3 && gt_boxes.size(2) == 4, boxes_name, " must have shape [B, G, 4], got ",
+                    gt_boxes.sizes());
+  TORCH_CHECK_TYPE(at::isIntegralType(num_gt.scalar_type(), false), count_name, " must be an integer tensor");
+  TORCH_CHECK_VALUE(num_gt.dim() == 1 && num_gt.size(0) == gt_boxes.size(0), count_name, " must have shape [",
+                    gt_boxes.size(0), "], got ", num_gt.sizes());
+  TORCH_CHECK_VALUE(num_gt.device() == gt_boxes.device(), count_name, " must be on the device of ", boxes_name);
+}
+
+inline void check_priors(const at::Tensor& priors, const at::Tensor& gt_boxes, int64_t width, const char* name) {
+  TORCH_CHECK_TYPE(priors.scalar_type() == gt_boxes.scalar_type(), name, " must have the dtype of gt_boxes");
+  TORCH_CHECK_VALUE(priors.dim() == 2 && priors.size(1) == width, name, " must have shape [P, ", width, "], got ",
+                    priors.sizes());
+  TORCH_CHECK_VALUE(priors.device() == gt_boxes.device(), name, " must be on the device of gt_boxes");
+}
+
+enum class LowQuality : int { kNone = 0, kTorchvision = 1, kMmdet = 2 };
+
+inline LowQuality parse_low_quality(c10::string_view mode) {
+  if (mode == "none") return LowQuality::kNone;
+  if (mode == "torchvision") return LowQuality::kTorchvision;
+  if (mode == "mmdet") return LowQuality::kMmdet;
+  TORCH_CHECK_VALUE(false, "low_quality must be one of none, torchvision, mmdet; got '", mode, "'");
+}
+
+enum class BoxCoding : int { kDistance = 0, kDelta = 1 };
+
+inline BoxCoding parse_box_coding(c10::string_view coding) {
+  if (coding == "distance") return BoxCoding::kDistance;
+  if (coding == "delta") return BoxCoding::kDelta;
+  TORCH_CHECK_VALUE(false, "box_coding must be distance or delta; got '", coding, "'");
+}
+
+inline void check_mutual_targets(const at::Tensor& matched, const at::Tensor& gt_boxes, const at::Tensor& gt_labels,
+                                 const at::Tensor& box_pred, const at::Tensor& cls_logits, const at::Tensor& priors,
+                                 const std::optional<at::Tensor>& scale, BoxCoding coding) {
+  TORCH_CHECK_VALUE(matched.dim() == 2 && matched.scalar_type() == at::kLong, "matched must be int64 [B, P]");
+  const int64_t images = matched.size(0), n = matched.size(1);
+  TORCH_CHECK_VALUE(gt_boxes.dim() == 3 && gt_boxes.size(0) == images && gt_boxes.size(2) == 4,
+                    "gt_boxes must have shape [B, G, 4], got ", gt_boxes.sizes());
+  TORCH_CHECK_VALUE(gt_labels.dim() == 2 && gt_labels.size(0) == images && gt_labels.size(1) == gt_boxes.size(1),
+                    "gt_labels must have shape [B, G], got ", gt_labels.sizes());
+  TORCH_CHECK_VALUE(box_pred.dim() == 3 && box_pred.size(0) == images && box_pred.size(1) == n && box_pred.size(2) == 4,
+                    "box_pred must have shape [B, P, 4], got ", box_pred.sizes());
+  TORCH_CHECK_VALUE(cls_logits.dim() == 3 && cls_logits.size(0) == images && cls_logits.size(1) == n,
+                    "cls_logits must have shape [B, P, C], got ", cls_logits.sizes());
+  TORCH_CHECK_VALUE(priors.dim() == 2 && priors.size(0) == n && priors.size(1) == (coding == BoxCoding::kDelta ? 4 : 2),
+                    "priors must be points [P, 2] for distance coding or anchors [P, 4] for delta coding, got ",
+                    priors.sizes());
+  TORCH_CHECK_VALUE(!scale.has_value() || (scale->dim() == 1 && scale->size(0) == n), "scale must have shape [P]");
+  for (const at::Tensor* t : {&gt_boxes, &cls_logits, &priors}) {
+    TORCH_CHECK_TYPE(t->scalar_type() == box_pred.scalar_type(), "gt_boxes, cls_logits and priors must have the dtype of box_pred");
+  }
+}
+
+// Normalises box-loss weights over the positives of the batch so that they
+// average 1 (SPEC section 1); all zeros when there is no positive. Device-side,
+// no synchronisation.
+inline at::Tensor normalise_over_positives(const at::Tensor& raw, const at::Tensor& positive) {
+  const at::Tensor count = positive.sum().to(raw.scalar_type());
+  const at::Tensor total = raw.sum();
+  return at::where(total > 0, raw * count / total, at::zeros_like(raw));
+}
+
+}  // namespace mutualops

@@ -1,0 +1,256 @@
+import math
+
+import pytest
+import torch
+
+import mutualops
+from helpers import DEVICES, random_boxes
+from mutualops import reference
+from mutualops.assign import fcos_points, torchvision_fcos_priors
+
+FCOS_SIZES = [(50, 84), (25, 42), (13, 21), (7, 11), (4, 6)]  # a 400 x 672 image
+STRIDES = [8, 16, 32, 64, 128]
+
+
+def torchvision_anchors():
+    anchors = []
+    for (h, w), s in zip(FCOS_SIZES, STRIDES):
+        ys, xs = torch.meshgrid(torch.arange(h) * s, torch.arange(w) * s, indexing="ij")
+        c = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1).float()
+        anchors.append(torch.cat([c - s / 2, c + s / 2], 1))
+    return torch.cat(anchors), [h * w for h, w in FCOS_SIZES]
+
+
+def scene(gen, images=2, gts=40, width=672.0, height=400.0):
+    """GT boxes with duplicates, equal areas, nested, tiny and degenerate boxes."""
+    out = []
+    for _ in range(images):
+        xy = torch.rand(gts, 2, generator=gen) * torch.tensor([width, height])
+        wh = torch.rand(gts, 2, generator=gen) * 250 + 2
+        b = torch.cat([xy, xy + wh], 1)
+        b[gts // 2 : gts // 2 + 3] = b[:3]  # duplicates
+        b[3, 2:] = b[3, :2] + b[4, 2:] - b[4, :2]  # same area as box 4
+        b[5] = torch.tensor([100.0, 100, 100, 300])  # zero width
+        b[6] = torch.tensor([300.0, 200, 250, 150])  # flipped
+        b[7] = torch.tensor([10.0, 10, 600, 390])  # huge, holds many others
+        out.append(b)
+    return torch.stack(out)
+
+
+@pytest.fixture(scope="module")
+def fcos_model():
+    from torchvision.models.detection import fcos_resnet50_fpn
+
+    model = fcos_resnet50_fpn(weights=None, weights_backbone=None)
+    # The real matcher, without the loss: compute_loss hands back matched indices.
+    model.head.compute_loss = lambda targets, head_outputs, anchors, matched_idxs: matched_idxs
+    return model
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fcos_matches_torchvision_exactly(device, gen, fcos_model):
+    from torchvision.models.detection import FCOS
+
+    anchors, per_level = torchvision_anchors()
+    boxes = scene(gen)
+    counts = torch.tensor([40, 25])  # the second image padded
+    targets = [{"boxes": boxes[i, : counts[i]], "labels": torch.zeros(int(counts[i]), dtype=torch.long)} for i in range(2)]
+    targets.append({"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)})  # an image with no GT
+    expected = FCOS.compute_loss(fcos_model, targets, {}, [anchors] * 3, per_level)
+    priors = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in torchvision_fcos_priors(anchors, per_level).items()}
+    points = priors.pop("points")
+    padded = torch.cat([boxes, torch.zeros(1, 40, 4)]).to(device)
+    got = mutualops.assign_fcos(points, padded, torch.tensor([40, 25, 0]).to(device), **priors).cpu()
+    for i in range(3):
+        assert torch.equal(got[i], expected[i]), i
+    assert (got >= 0).sum() > 100
+
+
+def test_fcos_float32_area_ties_follow_torchvision(fcos_model):
+    # Two GTs whose areas differ by less than float32's spacing at 1e8: torchvision's
+    # 1e8 - area makes them tie and picks the lower index, here the larger box.
+    from torchvision.models.detection import FCOS
+
+    anchors, per_level = torchvision_anchors()
+    boxes = torch.tensor([[100.0, 100, 300.004, 300], [100.0, 100, 300, 300]])
+    expected = FCOS.compute_loss(fcos_model, [{"boxes": boxes, "labels": torch.zeros(2, dtype=torch.long)}], {}, [anchors],
+                                 per_level)[0]
+    priors = torchvision_fcos_priors(anchors, per_level)
+    got = mutualops.assign_fcos(priors.pop("points"), boxes, **priors)
+    assert torch.equal(got, expected) and (got == 0).any() and not (got == 1).any()
+    # Without the compatibility mode the strictly smaller box wins.
+    priors = torchvision_fcos_priors(anchors, per_level)
+    priors["torchvision_compat"] = False
+    exact = mutualops.assign_fcos(priors.pop("points"), boxes, **priors)
+    assert (exact == 1).sum() > 0 and (got[exact == 1] == 0).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("inclusive", [False, True])
+@pytest.mark.parametrize("radius", [0.0, 1.5])
+def test_fcos_matches_reference(device, inclusive, radius, gen):
+    points, strides, ranges, _ = fcos_points(FCOS_SIZES, STRIDES)
+    boxes = scene(gen, images=3)
+    counts = torch.tensor([40, 0, 17])
+    got = mutualops.assign_fcos(points.to(device), boxes.to(device), counts.to(device), strides=strides.to(device),
+                                regress_ranges=ranges.to(device), center_sampling_radius=radius, inclusive=inclusive)
+    expected = reference.assign_fcos(points, boxes, counts, strides, ranges, radius, inclusive)
+    assert torch.equal(got.cpu(), expected)
+    assert (got[1] == -1).all()
+    # Degenerate GTs (zero width, flipped) match nothing.
+    assert not ((got == 5) | (got == 6)).any()
+
+
+def test_fcos_list_input_and_single_image(gen):
+    points, strides, ranges, _ = fcos_points(FCOS_SIZES, STRIDES)
+    boxes = scene(gen)
+    kw = dict(strides=strides, regress_ranges=ranges)
+    batched = mutualops.assign_fcos(points, boxes, torch.tensor([40, 12]), **kw)
+    listed = mutualops.assign_fcos(points, [boxes[0], boxes[1, :12]], **kw)
+    assert torch.equal(batched, listed)
+    assert torch.equal(mutualops.assign_fcos(points, boxes[0], **kw), batched[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_max_iou_matches_torchvision_matcher(device, gen):
+    from torchvision.models.detection._utils import Matcher
+    from torchvision.ops import box_iou
+
+    anchors, _ = torchvision_anchors()
+    boxes = scene(gen, images=2)
+    matcher = Matcher(0.5, 0.4, allow_low_quality_matches=True)
+    got, best = mutualops.assign_max_iou(anchors.to(device), boxes.to(device))
+    for i in range(2):
+        expected = matcher(box_iou(boxes[i], anchors))
+        assert torch.equal(got[i].cpu(), expected)
+        assert torch.equal(best[i].cpu(), box_iou(boxes[i], anchors).max(dim=0).values)
+    # The zero-width GT's best IoU is 0, so torchvision's low-quality rule hands
+    # every anchor that overlaps nothing to its argmax GT: reproduced as is.
+    assert (got >= 0).sum() > 1000
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("low_quality, assign_all", [("none", True), ("torchvision", True), ("mmdet", True),
+                                                     ("mmdet", False)])
+def test_max_iou_matches_reference(device, low_quality, assign_all, gen):
+    anchors = random_boxes(3000, generator=gen, scale=600.0)
+    boxes = scene(gen, images=3)
+    counts = torch.tensor([40, 0, 9])
+    ignore = torch.tensor([[[0.0, 0, 200, 200]], [[300.0, 100, 500, 300]], [[0.0, 0, 0, 0]]])
+    kw = dict(pos_iou_threshold=0.5, neg_iou_threshold=0.3, low_quality=low_quality, min_pos_iou=0.2,
+              gt_max_assign_all=assign_all, ignore_iof_threshold=0.6)
+    got, best = mutualops.assign_max_iou(anchors.to(device), boxes.to(device), counts.to(device),
+                                         ignore_boxes=ignore.to(device), num_ignore=torch.tensor([1, 1, 0]).to(device),
+                                         **kw)
+    expected, expected_best = reference.assign_max_iou(anchors, boxes, counts, ignore_boxes=ignore,
+                                                       num_ignore=torch.tensor([1, 1, 0]), **kw)
+    assert torch.equal(got.cpu(), expected)
+    torch.testing.assert_close(best.cpu(), expected_best, rtol=0, atol=0)
+    assert (got[0] == -2).any() and (got[1] == -2).any() and not (got[1] >= 0).any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("box_coding", ["distance", "delta"])
+@pytest.mark.parametrize("gammas", [(1.0, 1.0), (2.0, 0.5)])
+def test_mutual_targets_match_reference(device, box_coding, gammas, gen):
+    images, n, classes = 2, 500, 7
+    boxes = scene(gen, images=images, gts=20)
+    labels = torch.randint(0, classes, (images, 20), generator=gen)
+    matched = torch.randint(-2, 20, (images, n), generator=gen)
+    if box_coding == "distance":
+        priors = torch.rand(n, 2, generator=gen) * 600
+        pred = torch.rand(images, n, 4, generator=gen) * 10
+        scale = torch.full((n,), 8.0)
+    else:
+        priors = random_boxes(n, generator=gen, scale=600.0)
+        pred = torch.randn(images, n, 4, generator=gen) * 0.3
+        scale = None
+    logits = torch.randn(images, n, classes, generator=gen)
+    got = mutualops.mutual_targets(matched.to(device), boxes.to(device), labels.to(device), pred.to(device),
+                                   logits.to(device), priors.to(device), scale=None if scale is None else scale.to(device),
+                                   box_coding=box_coding, gamma_cls=gammas[0], gamma_loc=gammas[1])
+    expected = reference.mutual_targets(matched, boxes, labels, pred, logits, priors, scale, box_coding, *gammas)
+    for g, e in zip(got[:4], expected):
+        torch.testing.assert_close(g.cpu(), e, rtol=1e-6, atol=1e-6)
+    assert torch.equal(got.positive.cpu(), matched >= 0)
+    assert abs(float(got.box_weight[got.positive].mean()) - 1) < 1e-5
+    assert (got.cls_target[~got.positive] == 0).all() and (got.box_weight[~got.positive] == 0).all()
+
+
+def test_mutual_targets_no_positive(gen):
+    boxes = scene(gen, images=1, gts=10)
+    t = mutualops.mutual_targets(torch.full((1, 50), -1), boxes, torch.zeros(1, 10, dtype=torch.long),
+                                 torch.rand(1, 50, 4), torch.randn(1, 50, 3), torch.rand(50, 2))
+    assert (t.box_weight == 0).all() and (t.cls_target == 0).all() and torch.isfinite(t.decoded).all()
+
+
+def test_assign_and_label_in_one_call(gen):
+    points, strides, ranges, _ = fcos_points(FCOS_SIZES, STRIDES)
+    boxes = scene(gen, images=2)
+    labels = torch.randint(0, 5, (2, 40), generator=gen)
+    pred = torch.rand(2, points.shape[0], 4, generator=gen) * 5
+    logits = torch.randn(2, points.shape[0], 5, generator=gen)
+    matched, targets = mutualops.assign_and_label(points, boxes, labels, pred, logits,
+                                                  assign_kwargs=dict(strides=strides, regress_ranges=ranges))
+    assert torch.equal(matched, mutualops.assign_fcos(points, boxes, strides=strides, regress_ranges=ranges))
+    separate = mutualops.mutual_targets(matched, boxes, labels, pred, logits, points, scale=strides)
+    for a, b in zip(targets, separate):
+        assert torch.equal(a, b)
+    anchors = random_boxes(800, generator=gen, scale=600.0)
+    matched, targets = mutualops.assign_and_label(anchors, boxes, labels, torch.randn(2, 800, 4, generator=gen) * 0.1,
+                                                  torch.randn(2, 800, 5, generator=gen), assigner="max_iou")
+    assert targets.cls_target.shape == (2, 800, 5) and torch.equal(targets.positive, matched >= 0)
+
+
+def test_bad_input(gen):
+    points, strides, ranges, _ = fcos_points(FCOS_SIZES[:2], STRIDES[:2])
+    boxes = scene(gen, images=1)
+    kw = dict(strides=strides, regress_ranges=ranges)
+    bad = boxes.clone()
+    bad[0, 2, 1] = math.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        mutualops.assign_fcos(points, bad, **kw)
+    with pytest.raises(ValueError, match="strides"):
+        mutualops.assign_fcos(points, boxes, strides=strides[:5], regress_ranges=ranges)
+    with pytest.raises(ValueError, match="points"):
+        mutualops.assign_fcos(points[:, :1], boxes, **kw)
+    with pytest.raises(ValueError, match="device"):
+        mutualops.assign_fcos(points.to("meta"), boxes, **kw)
+    with pytest.raises(ValueError, match="num_gt"):
+        mutualops.assign_fcos(points, boxes, torch.tensor([1, 2]), **kw)
+    with pytest.raises(ValueError, match="low_quality"):
+        mutualops.assign_max_iou(random_boxes(10), boxes, low_quality="best")
+    with pytest.raises(ValueError, match="neg_iou_threshold"):
+        mutualops.assign_max_iou(random_boxes(10), boxes, pos_iou_threshold=0.3, neg_iou_threshold=0.5)
+    labels = torch.full((1, 40), 9)
+    with pytest.raises(ValueError, match="gt_labels"):
+        mutualops.mutual_targets(torch.zeros(1, 10, dtype=torch.long), boxes, labels, torch.rand(1, 10, 4),
+                                 torch.randn(1, 10, 5), torch.rand(10, 2))
+    with pytest.raises(ValueError, match="priors"):
+        mutualops.mutual_targets(torch.zeros(1, 10, dtype=torch.long), boxes, labels % 5, torch.rand(1, 10, 4),
+                                 torch.randn(1, 10, 5), torch.rand(10, 2), box_coding="delta")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_and_compile(device, gen):
+    points, strides, ranges, _ = (t.to(device) for t in fcos_points(FCOS_SIZES[3:], STRIDES[3:]))
+    boxes = scene(gen, images=2, gts=10).to(device)
+    counts = torch.tensor([10, 4]).to(device)
+    torch.library.opcheck(torch.ops.mutualops.assign_fcos.default,
+                          (points, boxes, counts, strides, ranges, 1.5, False, False))
+    anchors = random_boxes(60, generator=gen, scale=600.0).to(device)
+    torch.library.opcheck(torch.ops.mutualops.assign_max_iou.default,
+                          (anchors, boxes, counts, None, None, 0.5, 0.4, "torchvision", 0.0, True, 0.5))
+    matched = torch.randint(-1, 4, (2, 60), generator=gen).to(device)
+    torch.library.opcheck(torch.ops.mutualops.mutual_targets.default,
+                          (matched, boxes, torch.zeros(2, 10, dtype=torch.long, device=device),
+                           torch.rand(2, 60, 4, device=device), torch.randn(2, 60, 3, device=device),
+                           torch.rand(60, 2, device=device) * 500, None, "distance", 1.0, 1.0))
+    torch._dynamo.reset()
+
+    def fn(a, b, c):
+        m, q = torch.ops.mutualops.assign_max_iou(a, b, c, None, None, 0.5, 0.4, "torchvision", 0.0, True, 0.5)
+        return (m >= 0).sum() + q.sum()
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(anchors, boxes, counts), fn(anchors, boxes, counts))
