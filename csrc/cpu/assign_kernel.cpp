@@ -27,6 +27,68 @@ struct GtPlanes {
   Box<T> box(int64_t g) const { return Box<T>{x1[g], y1[g], x2[g], y2[g]}; }
 };
 
+// The loops below take plain restrict pointers (stores then cannot alias the
+// planes) and write a row per point before reducing it: gcc vectorizes the
+// element-wise loop, and the min/max reduction runs as its own `omp simd`
+// loop (-fopenmp-simd; no OpenMP runtime). Fused, neither vectorizes.
+
+// Smallest key among the GTs that a point matches, +inf when none.
+template <typename T>
+T fcos_best_key(T x, T y, T stride, T radius, T lower, T upper, bool inclusive, const T* __restrict__ x1,
+                const T* __restrict__ y1, const T* __restrict__ x2, const T* __restrict__ y2,
+                const T* __restrict__ key, T* __restrict__ row, int64_t count) {
+  const T inf = std::numeric_limits<T>::infinity();
+  for (int64_t g = 0; g < count; ++g) {
+    const bool ok = fcos_point_matches(x, y, Box<T>{x1[g], y1[g], x2[g], y2[g]}, stride, radius, lower, upper, inclusive);
+    const T k = key[g];  // loaded unconditionally, so that the select vectorizes
+    row[g] = ok ? k : inf;
+  }
+  T best = inf;
+#pragma omp simd reduction(min : best)
+  for (int64_t g = 0; g < count; ++g) best = min2(best, row[g]);
+  return best;
+}
+
+// IoU of one anchor with every GT into row[g]; returns the largest and folds
+// the row into the per-GT maxima.
+template <typename T>
+T iou_row(const Box<T>& a, T area_a, const T* __restrict__ x1, const T* __restrict__ y1, const T* __restrict__ x2,
+          const T* __restrict__ y2, const T* __restrict__ garea, T* __restrict__ row, T* __restrict__ gt_best,
+          int64_t count) {
+  for (int64_t g = 0; g < count; ++g) {
+    const T iou = box_overlap<IouMode::kIou>(a, Box<T>{x1[g], y1[g], x2[g], y2[g]}, BoxShape<T>{area_a, T(0)},
+                                             BoxShape<T>{garea[g], T(0)});
+    row[g] = iou;
+    gt_best[g] = max2(gt_best[g], iou);
+  }
+  T best = T(-1);
+#pragma omp simd reduction(max : best)
+  for (int64_t g = 0; g < count; ++g) best = max2(best, row[g]);
+  return best;
+}
+
+// First g with row[g] == value (count when none).
+template <typename T>
+int64_t first_equal(const T* __restrict__ row, T value, int64_t count) {
+  int64_t first = count;
+#pragma omp simd reduction(min : first)
+  for (int64_t g = 0; g < count; ++g) first = min2(first, row[g] == value ? g : count);
+  return first;
+}
+
+// Last g where the anchor is GT g's best (row[g] == gt_best[g]) and that best
+// qualifies (>= floor), -1 when none.
+template <typename T>
+int64_t last_best_of_gt(const T* __restrict__ row, const T* __restrict__ gt_best, T floor, int64_t count) {
+  int64_t last = -1;
+#pragma omp simd reduction(max : last)
+  for (int64_t g = 0; g < count; ++g) {
+    const T best = gt_best[g];
+    last = max2(last, (row[g] == best) & (best >= floor) ? g : int64_t(-1));
+  }
+  return last;
+}
+
 int64_t point_grain(int64_t gts) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(gts, 1));
 }
@@ -60,16 +122,13 @@ at::Tensor assign_fcos_cpu(const at::Tensor& points, const at::Tensor& gt_boxes,
       int64_t* out = matched.data_ptr<int64_t>() + img * n;
       at::parallel_for(0, n, point_grain(count), [&](int64_t begin, int64_t end) {
         const T inf = std::numeric_limits<T>::infinity();
+        std::vector<T> row(count);
         for (int64_t p = begin; p < end; ++p) {
           const T x = static_cast<T>(pp[2 * p]), y = static_cast<T>(pp[2 * p + 1]);
           const T stride = static_cast<T>(ps[p]), lower = static_cast<T>(pr[2 * p]), upper = static_cast<T>(pr[2 * p + 1]);
           // Pass 1 (vectorised): the smallest key among matching GTs.
-          T best = inf;
-          for (int64_t g = 0; g < count; ++g) {
-            const Box<T> b{gt.x1[g], gt.y1[g], gt.x2[g], gt.y2[g]};
-            const bool ok = fcos_point_matches(x, y, b, stride, radius, lower, upper, inclusive);
-            best = min2(best, ok ? key[g] : inf);
-          }
+          const T best = fcos_best_key(x, y, stride, radius, lower, upper, inclusive, gt.x1.data(), gt.y1.data(),
+                                       gt.x2.data(), gt.y2.data(), key.data(), row.data(), count);
           if (!(best < inf) || !fcos_key_acceptable(best, torchvision_compat)) continue;
           // Pass 2, rare: the first GT holding it.
           for (int64_t g = 0; g < count; ++g) {
@@ -145,29 +204,21 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cpu(const at::Tensor& anchors,
       std::vector<int64_t> anchor_arg(n);
       const int64_t threads = at::get_num_threads();
       std::vector<T> gt_best_per_thread(threads * count, T(-1));
+      std::vector<T> rows_per_thread(threads * count);
       at::parallel_for(0, n, point_grain(count), [&](int64_t begin, int64_t end) {
-        T* gt_best = gt_best_per_thread.data() + at::get_thread_num() * count;
+        const int64_t thread = at::get_thread_num();
+        T* gt_best = gt_best_per_thread.data() + thread * count;
+        T* row = rows_per_thread.data() + thread * count;
         for (int64_t p = begin; p < end; ++p) {
-          const Box<T> a = abox[p];
-          const BoxShape<T> sa{aarea[p], T(0)};
-          const T none = ignored[p] ? T(-1) : T(0);
-          T best = T(-1);
-          for (int64_t g = 0; g < count; ++g) {
-            const Box<T> b{gt.x1[g], gt.y1[g], gt.x2[g], gt.y2[g]};
-            const T iou = ignored[p] ? none : box_overlap<IouMode::kIou>(a, b, sa, BoxShape<T>{garea[g], T(0)});
-            best = max2(best, iou);
-            gt_best[g] = max2(gt_best[g], iou);
+          if (ignored[p]) {
+            anchor_best[p] = T(-1), anchor_arg[p] = 0;
+            continue;
           }
-          int64_t arg = 0;
-          for (int64_t g = 0; g < count; ++g) {
-            const T iou = ignored[p] ? none : box_overlap<IouMode::kIou>(a, gt.box(g), sa, BoxShape<T>{garea[g], T(0)});
-            if (iou == best) {
-              arg = g;
-              break;
-            }
-          }
+          const T best = iou_row(abox[p], aarea[p], gt.x1.data(), gt.y1.data(), gt.x2.data(), gt.y2.data(),
+                                 garea.data(), row, gt_best, count);
+          const int64_t first = first_equal(row, best, count);
           anchor_best[p] = best;
-          anchor_arg[p] = arg;
+          anchor_arg[p] = first < count ? first : 0;
         }
       });
       std::vector<T> gt_best(count, T(-1));
@@ -183,16 +234,16 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cpu(const at::Tensor& anchors,
       // best (ties included) gets back its own best GT. mmdetection: it gets
       // the last such GT whose best IoU reaches min_pos_iou (all tied anchors
       // with gt_max_assign_all, else only the GT's first best anchor).
-      std::vector<int64_t> first_best_anchor(count, -1);
+      std::vector<T> unused(count, T(-1));
       if (lq == LowQuality::kMmdet && !gt_max_assign_all) {
+        std::vector<int64_t> first_best_anchor(count, -1);
+        T* row = rows_per_thread.data();
         for (int64_t p = 0; p < n; ++p) {
           if (ignored[p]) continue;
+          iou_row(abox[p], aarea[p], gt.x1.data(), gt.y1.data(), gt.x2.data(), gt.y2.data(), garea.data(), row,
+                  unused.data(), count);
           for (int64_t g = 0; g < count; ++g) {
-            if (first_best_anchor[g] < 0 &&
-                box_overlap<IouMode::kIou>(abox[p], gt.box(g), BoxShape<T>{aarea[p], T(0)},
-                                           BoxShape<T>{garea[g], T(0)}) == gt_best[g]) {
-              first_best_anchor[g] = p;
-            }
+            if (first_best_anchor[g] < 0 && row[g] == gt_best[g]) first_best_anchor[g] = p;
           }
         }
         for (int64_t g = 0; g < count; ++g) {
@@ -200,18 +251,17 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cpu(const at::Tensor& anchors,
         }
         continue;
       }
+      // torchvision counts every GT's best, mmdetection only those >= min_pos_iou.
+      const T floor = lq == LowQuality::kTorchvision ? -std::numeric_limits<T>::infinity() : static_cast<T>(min_pos_iou);
       at::parallel_for(0, n, point_grain(count), [&](int64_t begin, int64_t end) {
+        const int64_t thread = at::get_thread_num();
+        T* row = rows_per_thread.data() + thread * count;
+        std::vector<T> unused_here(count, T(-1));
         for (int64_t p = begin; p < end; ++p) {
           if (ignored[p]) continue;
-          const BoxShape<T> sa{aarea[p], T(0)};
-          int64_t last = -1;
-          for (int64_t g = 0; g < count; ++g) {
-            const T iou = box_overlap<IouMode::kIou>(abox[p], Box<T>{gt.x1[g], gt.y1[g], gt.x2[g], gt.y2[g]}, sa,
-                                                     BoxShape<T>{garea[g], T(0)});
-            const bool best_of_gt = iou == gt_best[g] &&
-                                    (lq == LowQuality::kTorchvision || gt_best[g] >= static_cast<T>(min_pos_iou));
-            last = best_of_gt ? g : last;
-          }
+          iou_row(abox[p], aarea[p], gt.x1.data(), gt.y1.data(), gt.x2.data(), gt.y2.data(), garea.data(), row,
+                  unused_here.data(), count);
+          const int64_t last = last_best_of_gt(row, gt_best.data(), floor, count);
           if (last >= 0) out[p] = lq == LowQuality::kTorchvision ? anchor_arg[p] : last;
         }
       });
