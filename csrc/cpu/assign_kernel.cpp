@@ -5,10 +5,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
 #include <vector>
 
 #include "../ops/assign.h"
+#include "simd.h"
 
 namespace mutualops {
 namespace {
@@ -34,7 +36,7 @@ struct GtPlanes {
 
 // Smallest key among the GTs that a point matches, +inf when none.
 template <typename T>
-T fcos_best_key(T x, T y, T stride, T radius, T lower, T upper, bool inclusive, const T* __restrict__ x1,
+MUTUALOPS_CPU_CLONES T fcos_best_key(T x, T y, T stride, T radius, T lower, T upper, bool inclusive, const T* __restrict__ x1,
                 const T* __restrict__ y1, const T* __restrict__ x2, const T* __restrict__ y2,
                 const T* __restrict__ key, T* __restrict__ row, int64_t count) {
   const T inf = std::numeric_limits<T>::infinity();
@@ -52,7 +54,7 @@ T fcos_best_key(T x, T y, T stride, T radius, T lower, T upper, bool inclusive, 
 // IoU of one anchor with every GT into row[g]; returns the largest and folds
 // the row into the per-GT maxima.
 template <typename T>
-T iou_row(const Box<T>& a, T area_a, const T* __restrict__ x1, const T* __restrict__ y1, const T* __restrict__ x2,
+MUTUALOPS_CPU_CLONES T iou_row(const Box<T>& a, T area_a, const T* __restrict__ x1, const T* __restrict__ y1, const T* __restrict__ x2,
           const T* __restrict__ y2, const T* __restrict__ garea, T* __restrict__ row, T* __restrict__ gt_best,
           int64_t count) {
   for (int64_t g = 0; g < count; ++g) {
@@ -69,7 +71,7 @@ T iou_row(const Box<T>& a, T area_a, const T* __restrict__ x1, const T* __restri
 
 // First g with row[g] == value (count when none).
 template <typename T>
-int64_t first_equal(const T* __restrict__ row, T value, int64_t count) {
+MUTUALOPS_CPU_CLONES int64_t first_equal(const T* __restrict__ row, T value, int64_t count) {
   int64_t first = count;
 #pragma omp simd reduction(min : first)
   for (int64_t g = 0; g < count; ++g) first = min2(first, row[g] == value ? g : count);
@@ -79,7 +81,7 @@ int64_t first_equal(const T* __restrict__ row, T value, int64_t count) {
 // Last g where the anchor is GT g's best (row[g] == gt_best[g]) and that best
 // qualifies (>= floor), -1 when none.
 template <typename T>
-int64_t last_best_of_gt(const T* __restrict__ row, const T* __restrict__ gt_best, T floor, int64_t count) {
+MUTUALOPS_CPU_CLONES int64_t last_best_of_gt(const T* __restrict__ row, const T* __restrict__ gt_best, T floor, int64_t count) {
   int64_t last = -1;
 #pragma omp simd reduction(max : last)
   for (int64_t g = 0; g < count; ++g) {
@@ -253,12 +255,15 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cpu(const at::Tensor& anchors,
       }
       // torchvision counts every GT's best, mmdetection only those >= min_pos_iou.
       const T floor = lq == LowQuality::kTorchvision ? -std::numeric_limits<T>::infinity() : static_cast<T>(min_pos_iou);
+      // An anchor can be GT g's best only if its own best IoU reaches gt_best[g]:
+      // anchors below every GT's best (most negatives) skip the second pass.
+      const T prune = *std::min_element(gt_best.begin(), gt_best.end());
       at::parallel_for(0, n, point_grain(count), [&](int64_t begin, int64_t end) {
         const int64_t thread = at::get_thread_num();
         T* row = rows_per_thread.data() + thread * count;
         std::vector<T> unused_here(count, T(-1));
         for (int64_t p = begin; p < end; ++p) {
-          if (ignored[p]) continue;
+          if (ignored[p] || anchor_best[p] < prune) continue;
           iou_row(abox[p], aarea[p], gt.x1.data(), gt.y1.data(), gt.x2.data(), gt.y2.data(), garea.data(), row,
                   unused_here.data(), count);
           const int64_t last = last_best_of_gt(row, gt_best.data(), floor, count);

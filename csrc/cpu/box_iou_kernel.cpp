@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "../ops/box_iou.h"
+#include "simd.h"
 
 namespace mutualops {
 namespace {
@@ -12,6 +13,18 @@ namespace {
 // scheduling cost, whatever the number of columns.
 int64_t row_grain(int64_t cols) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1));
+}
+
+// One output row: box a against the planes of boxes2 (contiguous lanes).
+template <IouMode M, typename acc_t, typename scalar_t>
+MUTUALOPS_CPU_CLONES void overlap_row(const Box<acc_t>& a, const BoxShape<acc_t>& sa, const acc_t* __restrict__ x1,
+                                      const acc_t* __restrict__ y1, const acc_t* __restrict__ x2,
+                                      const acc_t* __restrict__ y2, const acc_t* __restrict__ area,
+                                      const acc_t* __restrict__ angle, scalar_t* __restrict__ row, int64_t m) {
+  for (int64_t j = 0; j < m; ++j) {
+    row[j] = static_cast<scalar_t>(
+        box_overlap<M>(a, Box<acc_t>{x1[j], y1[j], x2[j], y2[j]}, sa, BoxShape<acc_t>{area[j], angle[j]}));
+  }
 }
 
 template <typename scalar_t, IouMode M>
@@ -45,12 +58,8 @@ void pairwise_rows(const scalar_t* boxes1, const scalar_t* boxes2, scalar_t* out
       const Box<acc_t> a = load_box<acc_t>(boxes1 + 4 * r);
       const BoxShape<acc_t> sa = box_shape<M>(a);
       const int64_t base = b * m;
-      scalar_t* row = out + pair_offset(b, r - b * n, 0, n, m);
-      for (int64_t j = 0; j < m; ++j) {
-        const Box<acc_t> bj{px1[base + j], py1[base + j], px2[base + j], py2[base + j]};
-        const BoxShape<acc_t> sb{parea[base + j], pangle[base + j]};
-        row[j] = static_cast<scalar_t>(box_overlap<M>(a, bj, sa, sb));
-      }
+      overlap_row<M>(a, sa, px1 + base, py1 + base, px2 + base, py2 + base, parea + base, pangle + base,
+                     out + pair_offset(b, r - b * n, 0, n, m), m);
     }
   });
 }

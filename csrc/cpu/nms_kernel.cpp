@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../ops/nms.h"
+#include "simd.h"
 #include "mutualops/box_math.h"
 #include "mutualops/score_math.h"
 
@@ -55,7 +56,7 @@ struct BoxPlanes {
 // a box that survives removes every later box overlapping it above threshold.
 // Plain restrict pointers keep the inner loop vectorizable.
 template <typename T>
-void greedy_nms_run(const BoxPlanes<T>& planes, int64_t begin, int64_t end, T threshold, uint8_t* removed_ptr) {
+MUTUALOPS_CPU_CLONES void greedy_nms_run(const BoxPlanes<T>& planes, int64_t begin, int64_t end, T threshold, uint8_t* removed_ptr) {
   const int64_t m = planes.m;
   const T* __restrict__ x1 = planes.data.ptr;
   const T* __restrict__ y1 = x1 + m;

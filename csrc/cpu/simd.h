@@ -1,0 +1,10 @@
+#pragma once
+
+// Hot CPU loops get an AVX2 clone, picked at load time by the CPU it runs on
+// (GCC/Clang function multi-versioning on x86-64); other machines run the
+// baseline clone. AVX2 without FMA: no contraction, so results do not change.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define MUTUALOPS_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define MUTUALOPS_CPU_CLONES
+#endif
