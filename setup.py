@@ -78,11 +78,14 @@ def extension(with_cuda):
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
     sources = rel("csrc/*.cpp") + rel("csrc/ops/*.cpp") + rel("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
-    # -fno-trapping-math lets gcc vectorize the selects around divisions, and
-    # -fopenmp-simd honours `omp simd` reductions (no OpenMP runtime); neither
+    # -fopenmp: at::parallel_for is an inline OpenMP loop that runs serially in
+    # code compiled without it (the runtime is libgomp.so.1, the one torch
+    # already loaded); it also honours the `omp simd` reductions.
+    # -fno-trapping-math lets gcc vectorize the selects around divisions. Neither
     # changes a result.
-    cxx_flags = ["-O3", "-fno-trapping-math", "-fopenmp-simd"]
-    kwargs = dict(name="mutualops._C", include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags})
+    cxx_flags = ["-O3", "-fno-trapping-math", "-fopenmp"]
+    kwargs = dict(name="mutualops._C", include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags},
+                  extra_link_args=["-fopenmp"])
     if not with_cuda:
         return CppExtension(sources=sources, **kwargs)
     extra = pip_cuda_dirs(torch.version.cuda.split(".")[0], "include")

@@ -32,7 +32,7 @@ struct GtPlanes {
 // The loops below take plain restrict pointers (stores then cannot alias the
 // planes) and write a row per point before reducing it: gcc vectorizes the
 // element-wise loop, and the min/max reduction runs as its own `omp simd`
-// loop (-fopenmp-simd; no OpenMP runtime). Fused, neither vectorizes.
+// loop. Fused, neither vectorizes.
 
 // Smallest key among the GTs that a point matches, +inf when none.
 template <typename T>

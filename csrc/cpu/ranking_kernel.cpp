@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
+#include <vector>
 
 #include "../ops/ranking.h"
 
@@ -33,24 +35,30 @@ GroupBuckets bucket_by_group(const int64_t* groups, int64_t n, int64_t num_group
   return b;
 }
 
-// Ranks the elements idx[0..len) of one group by key into out[element];
-// reorders idx. A group holding a NaN gets NaN ranks (scipy propagates).
+// Ranks the elements idx[0..len) of one group by key into out[element],
+// sorting (value, index) pairs gathered into `pairs` (the task's scratch, so
+// that the sort runs on contiguous memory). A group holding a NaN gets NaN
+// ranks (scipy propagates).
 template <typename V>
-void rank_group(const V* key, int64_t* idx, int64_t len, TieMethod method, double* out) {
+void rank_group(const V* key, const int64_t* idx, int64_t len, TieMethod method, double* out,
+                std::vector<std::pair<double, int64_t>>& pairs) {
+  pairs.resize(len);
   for (int64_t k = 0; k < len; ++k) {
-    if (std::isnan(static_cast<double>(key[idx[k]]))) {
+    const double v = static_cast<double>(key[idx[k]]);
+    if (std::isnan(v)) {
       for (int64_t t = 0; t < len; ++t) out[idx[t]] = NAN;
       return;
     }
+    pairs[k] = {v, idx[k]};
   }
-  // Indices arrive in original order and the sort is stable, so equal values
-  // stay in order of appearance: what the ordinal method needs.
-  std::stable_sort(idx, idx + len, [key](int64_t a, int64_t b) { return key[a] < key[b]; });
+  // Equal values keep their order of appearance through the index: what the
+  // ordinal method needs.
+  std::sort(pairs.begin(), pairs.end());
   int64_t dense = 0;
   for (int64_t begin = 0; begin < len;) {
     int64_t end = begin + 1;
-    while (end < len && key[idx[end]] == key[idx[begin]]) ++end;
-    for (int64_t p = begin; p < end; ++p) out[idx[p]] = tie_rank(method, p, begin, end, dense);
+    while (end < len && pairs[end].first == pairs[begin].first) ++end;
+    for (int64_t p = begin; p < end; ++p) out[pairs[p].second] = tie_rank(method, p, begin, end, dense);
     ++dense;
     begin = end;
   }
@@ -77,8 +85,9 @@ at::Tensor rank_cpu(const at::Tensor& x, const std::optional<at::Tensor>& groups
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "rank_cpu", [&] {
     const scalar_t* key = xc.data_ptr<scalar_t>();
     at::parallel_for(0, num_groups, group_grain(n, num_groups), [&](int64_t begin, int64_t end) {
+      std::vector<std::pair<double, int64_t>> pairs;
       for (int64_t g = begin; g < end; ++g) {
-        rank_group(key, order + off[g], off[g + 1] - off[g], method, o);
+        rank_group(key, order + off[g], off[g + 1] - off[g], method, o, pairs);
       }
     });
   });
@@ -97,9 +106,7 @@ at::Tensor spearman_cpu(const at::Tensor& x, const at::Tensor& y, const std::opt
   at::Tensor out = at::empty({count}, xc.options());
   if (count == 0) return out;
   GroupBuckets buckets = bucket_by_group(ids.data_ptr<int64_t>(), n, count);
-  const at::Tensor scratch_t = buckets.order.clone();
   at::Tensor ranks = at::empty({2, n}, xc.options());
-  int64_t* scratch = scratch_t.data_ptr<int64_t>();
   const int64_t* order = buckets.order.data_ptr<int64_t>();
   const int64_t* off = buckets.offsets.data_ptr<int64_t>();
   double* rx = ranks.data_ptr<double>();
@@ -108,12 +115,12 @@ at::Tensor spearman_cpu(const at::Tensor& x, const at::Tensor& y, const std::opt
   const double* py = yc.data_ptr<double>();
   double* o = out.data_ptr<double>();
   at::parallel_for(0, count, group_grain(n, count), [&](int64_t begin, int64_t end) {
+    std::vector<std::pair<double, int64_t>> pairs;
     for (int64_t g = begin; g < end; ++g) {
-      const int64_t s = off[g], len = off[g + 1] - s;
-      int64_t* idx = scratch + s;
-      rank_group(px, idx, len, TieMethod::kAverage, rx);
-      std::copy(order + s, order + s + len, idx);
-      rank_group(py, idx, len, TieMethod::kAverage, ry);
+      const int64_t* idx = order + off[g];
+      const int64_t len = off[g + 1] - off[g];
+      rank_group(px, idx, len, TieMethod::kAverage, rx, pairs);
+      rank_group(py, idx, len, TieMethod::kAverage, ry, pairs);
       double sxy = 0, sxx = 0, syy = 0;
       for (int64_t k = 0; k < len; ++k) {
         const int64_t i = idx[k];
