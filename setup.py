@@ -93,7 +93,6 @@ def extension(with_cuda):
         log("adding pip CUDA headers: " + ", ".join(extra))
     include_dirs += extra
     kwargs["extra_compile_args"]["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
-    kwargs["define_macros"] = [("MUTUALOPS_WITH_CUDA", "1")]
     return CUDAExtension(sources=sources + rel("csrc/cuda/*.cu"), **kwargs)
 
 

@@ -85,7 +85,8 @@ __global__ void anchor_best_kernel(const scalar_t* __restrict__ anchors, const s
       }
     }
     arg_out[t] = arg;
-    best_out[t] = static_cast<scalar_t>(best);
+    // No GT: IoU 0 (as on the CPU); an ignored anchor reports -1.
+    best_out[t] = static_cast<scalar_t>(count == 0 && !ignored[t] ? T(0) : best);
     matched[t] = ignored[t] ? kIgnore : (count == 0 ? kNegative : max_iou_code(best, arg, pos_iou, neg_iou));
   }
 }
