@@ -1,0 +1,226 @@
+"""Detection data: a synthetic shapes dataset generated from a seed, COCO export,
+and any COCO-format dataset (an image folder plus an instances JSON).
+
+Every dataset yields (image, target): image a float tensor [3, H, W] in [0, 1];
+target a dict with boxes [G, 4] (xyxy, pixels), labels [G] (0-based class
+indices), and ignore_boxes [I, 4] (COCO crowd regions, to be ignored by the
+assigner rather than learned as objects).
+"""
+
+import json
+import math
+import os
+
+import torch
+
+SHAPE_CLASSES = ("square", "disc", "triangle", "ring", "frame", "cross")
+
+
+def _grid(h, w):
+    ys = torch.arange(h, dtype=torch.float32)[:, None].expand(h, w) + 0.5
+    xs = torch.arange(w, dtype=torch.float32)[None, :].expand(h, w) + 0.5
+    return xs, ys
+
+
+def _shape_mask(kind, xs, ys, cx, cy, w, h, angle):
+    """Boolean mask of one shape of class `kind`, centred at (cx, cy), size w x h."""
+    c, s = math.cos(angle), math.sin(angle)
+    u = ((xs - cx) * c + (ys - cy) * s) / (w / 2)
+    v = (-(xs - cx) * s + (ys - cy) * c) / (h / 2)
+    if kind == "square":
+        return (u.abs() <= 1) & (v.abs() <= 1)
+    if kind == "disc":
+        return u * u + v * v <= 1
+    if kind == "triangle":
+        return (v <= 1) & (v >= 2 * u.abs() - 1)
+    if kind == "ring":
+        r = u * u + v * v
+        return (r <= 1) & (r >= 0.45)
+    if kind == "frame":
+        return (u.abs() <= 1) & (v.abs() <= 1) & ((u.abs() >= 0.6) | (v.abs() >= 0.6))
+    if kind == "cross":
+        return ((u.abs() <= 1) & (v.abs() <= 0.3)) | ((u.abs() <= 0.3) & (v.abs() <= 1))
+    raise ValueError(f"unknown shape {kind!r}")
+
+
+class ShapesDataset(torch.utils.data.Dataset):
+    """Filled and outlined shapes of several classes, sizes, aspect ratios,
+    colours and textures, with occlusion and crowded scenes. Image i is a pure
+    function of (seed, i): the same on every run and machine, cheap to make on
+    the fly.
+
+    An object's box is the extent of its visible pixels; objects less than
+    `min_visible` visible after occlusion are dropped. With `crowd_prob`, a
+    scene may hold a crowd: a tight cluster of small shapes annotated as one
+    ignore region, as COCO does.
+    """
+
+    classes = SHAPE_CLASSES
+
+    def __init__(self, num_images=1000, image_size=(128, 128), seed=0, objects=(1, 12), size_range=(10, 56),
+                 min_visible=0.35, crowd_prob=0.1):
+        self.num_images = num_images
+        self.image_size = tuple(image_size)
+        self.seed = seed
+        self.objects = objects
+        self.size_range = size_range
+        self.min_visible = min_visible
+        self.crowd_prob = crowd_prob
+
+    def __len__(self):
+        return self.num_images
+
+    def __getitem__(self, index):
+        if not 0 <= index < self.num_images:
+            raise IndexError(index)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        h, w = self.image_size
+        xs, ys = _grid(h, w)
+        rand = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
+
+        # Background: a smooth colour gradient plus a little noise.
+        corner = rand(2, 3)
+        t = (ys / h)[None]
+        image = corner[0][:, None, None] * (1 - t) + corner[1][:, None, None] * t
+        image = (image * 0.6 + rand(3, h, w) * 0.15).clamp(0, 1)
+        owner = torch.full((h, w), -1, dtype=torch.long)
+
+        specs = []
+        count = int(torch.randint(self.objects[0], self.objects[1] + 1, (1,), generator=g))
+        for _ in range(count):
+            kind = int(torch.randint(0, len(self.classes), (1,), generator=g))
+            size = self.size_range[0] + float(rand(1)) * (self.size_range[1] - self.size_range[0])
+            aspect = math.exp((float(rand(1)) - 0.5) * 1.2)
+            specs.append((kind, float(rand(1)) * w, float(rand(1)) * h, size * aspect, size / aspect,
+                          float(rand(1)) * math.pi if kind in (0, 2, 4, 5) else 0.0, False))
+        crowd = None
+        if float(rand(1)) < self.crowd_prob:
+            cx, cy = float(rand(1)) * w, float(rand(1)) * h
+            spread = min(h, w) * 0.12
+            crowd = (cx, cy, spread)
+            for _ in range(int(torch.randint(6, 14, (1,), generator=g))):
+                kind = int(torch.randint(0, len(self.classes), (1,), generator=g))
+                size = 4 + float(rand(1)) * 5
+                specs.append((kind, cx + (float(rand(1)) - 0.5) * 2 * spread, cy + (float(rand(1)) - 0.5) * 2 * spread,
+                              size, size, 0.0, True))
+
+        for obj, (kind, cx, cy, bw, bh, angle, _) in enumerate(specs):
+            mask = _shape_mask(self.classes[kind], xs, ys, cx, cy, bw, bh, angle)
+            colour = rand(3)
+            if float(rand(1)) < 0.4:  # striped texture
+                period = 3 + float(rand(1)) * 5
+                stripes = (torch.sin((xs + ys) * (2 * math.pi / period)) > 0).float()
+                texture = colour[:, None, None] * (0.7 + 0.3 * stripes)[None]
+            else:
+                texture = colour[:, None, None].expand(3, h, w)
+            image = torch.where(mask[None], texture, image)
+            owner[mask] = obj
+
+        boxes, labels = [], []
+        for obj, (kind, cx, cy, bw, bh, angle, in_crowd) in enumerate(specs):
+            if in_crowd:
+                continue
+            full = int(_shape_mask(self.classes[kind], xs, ys, cx, cy, bw, bh, angle).sum())
+            visible = owner == obj
+            if full == 0 or int(visible.sum()) < self.min_visible * full:
+                continue
+            vy, vx = torch.nonzero(visible, as_tuple=True)
+            boxes.append([float(vx.min()), float(vy.min()), float(vx.max()) + 1, float(vy.max()) + 1])
+            labels.append(kind)
+        ignore = []
+        if crowd is not None:
+            members = torch.zeros(h, w, dtype=torch.bool)
+            for obj, spec in enumerate(specs):
+                if spec[-1]:
+                    members |= owner == obj
+            if members.any():
+                vy, vx = torch.nonzero(members, as_tuple=True)
+                ignore.append([float(vx.min()), float(vy.min()), float(vx.max()) + 1, float(vy.max()) + 1])
+        target = {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "ignore_boxes": torch.tensor(ignore, dtype=torch.float32).reshape(-1, 4),
+            "image_id": index,
+        }
+        return image.clamp(0, 1), target
+
+
+def export_coco(dataset, out_dir, indices=None):
+    """Writes the dataset as COCO: out_dir/images/*.png and out_dir/instances.json
+    (xywh boxes; ignore regions as iscrowd=1 annotations). Returns the JSON path."""
+    from PIL import Image
+
+    image_dir = os.path.join(out_dir, "images")
+    os.makedirs(image_dir, exist_ok=True)
+    images, annotations = [], []
+    classes = getattr(dataset, "classes", None)
+    for i in indices if indices is not None else range(len(dataset)):
+        image, target = dataset[i]
+        name = f"{i:06d}.png"
+        array = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        Image.fromarray(array).save(os.path.join(image_dir, name))
+        images.append({"id": i, "file_name": name, "height": image.shape[1], "width": image.shape[2]})
+        rows = [(b, int(lab) + 1, 0) for b, lab in zip(target["boxes"].tolist(), target["labels"].tolist())]
+        rows += [(b, 1, 1) for b in target["ignore_boxes"].tolist()]
+        for box, category, crowd in rows:
+            x1, y1, x2, y2 = box
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": category,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                                "iscrowd": crowd})
+    names = classes or [str(c) for c in range(1 + max((a["category_id"] for a in annotations), default=0))]
+    categories = [{"id": k + 1, "name": name} for k, name in enumerate(names)]
+    path = os.path.join(out_dir, "instances.json")
+    with open(path, "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    return path
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """A COCO-format dataset read with pycocotools. Category ids map to
+    contiguous 0-based labels (in id order); crowd annotations become
+    ignore_boxes; boxes of zero width or height are dropped."""
+
+    def __init__(self, image_dir, ann_file):
+        from pycocotools.coco import COCO
+
+        self.image_dir = image_dir
+        self.coco = COCO(ann_file)
+        self.ids = sorted(self.coco.imgs.keys())
+        self.category_ids = sorted(self.coco.cats.keys())
+        self.label_of = {cid: k for k, cid in enumerate(self.category_ids)}
+        self.classes = tuple(self.coco.cats[c]["name"] for c in self.category_ids)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        image_id = self.ids[index]
+        info = self.coco.imgs[image_id]
+        with Image.open(os.path.join(self.image_dir, info["file_name"])) as im:
+            array = torch.frombuffer(bytearray(im.convert("RGB").tobytes()), dtype=torch.uint8)
+        image = array.reshape(info["height"], info["width"], 3).permute(2, 0, 1).float() / 255
+        boxes, labels, ignore = [], [], []
+        for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=[image_id])):
+            x, y, bw, bh = ann["bbox"]
+            if bw <= 0 or bh <= 0:
+                continue
+            if ann.get("iscrowd", 0):
+                ignore.append([x, y, x + bw, y + bh])
+            else:
+                boxes.append([x, y, x + bw, y + bh])
+                labels.append(self.label_of[ann["category_id"]])
+        target = {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "ignore_boxes": torch.tensor(ignore, dtype=torch.float32).reshape(-1, 4),
+            "image_id": image_id,
+        }
+        return image, target
+
+
+def collate(batch):
+    """Stacks equally sized images; targets stay a list of per-image dicts."""
+    images, targets = zip(*batch)
+    return torch.stack(images), list(targets)

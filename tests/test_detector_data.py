@@ -1,0 +1,70 @@
+import json
+
+import pytest
+import torch
+
+from mutualops.detector.data import CocoDetection, ShapesDataset, collate, export_coco
+
+pytest.importorskip("pycocotools", reason="COCO-format data is read with pycocotools")
+
+
+def test_shapes_are_deterministic_and_well_formed():
+    ds = ShapesDataset(12, image_size=(96, 128), seed=7, crowd_prob=0.5)
+    other = ShapesDataset(12, image_size=(96, 128), seed=8, crowd_prob=0.5)
+    objects = 0
+    for i in range(len(ds)):
+        image, target = ds[i]
+        again, target_again = ds[i]
+        assert torch.equal(image, again) and torch.equal(target["boxes"], target_again["boxes"])
+        assert image.shape == (3, 96, 128) and 0 <= image.min() and image.max() <= 1
+        boxes = target["boxes"]
+        assert boxes.shape[0] == target["labels"].shape[0]
+        assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 128).all() and (boxes[:, 3] <= 96).all()
+        assert ((target["labels"] >= 0) & (target["labels"] < len(ds.classes))).all()
+        objects += boxes.shape[0]
+    assert objects > 30
+    assert not torch.equal(ds[0][0], other[0][0])
+    assert any(ds[i][1]["ignore_boxes"].shape[0] for i in range(len(ds)))  # some crowds
+    with pytest.raises(IndexError):
+        ds[12]
+
+
+def test_coco_export_and_reload_round_trip(tmp_path):
+    ds = ShapesDataset(8, seed=1, crowd_prob=0.5)
+    path = export_coco(ds, str(tmp_path))
+    with open(path) as f:
+        coco = json.load(f)
+    assert len(coco["images"]) == 8 and [c["name"] for c in coco["categories"]] == list(ds.classes)
+    loaded = CocoDetection(str(tmp_path / "images"), path)
+    assert loaded.classes == ds.classes and len(loaded) == 8
+    for i in range(8):
+        image, target = loaded[i]
+        expected_image, expected = ds[i]
+        for key in ("boxes", "labels", "ignore_boxes"):
+            assert torch.equal(target[key], expected[key]), key
+        assert (image - expected_image).abs().max() <= 0.5 / 255 + 1e-6  # PNG stores 8 bits
+
+
+def test_coco_crowd_and_degenerate_annotations(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (40, 30)).save(tmp_path / "images" / "a.png")
+    ann = {
+        "images": [{"id": 5, "file_name": "a.png", "height": 30, "width": 40}],
+        "categories": [{"id": 3, "name": "cat"}, {"id": 9, "name": "dog"}],
+        "annotations": [
+            {"id": 1, "image_id": 5, "category_id": 9, "bbox": [1, 2, 10, 5], "area": 50, "iscrowd": 0},
+            {"id": 2, "image_id": 5, "category_id": 3, "bbox": [0, 0, 20, 20], "area": 400, "iscrowd": 1},
+            {"id": 3, "image_id": 5, "category_id": 3, "bbox": [4, 4, 0, 6], "area": 0, "iscrowd": 0},
+        ],
+    }
+    (tmp_path / "instances.json").write_text(json.dumps(ann))
+    ds = CocoDetection(str(tmp_path / "images"), str(tmp_path / "instances.json"))
+    image, target = ds[0]
+    assert image.shape == (3, 30, 40) and target["image_id"] == 5
+    assert target["boxes"].tolist() == [[1.0, 2.0, 11.0, 7.0]] and target["labels"].tolist() == [1]
+    assert target["ignore_boxes"].tolist() == [[0.0, 0.0, 20.0, 20.0]]
+    images, targets = collate([ds[0], ds[0]])
+    assert images.shape == (2, 3, 30, 40) and len(targets) == 2
