@@ -145,42 +145,51 @@ class ShapesDataset(torch.utils.data.Dataset):
         return image.clamp(0, 1), target
 
 
-def export_coco(dataset, out_dir, indices=None):
-    """Writes the dataset as COCO: out_dir/images/*.png and out_dir/instances.json
-    (xywh boxes; ignore regions as iscrowd=1 annotations). Returns the JSON path."""
-    from PIL import Image
-
-    image_dir = os.path.join(out_dir, "images")
-    os.makedirs(image_dir, exist_ok=True)
+def coco_dict(dataset, indices=None, image_dir=None):
+    """The dataset's annotations as a COCO dict (xywh boxes, 1-based category ids,
+    ignore regions as iscrowd=1). With image_dir, the images are written there as PNG."""
     images, annotations = [], []
     classes = getattr(dataset, "classes", None)
     for i in indices if indices is not None else range(len(dataset)):
         image, target = dataset[i]
-        name = f"{i:06d}.png"
-        array = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-        Image.fromarray(array).save(os.path.join(image_dir, name))
-        images.append({"id": i, "file_name": name, "height": image.shape[1], "width": image.shape[2]})
+        image_id = int(target.get("image_id", i))
+        name = f"{image_id:06d}.png"
+        if image_dir is not None:
+            from PIL import Image
+
+            array = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+            Image.fromarray(array).save(os.path.join(image_dir, name))
+        images.append({"id": image_id, "file_name": name, "height": image.shape[1], "width": image.shape[2]})
         rows = [(b, int(lab) + 1, 0) for b, lab in zip(target["boxes"].tolist(), target["labels"].tolist())]
         rows += [(b, 1, 1) for b in target["ignore_boxes"].tolist()]
         for box, category, crowd in rows:
             x1, y1, x2, y2 = box
-            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": category,
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
                                 "iscrowd": crowd})
-    names = classes or [str(c) for c in range(1 + max((a["category_id"] for a in annotations), default=0))]
+    names = classes or [str(c) for c in range(max((a["category_id"] for a in annotations), default=0))]
     categories = [{"id": k + 1, "name": name} for k, name in enumerate(names)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def export_coco(dataset, out_dir, indices=None):
+    """Writes the dataset as COCO: out_dir/images/*.png and out_dir/instances.json.
+    Returns the JSON path."""
+    image_dir = os.path.join(out_dir, "images")
+    os.makedirs(image_dir, exist_ok=True)
     path = os.path.join(out_dir, "instances.json")
     with open(path, "w") as f:
-        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+        json.dump(coco_dict(dataset, indices, image_dir), f)
     return path
 
 
 class CocoDetection(torch.utils.data.Dataset):
     """A COCO-format dataset read with pycocotools. Category ids map to
     contiguous 0-based labels (in id order); crowd annotations become
-    ignore_boxes; boxes of zero width or height are dropped."""
+    ignore_boxes; boxes of zero width or height are dropped. With size=(H, W),
+    images are resized to it (boxes scaled alike), so that batches stack."""
 
-    def __init__(self, image_dir, ann_file):
+    def __init__(self, image_dir, ann_file, size=None):
         from pycocotools.coco import COCO
 
         self.image_dir = image_dir
@@ -189,6 +198,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.category_ids = sorted(self.coco.cats.keys())
         self.label_of = {cid: k for k, cid in enumerate(self.category_ids)}
         self.classes = tuple(self.coco.cats[c]["name"] for c in self.category_ids)
+        self.size = tuple(size) if size else None
 
     def __len__(self):
         return len(self.ids)
@@ -217,6 +227,12 @@ class CocoDetection(torch.utils.data.Dataset):
             "ignore_boxes": torch.tensor(ignore, dtype=torch.float32).reshape(-1, 4),
             "image_id": image_id,
         }
+        if self.size and tuple(image.shape[1:]) != self.size:
+            sy, sx = self.size[0] / image.shape[1], self.size[1] / image.shape[2]
+            image = torch.nn.functional.interpolate(image[None], size=self.size, mode="bilinear", align_corners=False)[0]
+            scale = torch.tensor([sx, sy, sx, sy])
+            target["boxes"] = target["boxes"] * scale
+            target["ignore_boxes"] = target["ignore_boxes"] * scale
         return image, target
 
 

@@ -1,0 +1,90 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mutualops.detector.data import ShapesDataset, collate, export_coco
+from mutualops.detector.model import Detector, DetectorConfig
+
+pytest.importorskip("pycocotools", reason="evaluation uses pycocotools")
+
+SWITCHES = [dict(), dict(mutual_cls=True), dict(mutual_box=True), dict(iou_rescoring=True),
+            dict(mutual_cls=True, mutual_box=True, iou_rescoring=True)]
+
+
+@pytest.mark.parametrize("family", ["fcos", "retinanet"])
+@pytest.mark.parametrize("switches", SWITCHES, ids=lambda s: "+".join(s) or "baseline")
+def test_training_steps_reduce_the_loss(family, switches):
+    torch.manual_seed(0)
+    images, targets = collate([ShapesDataset(4, image_size=(64, 64), seed=1)[i] for i in range(4)])
+    model = Detector(DetectorConfig(family=family, width=16, **switches))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        out = model(images, targets)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        losses.append(float(out["loss"].detach()))
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
+    detections = model.predict(images)
+    assert len(detections) == 4 and detections[0]["boxes"].shape[1] == 4
+
+
+def test_images_without_objects_train():
+    model = Detector(DetectorConfig(width=16))
+    images = torch.rand(2, 3, 64, 64)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "ignore_boxes": torch.zeros(0, 4)}
+    out = model(images, [empty, empty])
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+
+
+def run(args, **kwargs):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def test_train_resume_and_evaluate_on_coco_format_data(tmp_path):
+    data = tmp_path / "coco"
+    ann = export_coco(ShapesDataset(24, image_size=(64, 64), seed=3, crowd_prob=0.5), str(data))
+    common = ["--coco-images", str(data / "images"), "--coco-ann", ann, "--width", "16", "--batch-size", "8",
+              "--no-progress", "--threads", "1", "--device", "cpu"]
+    out = tmp_path / "run"
+    first = run(["-m", "mutualops.train", "--out", str(out), "--epochs", "1", *common])
+    assert first.returncode == 0, first.stderr
+    again = run(["-m", "mutualops.train", "--out", str(out), "--epochs", "2", "--resume", *common])
+    assert again.returncode == 0, again.stderr
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [0, 1]
+    evaluated = run(["-m", "mutualops.evaluate", "--checkpoint", str(out / "last.pt"), "--out", str(out / "eval"),
+                     "--coco-images", str(data / "images"), "--coco-ann", ann, "--device", "cpu"])
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert {"AP", "AP50", "AP75", "harmony", "objects"} <= set(metrics)
+    assert (out / "eval" / "score_vs_iou.png").exists()
+
+
+def test_training_is_repeatable(tmp_path):
+    args = ["--num-images", "16", "--image-size", "64", "64", "--width", "16", "--batch-size", "8", "--epochs", "1",
+            "--no-progress", "--threads", "1", "--device", "cpu"]
+    logs = []
+    for name in ("a", "b"):
+        result = run(["-m", "mutualops.train", "--out", str(tmp_path / name), *args])
+        assert result.returncode == 0, result.stderr
+        logs.append((tmp_path / name / "log.jsonl").read_text().splitlines())
+    strip = [[{k: v for k, v in json.loads(line).items() if k != "images_per_s"} for line in log] for log in logs]
+    assert strip[0] == strip[1]
+
+
+def test_torchrun_two_processes_gloo(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", "-m", "mutualops.train",
+                  "--out", str(tmp_path / "ddp"), "--num-images", "32", "--image-size", "64", "64", "--width", "16",
+                  "--batch-size", "4", "--epochs", "1", "--no-progress", "--device", "cpu"], env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
+    assert state["epoch"] == 0 and state["config"]["family"] == "fcos"
