@@ -88,3 +88,17 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
     assert state["epoch"] == 0 and state["config"]["family"] == "fcos"
+
+
+def test_ablation_script_runs_every_variant(tmp_path):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "ablation.py")
+    spec = importlib.util.spec_from_file_location("ablation", path)
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    ablation.main(["--out", str(tmp_path), "--seeds", "0", "--epochs", "1", "--num-images", "16", "--val-images", "4",
+                   "--width", "16", "--threads", "1"])
+    result = json.loads((tmp_path / "ablation.json").read_text())
+    assert len(result["runs"]) == 2 * len(ablation.VARIANTS)
+    assert "| retinanet | all |" in (tmp_path / "ablation.md").read_text()
