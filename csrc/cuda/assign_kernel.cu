@@ -186,13 +186,9 @@ __global__ void mutual_targets_kernel(const int64_t* __restrict__ matched, const
 at::Tensor assign_fcos_cuda(const at::Tensor& points, const at::Tensor& gt_boxes, const at::Tensor& num_gt,
                             const at::Tensor& strides, const at::Tensor& regress_ranges, double center_radius,
                             bool inclusive, bool torchvision_compat) {
-  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt");
-  check_priors(points, gt_boxes, 2, "points");
+  check_assign_fcos(points, gt_boxes, num_gt, strides, regress_ranges);
   const c10::cuda::CUDAGuard guard(points.device());
   const int64_t images = gt_boxes.size(0), gmax = gt_boxes.size(1), n = points.size(0);
-  TORCH_CHECK_VALUE(strides.dim() == 1 && strides.size(0) == n, "strides must have shape [", n, "]");
-  TORCH_CHECK_VALUE(regress_ranges.dim() == 2 && regress_ranges.size(0) == n && regress_ranges.size(1) == 2,
-                    "regress_ranges must have shape [", n, ", 2]");
   const at::Tensor pts = points.contiguous(), gts = gt_boxes.contiguous();
   const at::Tensor str = strides.to(points.scalar_type()).contiguous();
   const at::Tensor rng = regress_ranges.to(points.scalar_type()).contiguous();
@@ -215,11 +211,8 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cuda(const at::Tensor& anchors
                                                        const std::optional<at::Tensor>& num_ignore, double pos_iou,
                                                        double neg_iou, c10::string_view low_quality,
                                                        double min_pos_iou, bool gt_max_assign_all, double ignore_iof) {
-  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt");
-  check_priors(anchors, gt_boxes, 4, "anchors");
+  check_assign_max_iou(anchors, gt_boxes, num_gt, ignore_boxes, num_ignore);
   const LowQuality lq = parse_low_quality(low_quality);
-  TORCH_CHECK_VALUE(ignore_boxes.has_value() == num_ignore.has_value(), "ignore_boxes and num_ignore go together");
-  if (ignore_boxes.has_value()) check_gt(*ignore_boxes, *num_ignore, "ignore_boxes", "num_ignore");
   const c10::cuda::CUDAGuard guard(anchors.device());
   const int64_t images = gt_boxes.size(0), gmax = gt_boxes.size(1), n = anchors.size(0);
   const at::Tensor anc = anchors.contiguous(), gts = gt_boxes.contiguous();

@@ -25,6 +25,25 @@ inline void check_priors(const at::Tensor& priors, const at::Tensor& gt_boxes, i
   TORCH_CHECK_VALUE(priors.device() == gt_boxes.device(), name, " must be on the device of gt_boxes");
 }
 
+inline void check_assign_fcos(const at::Tensor& points, const at::Tensor& gt_boxes, const at::Tensor& num_gt,
+                              const at::Tensor& strides, const at::Tensor& regress_ranges) {
+  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt");
+  check_priors(points, gt_boxes, 2, "points");
+  const int64_t n = points.size(0);
+  TORCH_CHECK_VALUE(strides.dim() == 1 && strides.size(0) == n, "strides must have shape [", n, "]");
+  TORCH_CHECK_VALUE(regress_ranges.dim() == 2 && regress_ranges.size(0) == n && regress_ranges.size(1) == 2,
+                    "regress_ranges must have shape [", n, ", 2]");
+}
+
+inline void check_assign_max_iou(const at::Tensor& anchors, const at::Tensor& gt_boxes, const at::Tensor& num_gt,
+                                 const std::optional<at::Tensor>& ignore_boxes,
+                                 const std::optional<at::Tensor>& num_ignore) {
+  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt");
+  check_priors(anchors, gt_boxes, 4, "anchors");
+  TORCH_CHECK_VALUE(ignore_boxes.has_value() == num_ignore.has_value(), "ignore_boxes and num_ignore go together");
+  if (ignore_boxes.has_value()) check_gt(*ignore_boxes, *num_ignore, "ignore_boxes", "num_ignore");
+}
+
 enum class LowQuality : int { kNone = 0, kTorchvision = 1, kMmdet = 2 };
 
 inline LowQuality parse_low_quality(c10::string_view mode) {
