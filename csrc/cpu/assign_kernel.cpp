@@ -274,7 +274,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mutual_targets_cpu(
     c10::string_view box_coding, double gamma_cls, double gamma_loc) {
   const BoxCoding coding = parse_box_coding(box_coding);
   check_mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls_logits, priors, scale, coding);
-  const int64_t images = matched.size(0), n = matched.size(1), gmax = gt_boxes.size(1), classes = cls_logits.size(2);
+  const int64_t images = matched.size(0), n = matched.size(1), classes = cls_logits.size(2);
   const at::Tensor m = matched.contiguous(), gts = gt_boxes.contiguous(), labels = gt_labels.to(at::kLong).contiguous();
   const at::Tensor pred = box_pred.contiguous(), logits = cls_logits.contiguous(), pri = priors.contiguous();
   const at::Tensor sc = scale.has_value() ? scale->to(pred.scalar_type()).contiguous() : at::Tensor();
@@ -283,36 +283,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mutual_targets_cpu(
   at::Tensor cls_target = at::zeros({images, n, classes}, logits.options());
   at::Tensor raw_weight = at::zeros({images, n}, pred.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "mutual_targets_cpu", [&] {
-    using T = at::opmath_type<scalar_t>;
-    const int64_t* pm = m.data_ptr<int64_t>();
-    const scalar_t* pg = gts.data_ptr<scalar_t>();
-    const int64_t* pl = labels.data_ptr<int64_t>();
-    const scalar_t* pp = pred.data_ptr<scalar_t>();
-    const scalar_t* pz = logits.data_ptr<scalar_t>();
-    const scalar_t* pr = pri.data_ptr<scalar_t>();
-    const scalar_t* ps = sc.defined() ? sc.data_ptr<scalar_t>() : nullptr;
-    scalar_t* od = decoded.data_ptr<scalar_t>();
-    scalar_t* oq = iou_target.data_ptr<scalar_t>();
-    scalar_t* oc = cls_target.data_ptr<scalar_t>();
-    scalar_t* ow = raw_weight.data_ptr<scalar_t>();
+    const auto args = mutual_target_args<scalar_t>(m, gts, labels, pred, logits, pri, sc, coding, gamma_cls, gamma_loc,
+                                                   decoded, iou_target, cls_target, raw_weight);
     at::parallel_for(0, images * n, 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t img = i / n, p = i % n;
-        const T d[4] = {static_cast<T>(pp[4 * i]), static_cast<T>(pp[4 * i + 1]), static_cast<T>(pp[4 * i + 2]),
-                        static_cast<T>(pp[4 * i + 3])};
-        const Box<T> box = coding == BoxCoding::kDistance
-                               ? decode_distance(static_cast<T>(pr[2 * p]), static_cast<T>(pr[2 * p + 1]), d,
-                                                 ps ? static_cast<T>(ps[p]) : T(1))
-                               : decode_delta(load_box<T>(pr + 4 * p), d);
-        store_box(box, od + 4 * i);
-        const int64_t g = pm[i];
-        if (g < 0) continue;
-        const int64_t label = pl[img * gmax + g];
-        const T q = box_iou(box, load_box<T>(pg + 4 * (img * gmax + g)));
-        oq[i] = static_cast<scalar_t>(q);
-        oc[i * classes + label] = static_cast<scalar_t>(soft_class_target(q, static_cast<T>(gamma_cls)));
-        ow[i] = static_cast<scalar_t>(box_loss_weight(static_cast<T>(pz[i * classes + label]), static_cast<T>(gamma_loc)));
-      }
+      for (int64_t i = begin; i < end; ++i) mutual_targets_at<at::opmath_type<scalar_t>>(args, i);
     });
   });
   return {decoded, iou_target, cls_target, normalise_over_positives(raw_weight, m >= 0)};

@@ -155,31 +155,9 @@ __global__ void first_best_anchor_kernel(const T* __restrict__ gt_best, const in
 }
 
 template <typename scalar_t>
-__global__ void mutual_targets_kernel(const int64_t* __restrict__ matched, const scalar_t* __restrict__ gts,
-                                      const int64_t* __restrict__ labels, const scalar_t* __restrict__ pred,
-                                      const scalar_t* __restrict__ logits, const scalar_t* __restrict__ priors,
-                                      const scalar_t* __restrict__ scale, int64_t images, int64_t n, int64_t gmax,
-                                      int64_t classes, BoxCoding coding, double gamma_cls, double gamma_loc,
-                                      scalar_t* __restrict__ decoded, scalar_t* __restrict__ iou_target,
-                                      scalar_t* __restrict__ cls_target, scalar_t* __restrict__ raw_weight) {
-  using T = at::opmath_type<scalar_t>;
-  for (int64_t i = grid_start(); i < images * n; i += grid_stride()) {
-    const int64_t image = i / n, p = i % n;
-    const T d[4] = {static_cast<T>(pred[4 * i]), static_cast<T>(pred[4 * i + 1]), static_cast<T>(pred[4 * i + 2]),
-                    static_cast<T>(pred[4 * i + 3])};
-    const Box<T> box = coding == BoxCoding::kDistance
-                           ? decode_distance(static_cast<T>(priors[2 * p]), static_cast<T>(priors[2 * p + 1]), d,
-                                             scale ? static_cast<T>(scale[p]) : T(1))
-                           : decode_delta(load_box<T>(priors + 4 * p), d);
-    store_box(box, decoded + 4 * i);
-    const int64_t g = matched[i];
-    if (g < 0) continue;
-    const int64_t label = labels[image * gmax + g];
-    const T q = box_iou(box, load_box<T>(gts + 4 * (image * gmax + g)));
-    iou_target[i] = static_cast<scalar_t>(q);
-    cls_target[i * classes + label] = static_cast<scalar_t>(soft_class_target(q, static_cast<T>(gamma_cls)));
-    raw_weight[i] = static_cast<scalar_t>(box_loss_weight(static_cast<T>(logits[i * classes + label]),
-                                                          static_cast<T>(gamma_loc)));
+__global__ void mutual_targets_kernel(MutualTargetArgs<scalar_t> args, int64_t total) {
+  for (int64_t i = grid_start(); i < total; i += grid_stride()) {
+    mutual_targets_at<at::opmath_type<scalar_t>>(args, i);
   }
 }
 
@@ -268,7 +246,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mutual_targets_cuda(
   const BoxCoding coding = parse_box_coding(box_coding);
   check_mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls_logits, priors, scale, coding);
   const c10::cuda::CUDAGuard guard(box_pred.device());
-  const int64_t images = matched.size(0), n = matched.size(1), gmax = gt_boxes.size(1), classes = cls_logits.size(2);
+  const int64_t images = matched.size(0), n = matched.size(1), classes = cls_logits.size(2);
   const at::Tensor m = matched.contiguous(), gts = gt_boxes.contiguous(), labels = gt_labels.to(at::kLong).contiguous();
   const at::Tensor pred = box_pred.contiguous(), logits = cls_logits.contiguous(), pri = priors.contiguous();
   const at::Tensor sc = scale.has_value() ? scale->to(pred.scalar_type()).contiguous() : at::Tensor();
@@ -278,11 +256,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mutual_targets_cuda(
   at::Tensor raw_weight = at::zeros({images, n}, pred.options());
   if (images * n > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "mutual_targets_cuda", [&] {
+      const auto args = mutual_target_args<scalar_t>(m, gts, labels, pred, logits, pri, sc, coding, gamma_cls,
+                                                     gamma_loc, decoded, iou_target, cls_target, raw_weight);
       mutual_targets_kernel<scalar_t><<<grid_for(images * n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          m.data_ptr<int64_t>(), gts.data_ptr<scalar_t>(), labels.data_ptr<int64_t>(), pred.data_ptr<scalar_t>(),
-          logits.data_ptr<scalar_t>(), pri.data_ptr<scalar_t>(), sc.defined() ? sc.data_ptr<scalar_t>() : nullptr,
-          images, n, gmax, classes, coding, gamma_cls, gamma_loc, decoded.data_ptr<scalar_t>(),
-          iou_target.data_ptr<scalar_t>(), cls_target.data_ptr<scalar_t>(), raw_weight.data_ptr<scalar_t>());
+          args, images * n);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

@@ -53,8 +53,6 @@ inline LowQuality parse_low_quality(c10::string_view mode) {
   TORCH_CHECK_VALUE(false, "low_quality must be one of none, torchvision, mmdet; got '", mode, "'");
 }
 
-enum class BoxCoding : int { kDistance = 0, kDelta = 1 };
-
 inline BoxCoding parse_box_coding(c10::string_view coding) {
   if (coding == "distance") return BoxCoding::kDistance;
   if (coding == "delta") return BoxCoding::kDelta;
@@ -81,6 +79,20 @@ inline void check_mutual_targets(const at::Tensor& matched, const at::Tensor& gt
   for (const at::Tensor* t : {&gt_boxes, &cls_logits, &priors}) {
     TORCH_CHECK_TYPE(t->scalar_type() == box_pred.scalar_type(), "gt_boxes, cls_logits and priors must have the dtype of box_pred");
   }
+}
+
+// The pass's pointers for tensors already made contiguous by the caller.
+template <typename S>
+MutualTargetArgs<S> mutual_target_args(const at::Tensor& matched, const at::Tensor& gt_boxes, const at::Tensor& labels,
+                                       const at::Tensor& pred, const at::Tensor& logits, const at::Tensor& priors,
+                                       const at::Tensor& scale, BoxCoding coding, double gamma_cls, double gamma_loc,
+                                       at::Tensor& decoded, at::Tensor& iou_target, at::Tensor& cls_target,
+                                       at::Tensor& raw_weight) {
+  return MutualTargetArgs<S>{matched.data_ptr<int64_t>(), gt_boxes.data_ptr<S>(), labels.data_ptr<int64_t>(),
+                             pred.data_ptr<S>(), logits.data_ptr<S>(), priors.data_ptr<S>(),
+                             scale.defined() ? scale.data_ptr<S>() : nullptr, matched.size(1), gt_boxes.size(1),
+                             logits.size(2), coding, gamma_cls, gamma_loc, decoded.data_ptr<S>(),
+                             iou_target.data_ptr<S>(), cls_target.data_ptr<S>(), raw_weight.data_ptr<S>()};
 }
 
 // Normalises box-loss weights over the positives of the batch so that they

@@ -93,4 +93,48 @@ MUTUALOPS_HD T box_loss_weight(T class_logit, T gamma_loc) {
   return gamma_loc == T(1) ? p : pow_of(p, gamma_loc);
 }
 
+enum class BoxCoding : int { kDistance = 0, kDelta = 1 };
+
+// Inputs and outputs of the mutual-target pass, contiguous; element
+// i = image * n + prior p. S is the storage type.
+template <typename S>
+struct MutualTargetArgs {
+  const int64_t* matched;  // [B, n]
+  const S* gt_boxes;       // [B, gmax, 4]
+  const int64_t* gt_labels;  // [B, gmax]
+  const S* box_pred;       // [B, n, 4]
+  const S* cls_logits;     // [B, n, classes]
+  const S* priors;         // points [n, 2] or anchors [n, 4]
+  const S* scale;          // [n] or null
+  int64_t n, gmax, classes;
+  BoxCoding coding;
+  double gamma_cls, gamma_loc;
+  S* decoded;     // [B, n, 4]
+  S* iou_target;  // [B, n], zeros on entry
+  S* cls_target;  // [B, n, classes], zeros on entry
+  S* raw_weight;  // [B, n], zeros on entry
+};
+
+// One element of the pass: decode its box, and for a positive write q, the
+// soft class target and the (unnormalised) box-loss weight. T is the math type.
+template <typename T, typename S>
+MUTUALOPS_HD void mutual_targets_at(const MutualTargetArgs<S>& a, int64_t i) {
+  const int64_t image = i / a.n, p = i % a.n;
+  const S* d = a.box_pred + 4 * i;
+  const T delta[4] = {static_cast<T>(d[0]), static_cast<T>(d[1]), static_cast<T>(d[2]), static_cast<T>(d[3])};
+  const Box<T> box = a.coding == BoxCoding::kDistance
+                         ? decode_distance(static_cast<T>(a.priors[2 * p]), static_cast<T>(a.priors[2 * p + 1]),
+                                           delta, a.scale ? static_cast<T>(a.scale[p]) : T(1))
+                         : decode_delta(load_box<T>(a.priors + 4 * p), delta);
+  store_box(box, a.decoded + 4 * i);
+  const int64_t g = a.matched[i];
+  if (g < 0) return;
+  const int64_t label = a.gt_labels[image * a.gmax + g];
+  const T q = box_iou(box, load_box<T>(a.gt_boxes + 4 * (image * a.gmax + g)));
+  a.iou_target[i] = static_cast<S>(q);
+  a.cls_target[i * a.classes + label] = static_cast<S>(soft_class_target(q, static_cast<T>(a.gamma_cls)));
+  a.raw_weight[i] = static_cast<S>(
+      box_loss_weight(static_cast<T>(a.cls_logits[i * a.classes + label]), static_cast<T>(a.gamma_loc)));
+}
+
 }  // namespace mutualops
