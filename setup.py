@@ -84,8 +84,16 @@ def extension(with_cuda):
     # -fno-trapping-math lets gcc vectorize the selects around divisions. Neither
     # changes a result.
     cxx_flags = ["-O3", "-fno-trapping-math", "-fopenmp"]
+    link_flags = ["-fopenmp"]
+    if sys.platform.startswith("linux"):
+        # The C++ runtime must be the process's shared one. A g++ whose image
+        # lacks the libstdc++.so development link (seen on a CUDA machine)
+        # silently links libstdc++.a instead: the extension then carries a second,
+        # uninitialised copy of the locale machinery and crashes the first time
+        # an error message formats a number.
+        link_flags.append("-l:libstdc++.so.6")
     kwargs = dict(name="mutualops._C", include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags},
-                  extra_link_args=["-fopenmp"])
+                  extra_link_args=link_flags)
     if not with_cuda:
         return CppExtension(sources=sources, **kwargs)
     extra = pip_cuda_dirs(torch.version.cuda.split(".")[0], "include")
