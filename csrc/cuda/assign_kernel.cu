@@ -1,6 +1,6 @@
 // CUDA kernels of the label-assignment family: one thread per (image, point)
-// looping over GTs (or per (image, GT) looping over anchors for the per-GT
-// maxima), calling mutualops/assign_math.h and box_math.h. Extra memory is
+// looping over GTs (or one block per (image, GT) reducing over anchors for the
+// per-GT maxima), calling mutualops/assign_math.h and box_math.h. Extra memory is
 // O(P + G); results are deterministic (no atomics).
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -65,78 +65,114 @@ __global__ void ignored_kernel(const scalar_t* __restrict__ anchors, const scala
   }
 }
 
-// Per (image, anchor): best IoU over GTs and its first GT; -1 when ignored.
+// Per (image, anchor): best IoU over GTs and its first GT (-1 when ignored),
+// the max-IoU code, and in the same loop the low-quality matches. torchvision
+// restores an anchor's own best GT when it is some GT's best; mmdetection (all
+// ties) gives it the last such GT whose best IoU reaches min_pos_iou; gt_best is
+// null when neither applies. blockIdx.y is the image, so that the block stages
+// that image's GTs in shared memory, a tile at a time, for all its anchors.
+constexpr int kAnchorThreads = 256;
+
 template <typename scalar_t>
-__global__ void anchor_best_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ gts,
-                                   const int64_t* __restrict__ counts, const bool* __restrict__ ignored,
-                                   int64_t images, int64_t n, int64_t gmax, double pos_iou, double neg_iou,
-                                   int64_t* __restrict__ matched, int64_t* __restrict__ arg_out,
-                                   scalar_t* __restrict__ best_out) {
+__global__ void __launch_bounds__(kAnchorThreads)
+anchor_match_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ gts,
+                    const int64_t* __restrict__ counts, const bool* __restrict__ ignored, int64_t n, int64_t gmax,
+                    double pos_iou, double neg_iou, const at::opmath_type<scalar_t>* __restrict__ gt_best,
+                    bool torchvision, double min_pos_iou, int64_t* __restrict__ matched,
+                    scalar_t* __restrict__ best_out) {
   using T = at::opmath_type<scalar_t>;
-  for (int64_t t = grid_start(); t < images * n; t += grid_stride()) {
-    const int64_t image = t / n, p = t % n;
-    const int64_t count = real_count(counts, image, gmax);
+  __shared__ Box<T> tile[kAnchorThreads];
+  __shared__ T tile_best[kAnchorThreads];
+  const int64_t image = blockIdx.y;
+  const int64_t count = real_count(counts, image, gmax);
+  // Every thread of a block runs the same iterations (the bounds are per
+  // block), so that all of them reach the barriers.
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * kAnchorThreads; base < n;
+       base += static_cast<int64_t>(gridDim.x) * kAnchorThreads) {
+    const int64_t p = base + threadIdx.x;
+    const bool active = p < n;
+    const int64_t t = image * n + p;
+    const bool skip = !active || ignored[t];
+    const Box<T> a = active ? load_box<T>(anchors + 4 * p) : Box<T>{T(0), T(0), T(0), T(0)};
     T best = T(-1);
-    int64_t arg = 0;
-    if (!ignored[t]) {
-      for (int64_t g = 0; g < count; ++g) {
-        const T iou = pair_iou<T>(anchors, gts, p, image * gmax + g);
-        if (iou > best) best = iou, arg = g;
+    int64_t arg = 0, last = -1;
+    for (int64_t g0 = 0; g0 < count; g0 += kAnchorThreads) {
+      const int tile_size = static_cast<int>(min(count - g0, static_cast<int64_t>(kAnchorThreads)));
+      __syncthreads();
+      if (threadIdx.x < tile_size) {
+        const int64_t gi = image * gmax + g0 + threadIdx.x;
+        tile[threadIdx.x] = load_box<T>(gts + 4 * gi);
+        tile_best[threadIdx.x] = gt_best ? gt_best[gi] : T(0);
+      }
+      __syncthreads();
+      if (skip) continue;
+      for (int j = 0; j < tile_size; ++j) {
+        const T iou = box_iou(a, tile[j]);
+        if (iou > best) best = iou, arg = g0 + j;
+        if (gt_best) {
+          const T gt_max = tile_best[j];
+          last = iou == gt_max && (torchvision || gt_max >= static_cast<T>(min_pos_iou)) ? g0 + j : last;
+        }
       }
     }
-    arg_out[t] = arg;
+    if (!active) continue;
+    const bool is_ignored = ignored[t];
     // No GT: IoU 0 (as on the CPU); an ignored anchor reports -1.
-    best_out[t] = static_cast<scalar_t>(count == 0 && !ignored[t] ? T(0) : best);
-    matched[t] = ignored[t] ? kIgnore : (count == 0 ? kNegative : max_iou_code(best, arg, pos_iou, neg_iou));
+    best_out[t] = static_cast<scalar_t>(count == 0 && !is_ignored ? T(0) : best);
+    int64_t code = is_ignored ? kIgnore : (count == 0 ? kNegative : max_iou_code(best, arg, pos_iou, neg_iou));
+    if (!is_ignored && last >= 0) code = torchvision ? arg : last;
+    matched[t] = code;
   }
 }
 
-// Per (image, GT): best IoU over non-ignored anchors and the first anchor holding it.
+// Per (image, GT), one block: best IoU over non-ignored anchors and the first
+// anchor holding it. The anchors are split over the block's threads and the
+// partial maxima reduced in shared memory, so that a few GTs over 10^5 anchors
+// still fill the GPU (a thread per GT left most of it idle).
+constexpr int kGtBestThreads = 256;
+
 template <typename scalar_t>
-__global__ void gt_best_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ gts,
-                               const int64_t* __restrict__ counts, const bool* __restrict__ ignored, int64_t images,
-                               int64_t n, int64_t gmax, at::opmath_type<scalar_t>* __restrict__ gt_best,
-                               int64_t* __restrict__ gt_first_anchor) {
+__global__ void __launch_bounds__(kGtBestThreads)
+gt_best_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ gts,
+               const int64_t* __restrict__ counts, const bool* __restrict__ ignored, int64_t images, int64_t n,
+               int64_t gmax, at::opmath_type<scalar_t>* __restrict__ gt_best, int64_t* __restrict__ gt_first_anchor) {
   using T = at::opmath_type<scalar_t>;
-  for (int64_t t = grid_start(); t < images * gmax; t += grid_stride()) {
+  __shared__ T block_best[kGtBestThreads];
+  __shared__ int64_t block_first[kGtBestThreads];
+  const int tid = threadIdx.x;
+  // The loop bound is the same for every thread of a block, so the
+  // __syncthreads inside it are reached by all of them.
+  for (int64_t t = blockIdx.x; t < images * gmax; t += gridDim.x) {
     const int64_t image = t / gmax, g = t % gmax;
     T best = T(-1);
     int64_t first = -1;
     if (g < real_count(counts, image, gmax)) {
-      for (int64_t p = 0; p < n; ++p) {
+      for (int64_t p = tid; p < n; p += kGtBestThreads) {
         if (ignored[image * n + p]) continue;
         const T iou = pair_iou<T>(anchors, gts, p, t);
         if (iou > best) best = iou, first = p;
       }
     }
-    gt_best[t] = best;
-    gt_first_anchor[t] = first;
-  }
-}
-
-// Low-quality matches (see assign_kernel.cpp): torchvision restores an
-// anchor's own best GT when it is some GT's best; mmdetection (all ties)
-// gives it the last such GT whose best IoU reaches min_pos_iou.
-template <typename scalar_t>
-__global__ void low_quality_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ gts,
-                                   const int64_t* __restrict__ counts, const bool* __restrict__ ignored,
-                                   const at::opmath_type<scalar_t>* __restrict__ gt_best,
-                                   const int64_t* __restrict__ anchor_arg,
-                                   int64_t images, int64_t n, int64_t gmax, bool torchvision, double min_pos_iou,
-                                   int64_t* __restrict__ matched) {
-  using T = at::opmath_type<scalar_t>;
-  for (int64_t t = grid_start(); t < images * n; t += grid_stride()) {
-    if (ignored[t]) continue;
-    const int64_t image = t / n, p = t % n;
-    const int64_t count = real_count(counts, image, gmax);
-    int64_t last = -1;
-    for (int64_t g = 0; g < count; ++g) {
-      const T best = gt_best[image * gmax + g];
-      const bool best_of_gt = pair_iou<T>(anchors, gts, p, image * gmax + g) == best &&
-                              (torchvision || best >= static_cast<T>(min_pos_iou));
-      last = best_of_gt ? g : last;
+    block_best[tid] = best;
+    block_first[tid] = first;
+    __syncthreads();
+    for (int half = kGtBestThreads / 2; half > 0; half /= 2) {
+      if (tid < half) {
+        const T other = block_best[tid + half];
+        const int64_t other_first = block_first[tid + half];
+        const bool earlier = other_first >= 0 && (block_first[tid] < 0 || other_first < block_first[tid]);
+        if (other > block_best[tid] || (other == block_best[tid] && earlier)) {
+          block_best[tid] = other;
+          block_first[tid] = other_first;
+        }
+      }
+      __syncthreads();
     }
-    if (last >= 0) matched[t] = torchvision ? anchor_arg[t] : last;
+    if (tid == 0) {
+      gt_best[t] = block_best[0];
+      gt_first_anchor[t] = block_first[0];
+    }
+    __syncthreads();
   }
 }
 
@@ -193,6 +229,7 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cuda(const at::Tensor& anchors
   const LowQuality lq = parse_low_quality(low_quality);
   const c10::cuda::CUDAGuard guard(anchors.device());
   const int64_t images = gt_boxes.size(0), gmax = gt_boxes.size(1), n = anchors.size(0);
+  TORCH_CHECK_VALUE(images <= 65535, "assign_max_iou on CUDA takes at most 65535 images per call, got ", images);
   const at::Tensor anc = anchors.contiguous(), gts = gt_boxes.contiguous();
   const at::Tensor counts = num_gt.to(at::kLong).contiguous();
   const auto longs = anc.options().dtype(at::kLong);
@@ -201,7 +238,6 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cuda(const at::Tensor& anchors
   at::Tensor ignored = at::zeros({images, n}, anc.options().dtype(at::kBool));
   if (matched.numel() == 0) return {matched, max_iou};
   const auto stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor anchor_arg = at::empty({images, n}, longs);
   at::Tensor gt_first = at::empty({images, gmax}, longs);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, anc.scalar_type(), "assign_max_iou_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -214,27 +250,28 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cuda(const at::Tensor& anchors
           ignore_iof, ignored.data_ptr<bool>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    anchor_best_kernel<scalar_t><<<grid_for(images * n), kThreads, 0, stream>>>(
-        anc.data_ptr<scalar_t>(), gts.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(), ignored.data_ptr<bool>(),
-        images, n, gmax, pos_iou, neg_iou, matched.data_ptr<int64_t>(), anchor_arg.data_ptr<int64_t>(),
-        max_iou.data_ptr<scalar_t>());
+    // The per-GT maxima come first: the anchor pass applies the low-quality rule with them.
+    const bool low_quality_in_pass = lq == LowQuality::kTorchvision || (lq == LowQuality::kMmdet && gt_max_assign_all);
+    if (lq != LowQuality::kNone && gmax > 0) {
+      const int64_t gt_blocks = std::min<int64_t>(images * gmax, 65536);
+      gt_best_kernel<scalar_t><<<static_cast<unsigned int>(gt_blocks), kGtBestThreads, 0, stream>>>(
+          anc.data_ptr<scalar_t>(), gts.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(), ignored.data_ptr<bool>(),
+          images, n, gmax, gt_best.data_ptr<T>(), gt_first.data_ptr<int64_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    const dim3 grid(static_cast<unsigned int>(std::min<int64_t>((n + kAnchorThreads - 1) / kAnchorThreads, 65536)),
+                    static_cast<unsigned int>(images));
+    anchor_match_kernel<scalar_t><<<grid, kAnchorThreads, 0, stream>>>(
+        anc.data_ptr<scalar_t>(), gts.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(), ignored.data_ptr<bool>(), n,
+        gmax, pos_iou, neg_iou, low_quality_in_pass && gmax > 0 ? gt_best.data_ptr<T>() : nullptr,
+        lq == LowQuality::kTorchvision, min_pos_iou, matched.data_ptr<int64_t>(), max_iou.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (lq == LowQuality::kNone || gmax == 0) return;
-    gt_best_kernel<scalar_t><<<grid_for(images * gmax), 64, 0, stream>>>(
-        anc.data_ptr<scalar_t>(), gts.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(), ignored.data_ptr<bool>(),
-        images, n, gmax, gt_best.data_ptr<T>(), gt_first.data_ptr<int64_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (lq == LowQuality::kMmdet && !gt_max_assign_all) {
+    if (lq == LowQuality::kMmdet && !gt_max_assign_all && gmax > 0) {
       first_best_anchor_kernel<T><<<1, 32, 0, stream>>>(gt_best.data_ptr<T>(), gt_first.data_ptr<int64_t>(),
                                                      counts.data_ptr<int64_t>(), images, n, gmax, min_pos_iou,
                                                      matched.data_ptr<int64_t>());
-    } else {
-      low_quality_kernel<scalar_t><<<grid_for(images * n), kThreads, 0, stream>>>(
-          anc.data_ptr<scalar_t>(), gts.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(), ignored.data_ptr<bool>(),
-          gt_best.data_ptr<T>(), anchor_arg.data_ptr<int64_t>(), images, n, gmax,
-          lq == LowQuality::kTorchvision, min_pos_iou, matched.data_ptr<int64_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {matched, max_iou};
 }

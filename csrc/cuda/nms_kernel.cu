@@ -23,16 +23,28 @@ namespace mutualops {
 namespace {
 
 constexpr int kMaskBits = 64;
-// The greedy pass keeps its "removed" bitmap in shared memory when it fits.
-constexpr int64_t kSharedRemovedWords = 6144;  // 48 KiB
+// The greedy pass keeps its "removed" bitmap in shared memory when it fits
+// (44 KiB, leaving room under the 48 KiB default for the chunk's own arrays).
+constexpr int64_t kSharedRemovedWords = 5632;
 // Key of an invalid candidate slot: sorts after every real key.
 constexpr int64_t kInvalidKey = std::numeric_limits<int64_t>::max();
 
-// Per (image, sorted position): one past the last position with the same key.
+// Per (image, sorted position): one past the last position with the same key,
+// by binary search (keys ascend along each row).
 __global__ void run_end_kernel(const int64_t* __restrict__ key, int64_t images, int64_t m, int64_t* __restrict__ end) {
   for (int64_t t = grid_start(); t < images * m; t += grid_stride()) {
-    const int64_t p = t % m;
-    end[t] = (p == m - 1 || key[t + 1] != key[t]) ? p + 1 : m;
+    const int64_t* row = key + (t / m) * m;
+    const int64_t p = t % m, k = row[p];
+    int64_t lo = p + 1, hi = m;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (row[mid] == k) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    end[t] = lo;
   }
 }
 
@@ -73,30 +85,71 @@ __global__ void nms_mask_kernel(const T* __restrict__ boxes, const int64_t* __re
   mask[i * col_blocks + col_block] = bits;
 }
 
-// Greedy pass in sorted order, one block per image: box i is kept unless an
-// earlier kept box removed it; a kept box removes its mask row (up to the end
-// of its key's run). Invalid slots are never kept.
-__global__ void nms_reduce_kernel(const unsigned long long* __restrict__ mask, const int64_t* __restrict__ run_end,
-                                  const int64_t* __restrict__ key, int64_t m, int64_t col_blocks,
-                                  unsigned long long* __restrict__ removed_global, bool* __restrict__ keep) {
+// Greedy pass in sorted order, one block per image, 64 boxes (one mask word)
+// at a time: the block stages the chunk's diagonal words, then one thread
+// settles the chunk's boxes among themselves from shared memory, then every
+// thread ORs (kept box, later word) pairs of the mask into the "removed"
+// bitmap. Three barriers per 64 boxes, and the mask loads of a chunk are issued
+// in parallel: a barrier per box, or a thread per word looping over the kept
+// boxes, left the pass bound by one load latency after another. Each kept box
+// removes only up to the end of its key's run. Invalid slots are never kept.
+constexpr int kReduceThreads = 512;
+
+__global__ void __launch_bounds__(kReduceThreads)
+nms_reduce_kernel(const unsigned long long* __restrict__ mask, const int64_t* __restrict__ run_end,
+                  const int64_t* __restrict__ key, int64_t m, int64_t col_blocks,
+                  unsigned long long* __restrict__ removed_global, bool* __restrict__ keep) {
   extern __shared__ unsigned long long removed_shared[];
+  __shared__ unsigned long long diagonal[kMaskBits];
+  __shared__ bool valid[kMaskBits];
+  __shared__ int64_t last_word[kMaskBits];
+  __shared__ int kept_list[kMaskBits];
+  __shared__ int kept_count;
+  __shared__ int64_t chunk_last_word;
   const int64_t image = blockIdx.x;
+  const int tid = threadIdx.x;
   mask += image * m * col_blocks;
   run_end += image * m;
   key += image * m;
   keep += image * m;
   unsigned long long* removed =
       col_blocks <= kSharedRemovedWords ? removed_shared : removed_global + image * col_blocks;
-  for (int64_t w = threadIdx.x; w < col_blocks; w += blockDim.x) removed[w] = 0;
-  for (int64_t i = 0; i < m; ++i) {
-    __syncthreads();
-    const bool drop = key[i] == kInvalidKey || ((removed[i / kMaskBits] >> (i % kMaskBits)) & 1ULL);
-    if (threadIdx.x == 0) keep[i] = !drop;
-    if (drop) continue;
-    const int64_t last_word = (run_end[i] - 1) / kMaskBits;
-    for (int64_t w = i / kMaskBits + threadIdx.x; w <= last_word; w += blockDim.x) {
-      removed[w] |= mask[i * col_blocks + w];
+  for (int64_t w = tid; w < col_blocks; w += kReduceThreads) removed[w] = 0;
+  for (int64_t c = 0; c < col_blocks; ++c) {
+    const int64_t begin = c * kMaskBits;
+    const int count = static_cast<int>(min(m - begin, static_cast<int64_t>(kMaskBits)));
+    if (tid < count) {
+      const int64_t i = begin + tid;
+      diagonal[tid] = mask[i * col_blocks + c];
+      valid[tid] = key[i] != kInvalidKey;
+      last_word[tid] = (run_end[i] - 1) / kMaskBits;
     }
+    __syncthreads();
+    if (tid == 0) {
+      unsigned long long word = removed[c];
+      int kept = 0;
+      int64_t last = c;
+      for (int t = 0; t < count; ++t) {
+        const bool drop = !valid[t] || ((word >> t) & 1ULL);
+        keep[begin + t] = !drop;
+        if (drop) continue;
+        word |= diagonal[t];
+        kept_list[kept++] = t;
+        last = max(last, last_word[t]);
+      }
+      kept_count = kept;
+      chunk_last_word = last;
+    }
+    __syncthreads();
+    const int64_t words = chunk_last_word - c;  // words c+1 .. chunk_last_word
+    const int64_t pairs = words * kept_count;
+    for (int64_t k = tid; k < pairs; k += kReduceThreads) {
+      const int64_t w = c + 1 + k % words;
+      const int64_t i = begin + kept_list[k / words];
+      const unsigned long long bits = mask[i * col_blocks + w];
+      if (bits) atomicOr(removed + w, bits);
+    }
+    __syncthreads();
   }
 }
 
@@ -113,7 +166,6 @@ at::Tensor greedy_nms_sorted(const at::Tensor& boxes, const at::Tensor& key, dou
   run_end_kernel<<<grid_for(images * m), kThreads, 0, stream>>>(key.data_ptr<int64_t>(), images, m,
                                                                run_end.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  run_end = std::get<0>(run_end.flip(1).cummin(1)).flip(1).contiguous();
 
   const int64_t col_blocks = (m + kMaskBits - 1) / kMaskBits;
   at::Tensor mask = at::empty({images, m, col_blocks}, key.options());
@@ -125,7 +177,7 @@ at::Tensor greedy_nms_sorted(const at::Tensor& boxes, const at::Tensor& key, dou
 
   const bool in_shared = col_blocks <= kSharedRemovedWords;
   at::Tensor removed = at::empty({in_shared ? 1 : images * col_blocks}, key.options());
-  nms_reduce_kernel<<<images, 256, in_shared ? col_blocks * sizeof(unsigned long long) : 0, stream>>>(
+  nms_reduce_kernel<<<images, kReduceThreads, in_shared ? col_blocks * sizeof(unsigned long long) : 0, stream>>>(
       reinterpret_cast<const unsigned long long*>(mask.data_ptr<int64_t>()), run_end.data_ptr<int64_t>(),
       key.data_ptr<int64_t>(), m, col_blocks, reinterpret_cast<unsigned long long*>(removed.data_ptr<int64_t>()),
       keep.data_ptr<bool>());

@@ -1,6 +1,6 @@
 // CUDA kernels of the ranking family. A segmented sort (two stable device
 // sorts: by value, then by group) orders each group's values; run boundaries
-// come from device scans; ranks and correlations use mutualops/rank_math.h.
+// come from a scan of run starts; ranks and correlations use mutualops/rank_math.h.
 // No host synchronisation besides sizing the output (resolve_groups).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -12,38 +12,40 @@
 namespace mutualops {
 namespace {
 
-// Marks, at each sorted position, where a group and a run of equal values
-// begin (as the position itself, else -1) and where a run ends (as the
-// position one past it, else n), ready for max- and min-scans.
-__global__ void run_bounds_kernel(const int64_t* __restrict__ group, const double* __restrict__ value,
-                                  int64_t n, int64_t* __restrict__ group_begin,
-                                  int64_t* __restrict__ run_begin, int64_t* __restrict__ run_end,
-                                  int64_t* __restrict__ run_first) {
+// At each sorted position: whether a run of equal values begins there (a new
+// group always begins one), and, where a group begins, its first position.
+__global__ void run_starts_kernel(const int64_t* __restrict__ group, const double* __restrict__ value, int64_t n,
+                                  int64_t* __restrict__ new_run, int64_t* __restrict__ group_start) {
   for (int64_t p = grid_start(); p < n; p += grid_stride()) {
     const bool new_group = p == 0 || group[p] != group[p - 1];
-    const bool new_run = new_group || value[p] != value[p - 1];
-    const bool last_of_run = p == n - 1 || group[p + 1] != group[p] || value[p + 1] != value[p];
-    group_begin[p] = new_group ? p : -1;
-    run_begin[p] = new_run ? p : -1;
-    run_end[p] = last_of_run ? p + 1 : n;
-    run_first[p] = new_run ? 1 : 0;
+    new_run[p] = new_group || value[p] != value[p - 1] ? 1 : 0;
+    if (new_group) group_start[group[p]] = p;
+  }
+}
+
+// run_start[r] = the first position of run r, from the inclusive count of runs.
+__global__ void run_start_positions_kernel(const int64_t* __restrict__ new_run,
+                                           const int64_t* __restrict__ runs_so_far, int64_t n,
+                                           int64_t* __restrict__ run_start) {
+  for (int64_t p = grid_start(); p < n; p += grid_stride()) {
+    if (new_run[p]) run_start[runs_so_far[p] - 1] = p;
   }
 }
 
 __global__ void assign_ranks_kernel(const int64_t* __restrict__ perm, const int64_t* __restrict__ group,
-                                    const int64_t* __restrict__ group_begin,
-                                    const int64_t* __restrict__ run_begin,
-                                    const int64_t* __restrict__ run_end,
+                                    const int64_t* __restrict__ group_start,
                                     const int64_t* __restrict__ runs_so_far,
+                                    const int64_t* __restrict__ run_start,
                                     const int64_t* __restrict__ nan_count, int64_t n, TieMethod method,
                                     double* __restrict__ out) {
   for (int64_t p = grid_start(); p < n; p += grid_stride()) {
-    const int64_t gb = group_begin[p];
-    // runs_so_far is an inclusive count of runs: the group's first run is runs_so_far[gb].
+    const int64_t gb = group_start[group[p]];
+    // A run ends where the next begins; run_start[number of runs] is n.
+    const int64_t run = runs_so_far[p] - 1;
     const int64_t dense = runs_so_far[p] - runs_so_far[gb];
     out[perm[p]] = nan_count[group[p]] > 0
                        ? NAN
-                       : tie_rank(method, p - gb, run_begin[p] - gb, run_end[p] - gb, dense);
+                       : tie_rank(method, p - gb, run_start[run] - gb, run_start[run + 1] - gb, dense);
   }
 }
 
@@ -82,22 +84,26 @@ at::Tensor rank_groups(const at::Tensor& values, const at::Tensor& ids, int64_t 
   const at::Tensor nan_count =
       at::zeros({num_groups}, ids.options()).index_add_(0, ids, values.isnan().to(at::kLong));
 
+  // Run boundaries by a scan of run starts and a scatter, not by min/max
+  // scans of positions: torch's cummax/cummin took most of the time.
   const auto longs = ids.options();
-  at::Tensor group_begin = at::empty({n}, longs), run_begin = at::empty({n}, longs);
-  at::Tensor run_end = at::empty({n}, longs), run_first = at::empty({n}, longs);
+  at::Tensor new_run = at::empty({n}, longs);
+  at::Tensor group_start = at::empty({num_groups}, longs);
   const auto stream = at::cuda::getCurrentCUDAStream();
-  run_bounds_kernel<<<grid_for(n), kThreads, 0, stream>>>(
-      group_sorted.data_ptr<int64_t>(), value_sorted.data_ptr<double>(), n, group_begin.data_ptr<int64_t>(),
-      run_begin.data_ptr<int64_t>(), run_end.data_ptr<int64_t>(), run_first.data_ptr<int64_t>());
+  run_starts_kernel<<<grid_for(n), kThreads, 0, stream>>>(group_sorted.data_ptr<int64_t>(),
+                                                          value_sorted.data_ptr<double>(), n,
+                                                          new_run.data_ptr<int64_t>(),
+                                                          group_start.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  group_begin = std::get<0>(group_begin.cummax(0));
-  run_begin = std::get<0>(run_begin.cummax(0));
-  run_end = std::get<0>(run_end.flip(0).cummin(0)).flip(0).contiguous();
-  const at::Tensor runs_so_far = run_first.cumsum(0);
+  const at::Tensor runs_so_far = new_run.cumsum(0);
+  at::Tensor run_start = at::full({n + 1}, n, longs);
+  run_start_positions_kernel<<<grid_for(n), kThreads, 0, stream>>>(
+      new_run.data_ptr<int64_t>(), runs_so_far.data_ptr<int64_t>(), n, run_start.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   assign_ranks_kernel<<<grid_for(n), kThreads, 0, stream>>>(
-      perm.data_ptr<int64_t>(), group_sorted.data_ptr<int64_t>(), group_begin.data_ptr<int64_t>(),
-      run_begin.data_ptr<int64_t>(), run_end.data_ptr<int64_t>(), runs_so_far.data_ptr<int64_t>(),
-      nan_count.data_ptr<int64_t>(), n, method, out.data_ptr<double>());
+      perm.data_ptr<int64_t>(), group_sorted.data_ptr<int64_t>(), group_start.data_ptr<int64_t>(),
+      runs_so_far.data_ptr<int64_t>(), run_start.data_ptr<int64_t>(), nan_count.data_ptr<int64_t>(), n, method,
+      out.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
