@@ -15,6 +15,7 @@ torchvision.ops.batched_nms at 20000 boxes over 80 classes.
 """
 
 import copy
+from collections import Counter
 import os
 import sys
 
@@ -25,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
 import mutualops  # noqa: E402
+from mutualops import reference  # noqa: E402
 
 
 def detections(n, device, gen, num_classes=80):
@@ -45,6 +47,23 @@ def same_keep(ours, theirs, scores):
     torchvision's order follows torch.sort's unstable sort; ours puts the lower
     index first, so only the kept set and the score sequence must agree."""
     return torch.equal(ours.sort().values, theirs.sort().values) and torch.equal(scores[ours], scores[theirs])
+
+
+def check_keep(case, ours, theirs, scores, reference_keep):
+    """Ours must equal the pure-PyTorch reference, run on the CPU (the CUDA
+    kernels reproduce the CPU's IoU rounding: --fmad=false). torchvision's CUDA
+    kernel contracts the IoU into FMAs, and its batched_nms offsets boxes per
+    class below 20000 coordinates on CUDA (4000 on the CPU), so a box whose IoU
+    sits on the threshold can go either way there: those are counted, and must
+    stay rare. Returns the number of boxes kept by one side only."""
+    assert same_keep(ours.cpu(), reference_keep, scores.cpu()), f"{case}: differs from the reference"
+    if same_keep(ours, theirs, scores):
+        return 0
+    a, b = set(ours.tolist()), set(theirs.tolist())
+    differ = len(a ^ b)
+    assert differ <= max(2, len(b) // 1000), f"{case}: {differ} boxes differ from torchvision"
+    print(f"{case}: {differ} of {len(b)} kept boxes differ from torchvision (IoU on the threshold)")
+    return differ
 
 
 def fcos_rows(args, gen, repeats):
@@ -79,9 +98,18 @@ def fcos_rows(args, gen, repeats):
     theirs = lambda: type(model).postprocess_detections(model, head, anchors, shapes)  # noqa: E731
     replacement = torchvision_postprocess.install(copy.copy(model))
     ours = lambda: replacement.postprocess_detections(head, anchors, shapes)  # noqa: E731
-    for t, o in zip(theirs(), ours()):
-        assert torch.equal(t["labels"].sort().values, o["labels"].sort().values)
-        assert torch.equal(t["scores"].sort().values, o["scores"].sort().values)
+    expected = theirs()
+    replaced = ours()
+    differ = 0
+    for t, o in zip(expected, replaced):
+        a = Counter(zip(t["labels"].tolist(), t["scores"].tolist()))
+        b = Counter(zip(o["labels"].tolist(), o["scores"].tolist()))
+        differ += (a - b).total() + (b - a).total()
+    kept = sum(len(t["scores"]) for t in expected)
+    # Exact on the CPU; on CUDA torchvision's FMA-contracted IoU can flip a box on the threshold.
+    assert differ <= (0 if args.device == "cpu" else max(2, kept // 1000)), f"FCOS replacement: {differ} differ"
+    if differ:
+        print(f"FCOS replacement: {differ} of {kept} detections differ from torchvision (IoU on the threshold)")
 
     # The fused path: sigmoid and alpha = 0.5 rescoring inside the kernel, from logits.
     cls = torch.cat(head["cls_logits"], 1)
@@ -98,7 +126,8 @@ def fcos_rows(args, gen, repeats):
                                       max_detections=model.detections_per_img, fixed_shape=True)
 
     counts = fused().counts.tolist()
-    assert counts == [len(t["scores"]) for t in theirs()], "fused FCOS path keeps other detections"
+    count_differ = sum(abs(c - len(t["scores"])) for c, t in zip(counts, expected))
+    assert count_differ <= (0 if args.device == "cpu" else max(2, kept // 1000)), "fused FCOS path keeps other detections"
     case = f"FCOS post-process B={images} N={sum(level_sizes)} C={classes}"
     peer = harness.measure(theirs, args.device, max(3, repeats // 3))
     return [
@@ -118,19 +147,21 @@ def main():
         boxes, scores, _ = detections(n, args.device, gen)
         ours = lambda: mutualops.nms(boxes, scores, 0.5)  # noqa: E731
         theirs = lambda: tvo.nms(boxes, scores, 0.5)  # noqa: E731
-        assert same_keep(ours(), theirs(), scores), "nms differs from torchvision"
+        differ = check_keep(f"nms {n}", ours(), theirs(), scores,
+                            reference.nms(boxes.cpu(), scores.cpu(), 0.5))
         target = ">= 1.5x" if n == 5000 else ""
         rows.append(harness.row(f"nms {n} boxes", "torchvision.ops.nms", harness.measure(theirs, args.device, repeats),
-                                harness.measure(ours, args.device, repeats), target))
+                                harness.measure(ours, args.device, repeats), target) | {"differ_from_peer": differ})
     for n in ([5000, 20000] if not args.quick else [2000]):
         boxes, scores, labels = detections(n, args.device, gen)
         ours = lambda: mutualops.batched_nms(boxes, scores, labels, 0.5)  # noqa: E731
         theirs = lambda: tvo.batched_nms(boxes, scores, labels, 0.5)  # noqa: E731
-        assert same_keep(ours(), theirs(), scores), "batched_nms differs from torchvision"
+        differ = check_keep(f"batched_nms {n}", ours(), theirs(), scores,
+                            reference.batched_nms(boxes.cpu(), scores.cpu(), labels.cpu(), 0.5))
         target = ">= 3x" if n == 20000 else ""
         rows.append(harness.row(f"batched_nms {n} boxes, 80 classes", "torchvision.ops.batched_nms",
                                 harness.measure(theirs, args.device, repeats),
-                                harness.measure(ours, args.device, repeats), target))
+                                harness.measure(ours, args.device, repeats), target) | {"differ_from_peer": differ})
     for n in ([5000, 20000] if not args.quick else [2000]):
         boxes, cls, labels = detections(n, args.device, gen)
         quality = torch.rand(n, generator=gen).to(args.device)
@@ -143,10 +174,14 @@ def main():
         ours = lambda: mutualops.rescored_nms(  # noqa: E731
             boxes, cls, quality, labels=labels, alpha=0.5, score_threshold=0.05, pre_nms_top_k=-1, max_detections=n
         ).indices
-        assert torch.equal(ours().sort().values, theirs().sort().values), "rescored_nms differs"
+        s = torch.sqrt(cls * quality).cpu()
+        cand = (s > 0.05).nonzero().squeeze(1)
+        expected = cand[reference.batched_nms(boxes.cpu()[cand], s[cand], labels.cpu()[cand], 0.5)]
+        differ = check_keep(f"rescored_nms {n}", ours(), theirs(), torch.sqrt(cls * quality), expected)
         rows.append(harness.row(f"rescored_nms {n} boxes, 80 classes", "torch rescoring + torchvision batched_nms",
                                 harness.measure(theirs, args.device, repeats),
-                                harness.measure(ours, args.device, repeats), ">= 3x" if n == 20000 else ""))
+                                harness.measure(ours, args.device, repeats), ">= 3x" if n == 20000 else "")
+                    | {"differ_from_peer": differ})
     rows += fcos_rows(args, gen, repeats)
     harness.print_table(f"NMS, fp32, {args.device}, {torch.get_num_threads()} threads (median of {repeats})", rows)
     harness.save_json("bench_nms", args, rows)

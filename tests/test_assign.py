@@ -170,8 +170,11 @@ def test_mutual_targets_match_reference(device, box_coding, gammas, gen):
                                    logits.to(device), priors.to(device), scale=None if scale is None else scale.to(device),
                                    box_coding=box_coding, gamma_cls=gammas[0], gamma_loc=gammas[1])
     expected = reference.mutual_targets(matched, boxes, labels, pred, logits, priors, scale, box_coding, *gammas)
+    # CUDA's expf (delta decoding) is within 2 ulp of glibc's, not equal to it;
+    # scaled by anchors of ~600 px that is ~1e-4 px.
+    tol = dict(rtol=1e-6, atol=1e-6) if device == "cpu" else dict(rtol=2e-5, atol=2e-4)
     for g, e in zip(got[:4], expected):
-        torch.testing.assert_close(g.cpu(), e, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(g.cpu(), e, **tol)
     assert torch.equal(got.positive.cpu(), matched >= 0)
     assert abs(float(got.box_weight[got.positive].mean()) - 1) < 1e-5
     assert (got.cls_target[~got.positive] == 0).all() and (got.box_weight[~got.positive] == 0).all()
