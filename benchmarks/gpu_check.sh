@@ -51,5 +51,9 @@ for log in "$REPORT"/*.txt; do
   { echo; echo "## $(basename "$log")"; echo '```'; cat "$log"; echo '```'; } >> "$SUMMARY"
 done
 { echo; echo "## test summary"; echo '```'; tail -n 15 "$REPORT/tests.log"; echo '```'; } >> "$SUMMARY"
+# The device tool brings back at most 8 files: the report, and the logs and
+# JSON in one archive.
+tar czf "$REPORT/logs.tar.gz" -C "$REPORT" --exclude report.md --exclude logs.tar.gz . \
+  && find "$REPORT" -type f ! -name report.md ! -name logs.tar.gz -delete
 cat "$SUMMARY"
 exit $status
