@@ -109,15 +109,26 @@ def plot_score_vs_iou(samples_by_name, path):
 
 
 def plot_ap_vs_harmony(metrics_by_name, path):
+    """AP against harmony. Values are either one metrics dict per name (a point
+    per variant) or a list of (label, metrics) per name, e.g. one per
+    checkpoint: a line per name through its labelled points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = plt.subplots(figsize=(6, 4.5))
     for name, m in metrics_by_name.items():
-        ax.scatter([m["harmony"]], [m["AP"]], s=40)
-        ax.annotate(name, (m["harmony"], m["AP"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if isinstance(m, dict):
+            ax.scatter([m["harmony"]], [m["AP"]], s=40)
+            ax.annotate(name, (m["harmony"], m["AP"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            continue
+        xs, ys = [point["harmony"] for _, point in m], [point["AP"] for _, point in m]
+        ax.plot(xs, ys, marker="o", markersize=4, label=name)
+        for label, point in m:
+            ax.annotate(label, (point["harmony"], point["AP"]), textcoords="offset points", xytext=(3, 3), fontsize=6)
+    if any(not isinstance(m, dict) for m in metrics_by_name.values()):
+        ax.legend(fontsize=7)
     ax.set(xlabel="harmony (mean Spearman rho)", ylabel="AP", title="AP against harmony")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
@@ -129,8 +140,9 @@ def plot_ap_vs_harmony(metrics_by_name, path):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m mutualops.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", default="", help="folder for metrics.json and the score-vs-IoU plot")
+    p.add_argument("--checkpoint", required=True, nargs="+",
+                   help="one or more checkpoints (several: AP against harmony across them is plotted)")
+    p.add_argument("--out", default="", help="folder for metrics.json and the plots")
     p.add_argument("--num-images", type=int, default=300, help="synthetic validation images")
     p.add_argument("--data-seed", type=int, default=10_000, help="seed of the synthetic validation set")
     p.add_argument("--image-size", type=int, nargs=2, default=None)
@@ -139,21 +151,26 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    model, state = load_detector(args.checkpoint, args.device)
-    size = tuple(args.image_size or state.get("image_size") or (128, 128))
-    if args.coco_images or args.coco_ann:
-        dataset = CocoDetection(args.coco_images, args.coco_ann, size=size)
-    else:
-        dataset = ShapesDataset(args.num_images, image_size=size, seed=args.data_seed)
-    metrics, samples = evaluate(model, dataset, args.batch_size, args.device)
-    print(json.dumps(metrics, indent=2))
+    by_checkpoint, samples = {}, {}
+    for path in args.checkpoint:
+        model, state = load_detector(path, args.device)
+        size = tuple(args.image_size or state.get("image_size") or (128, 128))
+        if args.coco_images or args.coco_ann:
+            dataset = CocoDetection(args.coco_images, args.coco_ann, size=size)
+        else:
+            dataset = ShapesDataset(args.num_images, image_size=size, seed=args.data_seed)
+        name = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
+        by_checkpoint[name], samples[name] = evaluate(model, dataset, args.batch_size, args.device)
+    single = len(by_checkpoint) == 1
+    print(json.dumps(next(iter(by_checkpoint.values())) if single else by_checkpoint, indent=2))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=2)
-        print("plot:", plot_score_vs_iou({os.path.basename(os.path.dirname(args.checkpoint)) or "model": samples},
-                                         os.path.join(args.out, "score_vs_iou.png")))
-
+            json.dump(next(iter(by_checkpoint.values())) if single else by_checkpoint, f, indent=2)
+        print("plot:", plot_score_vs_iou(samples, os.path.join(args.out, "score_vs_iou.png")))
+        if not single:
+            print("plot:", plot_ap_vs_harmony({"checkpoints": list(by_checkpoint.items())},
+                                              os.path.join(args.out, "ap_vs_harmony.png")))
 
 if __name__ == "__main__":
     main()

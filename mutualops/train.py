@@ -5,7 +5,8 @@
     torchrun --nproc_per_node 2 -m mutualops.train ...       # DDP (gloo on CPU, nccl on GPU)
 
 Data: the synthetic shapes dataset (default) or a COCO-format dataset
-(--coco-images DIR --coco-ann FILE). Checkpoints go to --out every epoch;
+(--coco-images DIR --coco-ann FILE). Checkpoints go to --out every epoch
+(last.pt; with --checkpoint-every N also epochN.pt);
 --resume continues from --out/last.pt. Seeds make runs repeatable.
 """
 
@@ -50,6 +51,8 @@ def build_parser():
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="also keep epochN.pt every N epochs, for curves across checkpoints (0: last.pt only)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -185,6 +188,8 @@ def train(args):
                      "epoch": epoch, "config": model.config.to_dict(), "classes": list(dataset.classes),
                      "image_size": list(args.image_size)}
             torch.save(state, last)
+            if args.checkpoint_every and (epoch + 1) % args.checkpoint_every == 0:
+                torch.save(state, os.path.join(args.out, f"epoch{epoch + 1}.pt"))
             with open(os.path.join(args.out, "log.jsonl"), "a") as f:
                 f.write(json.dumps(entry) + "\n")
             if not args.no_progress:

@@ -97,8 +97,26 @@ def test_ablation_script_runs_every_variant(tmp_path):
     spec = importlib.util.spec_from_file_location("ablation", path)
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
-    ablation.main(["--out", str(tmp_path), "--seeds", "0", "--epochs", "1", "--num-images", "16", "--val-images", "4",
-                   "--width", "16", "--threads", "1"])
+    ablation.main(["--out", str(tmp_path), "--seeds", "0", "--epochs", "2", "--eval-every", "1", "--num-images", "16",
+                   "--val-images", "4", "--width", "16", "--threads", "1"])
     result = json.loads((tmp_path / "ablation.json").read_text())
     assert len(result["runs"]) == 2 * len(ablation.VARIANTS)
-    assert "| retinanet | all |" in (tmp_path / "ablation.md").read_text()
+    assert all([p["epoch"] for p in run["curve"]] == [1, 2] for run in result["runs"])
+    table = (tmp_path / "ablation.md").read_text()
+    assert "| retinanet | all |" in table and "epoch 1 | epoch 2" in table
+    assert (tmp_path / "ap_vs_harmony.png").exists()
+
+
+def test_evaluate_several_checkpoints_plots_ap_against_harmony(tmp_path):
+    out = tmp_path / "run"
+    args = ["--num-images", "16", "--image-size", "64", "64", "--width", "16", "--batch-size", "8", "--epochs", "2",
+            "--checkpoint-every", "1", "--no-progress", "--threads", "1", "--device", "cpu"]
+    trained = run(["-m", "mutualops.train", "--out", str(out), *args])
+    assert trained.returncode == 0, trained.stderr
+    assert (out / "epoch1.pt").exists() and (out / "epoch2.pt").exists()
+    evaluated = run(["-m", "mutualops.evaluate", "--checkpoint", str(out / "epoch1.pt"), str(out / "epoch2.pt"),
+                     "--num-images", "8", "--out", str(tmp_path / "eval"), "--device", "cpu"])
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics) == {"run/epoch1.pt", "run/epoch2.pt"} and all("harmony" in m for m in metrics.values())
+    assert (tmp_path / "eval" / "ap_vs_harmony.png").exists()
