@@ -104,7 +104,7 @@ def main(argv=None):
     curves = mean_curves(runs, args)
     if args.eval_every:
         epochs = [e for e, _ in next(iter(curves.values()))]
-        lines = ["", "AP (mean over seeds) at each checkpoint, harmony in brackets:", "",
+        lines = ["", "", "AP (mean over seeds) at each checkpoint, harmony in brackets:", "",
                  "| family | variant | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
                  "| --- | --- | " + " | ".join("---" for _ in epochs) + " |"]
         for key, points in curves.items():
