@@ -172,5 +172,6 @@ def main(argv=None):
             print("plot:", plot_ap_vs_harmony({"checkpoints": list(by_checkpoint.items())},
                                               os.path.join(args.out, "ap_vs_harmony.png")))
 
+
 if __name__ == "__main__":
     main()
