@@ -11,6 +11,7 @@ from .assign import MutualTargets, assign_and_label, assign_fcos, assign_max_iou
 from .box_iou import box_iou, box_iou_aligned, iou_loss  # noqa: E402
 from .nms import Detections, batched_nms, nms, rescored_nms  # noqa: E402
 from .ranking import rank, spearman  # noqa: E402
+from .task_aligned import TaskAlignedTargets, assign_task_aligned  # noqa: E402
 from . import metrics  # noqa: E402
 
 __version__ = "0.1.0"
@@ -28,4 +29,4 @@ def build_info():
     }
 
 
-__all__ = ["box_iou", "box_iou_aligned", "iou_loss", "nms", "batched_nms", "rescored_nms", "Detections", "assign_fcos", "assign_max_iou", "mutual_targets", "assign_and_label", "MutualTargets", "rank", "spearman", "metrics", "build_info", "reference"]
+__all__ = ["box_iou", "box_iou_aligned", "iou_loss", "nms", "batched_nms", "rescored_nms", "Detections", "assign_fcos", "assign_max_iou", "mutual_targets", "assign_and_label", "MutualTargets", "assign_task_aligned", "TaskAlignedTargets", "rank", "spearman", "metrics", "build_info", "reference"]

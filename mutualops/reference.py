@@ -333,3 +333,70 @@ def mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls_logits, priors, s
     total = raw.sum()
     weight = raw * positive.sum() / total if total > 0 else torch.zeros_like(raw)
     return decoded, q, cls_target, weight
+
+
+def _ultralytics_ciou(gt, pred):
+    """CIoU of broadcastable [..., 4] xyxy boxes with Ultralytics' epsilons, clamped at 0 (NaN -> 0)."""
+    eps = 1e-7
+    w1, h1 = gt[..., 2] - gt[..., 0], gt[..., 3] - gt[..., 1] + eps
+    w2, h2 = pred[..., 2] - pred[..., 0], pred[..., 3] - pred[..., 1] + eps
+    inter = (torch.minimum(gt[..., 2], pred[..., 2]) - torch.maximum(gt[..., 0], pred[..., 0])).clamp(0) * (
+        torch.minimum(gt[..., 3], pred[..., 3]) - torch.maximum(gt[..., 1], pred[..., 1])).clamp(0)
+    union = w1 * h1 + w2 * h2 - inter + eps
+    iou = inter / union
+    cw = torch.maximum(gt[..., 2], pred[..., 2]) - torch.minimum(gt[..., 0], pred[..., 0])
+    ch = torch.maximum(gt[..., 3], pred[..., 3]) - torch.minimum(gt[..., 1], pred[..., 1])
+    c2 = cw.pow(2) + ch.pow(2) + eps
+    rho2 = ((pred[..., 0] + pred[..., 2] - gt[..., 0] - gt[..., 2]).pow(2)
+            + (pred[..., 1] + pred[..., 3] - gt[..., 1] - gt[..., 3]).pow(2)) / 4
+    v = (4 / math.pi**2) * ((w2 / h2).atan() - (w1 / h1).atan()).pow(2)
+    alpha = v / (1 - iou + v + eps)
+    ciou = iou - (rho2 / c2 + v * alpha)
+    return torch.where(ciou > 0, ciou, torch.zeros_like(ciou))
+
+
+def assign_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk=13, num_classes=80,
+                        alpha=1.0, beta=6.0, eps=1e-9, min_side=16.0, topk2=None):
+    """Task-aligned assignment with dense [B, G, A] planes: (labels, bboxes, scores [B, A, C], fg, gt_idx,
+    alignment [B, A]). torch.topk decides ties, so on each device it ranks as that device's torch does."""
+    topk2 = topk2 or topk
+    b, n, c = pd_scores.shape
+    g = gt_bboxes.shape[1]
+    dt = torch.float64 if any(t.dtype == torch.float64 for t in (pd_scores, pd_bboxes, anc_points, gt_bboxes)) \
+        else torch.float32
+    dev = pd_scores.device
+    if g == 0:
+        return (torch.full((b, n), num_classes, dtype=torch.long, device=dev),
+                torch.zeros((b, n, 4), dtype=gt_bboxes.dtype, device=dev), torch.zeros((b, n, c), dtype=dt, device=dev),
+                torch.zeros((b, n), dtype=torch.bool, device=dev), torch.zeros((b, n), dtype=torch.long, device=dev),
+                torch.zeros((b, n), dtype=dt, device=dev))
+    labels = gt_labels.reshape(b, g).long()
+    valid = mask_gt.reshape(b, g) != 0
+    gt = gt_bboxes.to(dt)
+    centre, size = (gt[..., :2] + gt[..., 2:]) / 2, gt[..., 2:] - gt[..., :2]
+    size = torch.where(size < min_side, torch.full_like(size, min_side), size)
+    region = torch.cat([centre - size / 2, centre + size / 2], -1)[:, :, None, :]  # [B, G, 1, 4]
+    anc = anc_points.to(dt)
+    x, y = anc[:, 0], anc[:, 1]
+    inside = ((x - region[..., 0] > 1e-9) & (y - region[..., 1] > 1e-9) & (region[..., 2] - x > 1e-9)
+              & (region[..., 3] - y > 1e-9) & valid[..., None])  # [B, G, A]
+    ciou = torch.where(inside, _ultralytics_ciou(gt[:, :, None, :], pd_bboxes.to(dt)[:, None, :, :]),
+                       torch.zeros((), dtype=dt, device=dev))
+    score = pd_scores.to(dt).transpose(1, 2).gather(1, labels.clamp(0, c - 1)[:, :, None].expand(b, g, n))
+    alignment = torch.where(inside, score.pow(alpha) * ciou.pow(beta), torch.zeros((), dtype=dt, device=dev))
+    picked = torch.zeros_like(inside).scatter_(2, alignment.topk(topk, dim=2).indices, True)
+    pos = picked & inside
+    several = pos.sum(1, keepdim=True) > 1
+    best = torch.zeros_like(pos).scatter_(1, ciou.argmax(1, keepdim=True), True)
+    pos = torch.where(several, best, pos)
+    if topk2 != topk:
+        pos &= torch.zeros_like(pos).scatter_(2, (alignment * pos).topk(topk2, dim=2).indices, True)
+    fg = pos.any(1)
+    gt_idx = pos.to(torch.uint8).argmax(1)
+    al, ov = alignment * pos, ciou * pos
+    norm = (al * ov.amax(2, keepdim=True) / (al.amax(2, keepdim=True) + eps)).amax(1)
+    out_labels = labels.gather(1, gt_idx).clamp(min=0)
+    out_boxes = gt_bboxes.gather(1, gt_idx[..., None].expand(b, n, 4))
+    scores = torch.zeros((b, n, c), dtype=dt, device=dev).scatter_(2, out_labels.clamp(max=c - 1)[..., None],
+                                                                   (norm * fg)[..., None])
+    return out_labels, out_boxes, scores, fg, gt_idx, norm * fg

@@ -1,0 +1,259 @@
+// CPU kernel of task-aligned assignment: the per-element math of
+// mutualops/task_aligned_math.h in five passes over GTs and anchors. Each GT
+// keeps only its top-k candidates, so extra memory is O(B * (A + G * topk)):
+// no [B, G, A] plane as in Ultralytics' dense implementation.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <functional>
+#include <utility>
+#include <vector>
+
+#include "../ops/task_aligned.h"
+
+namespace mutualops {
+namespace {
+
+template <typename T>
+struct Candidate {
+  int64_t anchor;
+  T alignment;
+  T ciou;
+};
+
+// Which candidates torch.topk(row, k) keeps on the CPU, for a row of n
+// entries holding each candidate's alignment at its anchor (candidates come in
+// increasing anchor order) and 0 everywhere else. If the k-th largest value is
+// not tied across the cut, or only non-candidate zeros tie there, every top-k
+// keeps the same candidates and they alone decide. Otherwise which tied
+// entries survive depends on torch's algorithm (std::partial_sort of (value,
+// index) pairs when k * 64 <= n, else std::nth_element), so the whole row is
+// ranked that way. Ultralytics' positives depend on it whenever a GT has fewer
+// than k candidates with a positive alignment, which is common early in
+// training and for small objects.
+template <typename T>
+class TorchTopk {
+ public:
+  explicit TorchTopk(int64_t n) : n_(n), slot_(n, -1) {}
+
+  void select(const std::vector<Candidate<T>>& cands, int64_t k, std::vector<char>& keep) {
+    const int64_t count = static_cast<int64_t>(cands.size());
+    keep.assign(count, 0);
+    positive_.clear();
+    for (const auto& c : cands) {
+      if (c.alignment > T(0)) positive_.push_back(c.alignment);
+    }
+    const int64_t positives = static_cast<int64_t>(positive_.size());
+    if (positives >= k) {
+      std::nth_element(positive_.begin(), positive_.begin() + (k - 1), positive_.end(), std::greater<T>());
+      const T cut = positive_[k - 1];
+      int64_t above = 0, level = 0;
+      for (const T v : positive_) above += v > cut, level += v == cut;
+      if (above + level == k) {
+        for (int64_t i = 0; i < count; ++i) keep[i] = cands[i].alignment >= cut;
+        return;
+      }
+    } else if (count == positives || n_ == k) {
+      // Every positive is kept; the other picks are zeros, and either none of
+      // them is a candidate or all of the row is kept.
+      for (int64_t i = 0; i < count; ++i) keep[i] = cands[i].alignment > T(0) || n_ == k;
+      return;
+    }
+    rank_whole_row(cands, k, keep);
+  }
+
+ private:
+  void rank_whole_row(const std::vector<Candidate<T>>& cands, int64_t k, std::vector<char>& keep) {
+    queue_.resize(n_);
+    for (int64_t j = 0; j < n_; ++j) queue_[j] = {T(0), j};
+    for (size_t i = 0; i < cands.size(); ++i) {
+      queue_[cands[i].anchor].first = cands[i].alignment;
+      slot_[cands[i].anchor] = static_cast<int64_t>(i);
+    }
+    // torch's comparator; its NaN clause never fires here (no NaN alignment).
+    auto larger = [](const std::pair<T, int64_t>& a, const std::pair<T, int64_t>& b) { return a.first > b.first; };
+    if (k * 64 <= n_) {
+      std::partial_sort(queue_.begin(), queue_.begin() + k, queue_.end(), larger);
+    } else {
+      std::nth_element(queue_.begin(), queue_.begin() + (k - 1), queue_.end(), larger);
+    }
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t s = slot_[queue_[j].second];
+      if (s >= 0) keep[s] = 1;
+    }
+    for (const auto& c : cands) slot_[c.anchor] = -1;
+  }
+
+  int64_t n_;
+  std::vector<int64_t> slot_;  // candidate position of each anchor; all -1 between calls
+  std::vector<T> positive_;
+  std::vector<std::pair<T, int64_t>> queue_;
+};
+
+// Pass 1, one GT: its candidates and the top-k of them by alignment, written
+// to the GT's `topk` pick slots (anchor -1 past its picks).
+template <typename T, typename S>
+void pick_topk(const TaskAlignedView<T, S>& v, int64_t row, int64_t topk, TorchTopk<T>& topk_of,
+               std::vector<Candidate<T>>& cands, std::vector<char>& keep, int64_t* pick_anchor, T* pick_alignment,
+               T* pick_ciou) {
+  cands.clear();
+  for (int64_t a = 0; a < v.n; ++a) {
+    T alignment, ciou;
+    if (tal_candidate(v, row / v.gmax, row % v.gmax, a, &alignment, &ciou)) cands.push_back({a, alignment, ciou});
+  }
+  topk_of.select(cands, topk, keep);
+  int64_t j = row * topk;
+  for (size_t i = 0; i < cands.size(); ++i) {
+    if (!keep[i]) continue;
+    pick_anchor[j] = cands[i].anchor;
+    pick_alignment[j] = cands[i].alignment;
+    pick_ciou[j] = cands[i].ciou;
+    ++j;
+  }
+}
+
+template <typename T, typename S>
+void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams& p, TaskAlignedOutputs& out) {
+  const int64_t images = in.scores.size(0), n = in.scores.size(1), gmax = in.gt.size(1), rows = images * gmax;
+  const T* gt = in.gt.data_ptr<T>();
+  std::vector<T> regions(4 * rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    store_box(tal_candidate_region(load_box<T>(gt + 4 * r), static_cast<T>(p.min_side)), regions.data() + 4 * r);
+  }
+  const TaskAlignedView<T, S> v{in.scores.data_ptr<S>(), in.boxes.data_ptr<T>(), in.anchors.data_ptr<T>(),
+                                in.labels.data_ptr<int64_t>(), gt, regions.data(), in.valid.data_ptr<bool>(),
+                                n, gmax, p.classes, static_cast<T>(p.alpha), static_cast<T>(p.beta)};
+
+  std::vector<int64_t> pick_anchor(rows * p.topk, -1);
+  std::vector<T> pick_alignment(rows * p.topk), pick_ciou(rows * p.topk);
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    TorchTopk<T> topk_of(n);
+    std::vector<Candidate<T>> cands;
+    std::vector<char> keep;
+    for (int64_t r = begin; r < end; ++r) {
+      if (v.valid[r]) {
+        pick_topk(v, r, p.topk, topk_of, cands, keep, pick_anchor.data(), pick_alignment.data(), pick_ciou.data());
+      }
+    }
+  });
+
+  // Pass 2, per anchor: its GT (-1 for background) and that pair's alignment
+  // and CIoU.
+  std::vector<int64_t> gt_of(images * n, -1);
+  std::vector<T> alignment(images * n, T(0)), ciou(images * n, T(0));
+  at::parallel_for(0, images, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> picks(n);
+    std::vector<int64_t> entry(n);
+    for (int64_t image = begin; image < end; ++image) {
+      std::fill(picks.begin(), picks.end(), 0);
+      for (int64_t e = image * gmax * p.topk; e < (image + 1) * gmax * p.topk; ++e) {
+        const int64_t a = pick_anchor[e];
+        if (a >= 0) ++picks[a], entry[a] = e;
+      }
+      for (int64_t a = 0; a < n; ++a) {
+        const int64_t i = image * n + a;
+        if (picks[a] == 1) {
+          gt_of[i] = (entry[a] / p.topk) % gmax;
+          alignment[i] = pick_alignment[entry[a]];
+          ciou[i] = pick_ciou[entry[a]];
+        } else if (picks[a] > 1) {
+          gt_of[i] = tal_resolve_conflict(v, image, a, &alignment[i], &ciou[i]);
+        }
+      }
+    }
+  });
+
+  // Passes 3 to 5 per image, over each GT's anchors (a bucket per GT, in
+  // anchor order): the optional second top-k, the per-GT maxima that
+  // normalise the alignment, and the targets.
+  at::parallel_for(0, images, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> start(gmax + 1), fill(gmax), members(n);
+    TorchTopk<T> topk_of(n);
+    std::vector<Candidate<T>> cands;
+    std::vector<char> keep;
+    for (int64_t image = begin; image < end; ++image) {
+      int64_t* owner = gt_of.data() + image * n;
+      const T* al = alignment.data() + image * n;
+      const T* ov = ciou.data() + image * n;
+      std::fill(start.begin(), start.end(), 0);
+      for (int64_t a = 0; a < n; ++a) {
+        if (owner[a] >= 0) ++start[owner[a] + 1];
+      }
+      for (int64_t g = 0; g < gmax; ++g) start[g + 1] += start[g];
+      std::copy(start.begin(), start.end() - 1, fill.begin());
+      for (int64_t a = 0; a < n; ++a) {
+        if (owner[a] >= 0) members[fill[owner[a]]++] = a;
+      }
+      T* norm = out.alignment.template data_ptr<T>() + image * n;
+      for (int64_t g = 0; g < gmax; ++g) {
+        if (p.topk2 != p.topk) {
+          cands.clear();
+          for (int64_t m = start[g]; m < start[g + 1]; ++m) cands.push_back({members[m], al[members[m]], T(0)});
+          topk_of.select(cands, p.topk2, keep);
+          for (size_t i = 0; i < cands.size(); ++i) {
+            if (!keep[i]) owner[cands[i].anchor] = -1;
+          }
+        }
+        T best_alignment = T(0), best_ciou = T(0);
+        for (int64_t m = start[g]; m < start[g + 1]; ++m) {
+          if (owner[members[m]] < 0) continue;
+          best_alignment = max2(best_alignment, al[members[m]]);
+          best_ciou = max2(best_ciou, ov[members[m]]);
+        }
+        for (int64_t m = start[g]; m < start[g + 1]; ++m) {
+          const int64_t a = members[m];
+          if (owner[a] >= 0) norm[a] = tal_normalised(al[a], best_ciou, best_alignment, static_cast<T>(p.eps));
+        }
+      }
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.bboxes.scalar_type(), "tal_targets", [&] {
+        scalar_t* bboxes = out.bboxes.data_ptr<scalar_t>() + image * n * 4;
+        int64_t* labels = out.labels.data_ptr<int64_t>() + image * n;
+        int64_t* gt_index = out.gt_index.data_ptr<int64_t>() + image * n;
+        bool* fg = out.fg.data_ptr<bool>() + image * n;
+        T* scores = p.with_scores ? out.scores.template data_ptr<T>() + image * n * p.classes : nullptr;
+        for (int64_t a = 0; a < n; ++a) {
+          const int64_t g = owner[a] >= 0 ? owner[a] : 0;
+          const int64_t label = std::max<int64_t>(v.labels[image * gmax + g], 0);
+          fg[a] = owner[a] >= 0;
+          gt_index[a] = g;
+          labels[a] = label;
+          store_box(load_box<T>(gt + 4 * (image * gmax + g)), bboxes + 4 * a);
+          if (scores && fg[a] && label < p.classes) scores[a * p.classes + label] = norm[a];
+        }
+      });
+    }
+  });
+}
+
+TaskAlignedResult assign_task_aligned_cpu(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
+                                          const at::Tensor& anc_points, const at::Tensor& gt_labels,
+                                          const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
+                                          int64_t topk2, int64_t num_classes, double alpha, double beta, double eps,
+                                          double min_side, bool with_scores) {
+  const TaskAlignedParams p{topk, topk2, num_classes, alpha, beta, eps, min_side, with_scores};
+  check_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, p);
+  const at::ScalarType math = task_aligned_math_type(pd_scores, pd_bboxes, anc_points, gt_bboxes);
+  if (gt_bboxes.size(1) == 0) return task_aligned_without_gt(pd_scores, gt_bboxes, math, p);
+  const TaskAlignedInputs in =
+      prepare_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, math, num_classes);
+  TaskAlignedOutputs out = task_aligned_outputs(pd_scores, gt_bboxes, math, p);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scores.scalar_type(), "assign_task_aligned_cpu", [&] {
+    using S = scalar_t;
+    if (math == at::kDouble) {
+      task_aligned_cpu_impl<double, S>(in, p, out);
+    } else {
+      task_aligned_cpu_impl<float, S>(in, p, out);
+    }
+  });
+  return out.result();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mutualops, CPU, m) {
+  m.impl("assign_task_aligned", &assign_task_aligned_cpu);
+}
+
+}  // namespace mutualops

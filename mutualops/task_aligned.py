@@ -1,0 +1,100 @@
+"""Task-aligned assignment (TOOD), the rule Ultralytics YOLO trains with, as one
+fused op with Ultralytics' arguments and results (docs/method.md, "Task-aligned
+assignment").
+
+Each real GT ranks every anchor by its alignment t = score^alpha * CIoU^beta
+(score: the predicted probability of the GT's class; CIoU with the predicted
+box, clamped at 0; both 0 for anchors outside the GT's candidate region) and
+keeps its top-k anchors that lie in the region. An anchor kept by several GTs
+goes to the GT of highest CIoU. Positives get the GT's box and the soft class
+target t * max_CIoU_g / (max_t_g + eps). Extra memory is O(B * (A + G * topk))
+besides the outputs, where Ultralytics holds several [B, G, A] planes.
+"""
+
+from typing import NamedTuple
+
+import torch
+
+from ._validate import check_tensor
+
+DEFAULT_STRIDES = (8, 16, 32)
+
+
+class TaskAlignedTargets(NamedTuple):
+    target_labels: torch.Tensor  # [B, A] int64: the assigned GT's class (background: GT 0's, num_classes without GT)
+    target_bboxes: torch.Tensor  # [B, A, 4] the assigned GT's box (background: GT 0's), dtype of gt_bboxes
+    target_scores: torch.Tensor  # [B, A, C] soft one-hot targets; [B, A] alignment with dense_scores=False
+    fg_mask: torch.Tensor  # [B, A] bool
+    target_gt_idx: torch.Tensor  # [B, A] int64, 0 for background
+
+
+def _min_side(stride):
+    """Ultralytics' stride_val: the second stride, else the first."""
+    if stride is None:
+        stride = DEFAULT_STRIDES
+    if isinstance(stride, torch.Tensor):
+        stride = stride.tolist()
+    if isinstance(stride, (int, float)):
+        stride = [stride]
+    if not isinstance(stride, (list, tuple)) or not stride:
+        raise TypeError(f"stride must be a non-empty list of numbers, got {stride!r}")
+    value = stride[1] if len(stride) > 1 else stride[0]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"stride must hold numbers, got {value!r}")
+    return float(value)
+
+
+def _int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return value
+
+
+def _float(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def assign_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, *, topk=13, num_classes=80,
+                        alpha=1.0, beta=6.0, eps=1e-9, stride=None, topk2=None, dense_scores=True):
+    """Task-aligned assignment with the arguments, defaults and results of
+    Ultralytics' ``TaskAlignedAssigner(topk, num_classes, alpha, beta, stride,
+    eps, topk2)(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt)``.
+
+    pd_scores [B, A, C] probabilities; pd_bboxes [B, A, 4] xyxy; anc_points
+    [A, 2]; gt_labels [B, G, 1] (or [B, G]) class indices, float or integer;
+    gt_bboxes [B, G, 4] xyxy; mask_gt [B, G, 1] (or [B, G]), nonzero for real
+    GT rows (padding rows are never read). stride: the model's strides; GT
+    sides under the second (else the first) are widened to it when collecting
+    candidates. topk2: an optional second top-k over each GT's positives.
+    Scores and boxes may differ in dtype (autocast); the math runs in float32
+    (float64 if an input is). Returns TaskAlignedTargets; with
+    ``dense_scores=False`` its target_scores is the [B, A] alignment alone
+    (the value at target_labels), sparing the [B, A, C] tensor.
+    """
+    for name, t in (("pd_scores", pd_scores), ("pd_bboxes", pd_bboxes), ("anc_points", anc_points),
+                    ("gt_labels", gt_labels), ("gt_bboxes", gt_bboxes), ("mask_gt", mask_gt)):
+        check_tensor(t, name)
+    topk = _int(topk, "topk")
+    topk2 = topk if topk2 is None else _int(topk2, "topk2")
+    labels, bboxes, scores, fg, gt_idx, alignment = torch.ops.mutualops.assign_task_aligned(
+        pd_scores.detach(), pd_bboxes.detach(), anc_points.detach(), gt_labels.detach(), gt_bboxes.detach(),
+        mask_gt.detach(), topk, topk2, _int(num_classes, "num_classes"), _float(alpha, "alpha"),
+        _float(beta, "beta"), _float(eps, "eps"), _min_side(stride), bool(dense_scores))
+    return TaskAlignedTargets(labels, bboxes, scores if dense_scores else alignment, fg, gt_idx)
+
+
+def _math_dtype(*tensors):
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+@torch.library.register_fake("mutualops::assign_task_aligned")
+def _assign_task_aligned_fake(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk, topk2,
+                              num_classes, alpha, beta, eps, min_side, with_scores):
+    b, n = pd_scores.shape[:2]
+    math = _math_dtype(pd_scores, pd_bboxes, anc_points, gt_bboxes)
+    return (pd_scores.new_empty((b, n), dtype=torch.long), pd_scores.new_empty((b, n, 4), dtype=gt_bboxes.dtype),
+            pd_scores.new_empty((b, n, num_classes if with_scores else 0), dtype=math),
+            pd_scores.new_empty((b, n), dtype=torch.bool), pd_scores.new_empty((b, n), dtype=torch.long),
+            pd_scores.new_empty((b, n), dtype=math))
