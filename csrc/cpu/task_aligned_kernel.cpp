@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../ops/task_aligned.h"
+#include "simd.h"
 
 namespace mutualops {
 namespace {
@@ -66,19 +67,31 @@ class TorchTopk {
 
  private:
   void rank_whole_row(const std::vector<Candidate<T>>& cands, int64_t k, std::vector<char>& keep) {
-    queue_.resize(n_);
-    for (int64_t j = 0; j < n_; ++j) queue_[j] = {T(0), j};
-    for (size_t i = 0; i < cands.size(); ++i) {
-      queue_[cands[i].anchor].first = cands[i].alignment;
-      slot_[cands[i].anchor] = static_cast<int64_t>(i);
-    }
     // torch's comparator; its NaN clause never fires here (no NaN alignment).
     auto larger = [](const std::pair<T, int64_t>& a, const std::pair<T, int64_t>& b) { return a.first > b.first; };
     if (k * 64 <= n_) {
+      // std::partial_sort heapifies the first k entries, then lets a later
+      // entry in only if it ranks above the heap's top, which is >= 0: zeros
+      // past the first k never enter, nor move anything. Ranking the first k
+      // entries and the later positive ones alone therefore keeps the same
+      // entries as ranking the whole row, at O(k + candidates) cost.
+      queue_.clear();
+      for (int64_t j = 0; j < k; ++j) queue_.push_back({T(0), j});
+      for (size_t i = 0; i < cands.size(); ++i) {
+        if (cands[i].anchor < k) {
+          queue_[cands[i].anchor].first = cands[i].alignment;
+        } else if (cands[i].alignment > T(0)) {
+          queue_.push_back({cands[i].alignment, cands[i].anchor});
+        }
+      }
       std::partial_sort(queue_.begin(), queue_.begin() + k, queue_.end(), larger);
     } else {
+      queue_.resize(n_);
+      for (int64_t j = 0; j < n_; ++j) queue_[j] = {T(0), j};
+      for (const auto& c : cands) queue_[c.anchor].first = c.alignment;
       std::nth_element(queue_.begin(), queue_.begin() + (k - 1), queue_.end(), larger);
     }
+    for (size_t i = 0; i < cands.size(); ++i) slot_[cands[i].anchor] = static_cast<int64_t>(i);
     for (int64_t j = 0; j < k; ++j) {
       const int64_t s = slot_[queue_[j].second];
       if (s >= 0) keep[s] = 1;
@@ -95,13 +108,20 @@ class TorchTopk {
 // Pass 1, one GT: its candidates and the top-k of them by alignment, written
 // to the GT's `topk` pick slots (anchor -1 past its picks).
 template <typename T, typename S>
-void pick_topk(const TaskAlignedView<T, S>& v, int64_t row, int64_t topk, TorchTopk<T>& topk_of,
+MUTUALOPS_CPU_CLONES void pick_topk(const TaskAlignedView<T, S>& v, const T* __restrict__ anchor_x,
+                                     const T* __restrict__ anchor_y, char* __restrict__ inside, int64_t row,
+                                     int64_t topk, TorchTopk<T>& topk_of,
                std::vector<Candidate<T>>& cands, std::vector<char>& keep, int64_t* pick_anchor, T* pick_alignment,
                T* pick_ciou) {
+  // A vectorised pass over all anchors finds the few inside the region first.
+  const Box<T> region = load_box<T>(v.regions + 4 * row);
+  for (int64_t a = 0; a < v.n; ++a) inside[a] = tal_inside(anchor_x[a], anchor_y[a], region);
   cands.clear();
   for (int64_t a = 0; a < v.n; ++a) {
     T alignment, ciou;
-    if (tal_candidate(v, row / v.gmax, row % v.gmax, a, &alignment, &ciou)) cands.push_back({a, alignment, ciou});
+    if (inside[a] && tal_candidate(v, row / v.gmax, row % v.gmax, a, &alignment, &ciou)) {
+      cands.push_back({a, alignment, ciou});
+    }
   }
   topk_of.select(cands, topk, keep);
   int64_t j = row * topk;
@@ -118,12 +138,17 @@ template <typename T, typename S>
 void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams& p, TaskAlignedOutputs& out) {
   const int64_t images = in.scores.size(0), n = in.scores.size(1), gmax = in.gt.size(1), rows = images * gmax;
   const T* gt = in.gt.data_ptr<T>();
-  std::vector<T> regions(4 * rows);
+  std::vector<T> regions(4 * rows), angles(rows);
   for (int64_t r = 0; r < rows; ++r) {
-    store_box(tal_candidate_region(load_box<T>(gt + 4 * r), static_cast<T>(p.min_side)), regions.data() + 4 * r);
+    const Box<T> box = load_box<T>(gt + 4 * r);
+    store_box(tal_candidate_region(box, static_cast<T>(p.min_side)), regions.data() + 4 * r);
+    angles[r] = tal_aspect_angle(box);
   }
-  const TaskAlignedView<T, S> v{in.scores.data_ptr<S>(), in.boxes.data_ptr<T>(), in.anchors.data_ptr<T>(),
-                                in.labels.data_ptr<int64_t>(), gt, regions.data(), in.valid.data_ptr<bool>(),
+  const T* anchors = in.anchors.data_ptr<T>();
+  std::vector<T> anchor_x(n), anchor_y(n);
+  for (int64_t a = 0; a < n; ++a) anchor_x[a] = anchors[2 * a], anchor_y[a] = anchors[2 * a + 1];
+  const TaskAlignedView<T, S> v{in.scores.data_ptr<S>(), in.boxes.data_ptr<T>(), anchors,
+                                in.labels.data_ptr<int64_t>(), gt, regions.data(), angles.data(), in.valid.data_ptr<bool>(),
                                 n, gmax, p.classes, static_cast<T>(p.alpha), static_cast<T>(p.beta)};
 
   std::vector<int64_t> pick_anchor(rows * p.topk, -1);
@@ -131,10 +156,11 @@ void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams&
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     TorchTopk<T> topk_of(n);
     std::vector<Candidate<T>> cands;
-    std::vector<char> keep;
+    std::vector<char> keep, inside(n);
     for (int64_t r = begin; r < end; ++r) {
       if (v.valid[r]) {
-        pick_topk(v, r, p.topk, topk_of, cands, keep, pick_anchor.data(), pick_alignment.data(), pick_ciou.data());
+        pick_topk(v, anchor_x.data(), anchor_y.data(), inside.data(), r, p.topk, topk_of, cands, keep,
+                  pick_anchor.data(), pick_alignment.data(), pick_ciou.data());
       }
     }
   });

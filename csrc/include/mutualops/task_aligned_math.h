@@ -36,12 +36,19 @@ MUTUALOPS_HD bool tal_inside(T x, T y, const Box<T>& region) {
   return (x - region.x1 > eps) & (y - region.y1 > eps) & (region.x2 - x > eps) & (region.y2 - y > eps);
 }
 
-// Complete IoU of a GT and a predicted box with Ultralytics' epsilons (1e-7
-// added to the heights, the union and the squared diagonal), clamped at 0. A
-// NaN (only degenerate boxes give one) also counts as 0, so that the ranking
-// below never meets NaN.
+// The aspect angle of a box in the CIoU term, with Ultralytics' 1e-7 added to
+// the height. Kernels compute it once per GT.
 template <typename T>
-MUTUALOPS_HD T tal_complete_iou(const Box<T>& gt, const Box<T>& pred) {
+MUTUALOPS_HD T tal_aspect_angle(const Box<T>& b) {
+  return atan_of((b.x2 - b.x1) / (b.y2 - b.y1 + T(1e-7)));
+}
+
+// Complete IoU of a GT (with its tal_aspect_angle) and a predicted box with
+// Ultralytics' epsilons (1e-7 added to the heights, the union and the squared
+// diagonal), clamped at 0. A NaN (only degenerate boxes give one) also counts
+// as 0, so that the ranking below never meets NaN.
+template <typename T>
+MUTUALOPS_HD T tal_complete_iou(const Box<T>& gt, T gt_angle, const Box<T>& pred) {
   const T eps = T(1e-7);
   const T w1 = gt.x2 - gt.x1, h1 = gt.y2 - gt.y1 + eps;
   const T w2 = pred.x2 - pred.x1, h2 = pred.y2 - pred.y1 + eps;
@@ -54,7 +61,7 @@ MUTUALOPS_HD T tal_complete_iou(const Box<T>& gt, const Box<T>& pred) {
   const T c2 = cw * cw + ch * ch + eps;
   const T dx = pred.x1 + pred.x2 - gt.x1 - gt.x2, dy = pred.y1 + pred.y2 - gt.y1 - gt.y2;
   const T rho2 = (dx * dx + dy * dy) / T(4);
-  const T dt = atan_of(w2 / h2) - atan_of(w1 / h1);
+  const T dt = atan_of(w2 / h2) - gt_angle;
   const T v = T(0.40528473456935109) * (dt * dt);  // 4 / pi^2
   const T alpha = v / (T(1) - iou + v + eps);
   const T ciou = iou - (rho2 / c2 + v * alpha);
@@ -97,6 +104,7 @@ struct TaskAlignedView {
   const int64_t* labels;   // [B, G]
   const T* gt;             // [B, G, 4]
   const T* regions;        // [B, G, 4] candidate regions
+  const T* gt_angles;      // [B, G] tal_aspect_angle of each GT
   const bool* valid;       // [B, G] real GT rows
   int64_t n, gmax, classes;
   T alpha, beta;
@@ -114,7 +122,7 @@ MUTUALOPS_HD bool tal_candidate(const TaskAlignedView<T, S>& v, int64_t image, i
   if (!v.valid[row] || !tal_inside(v.anchors[2 * a], v.anchors[2 * a + 1], load_box<T>(v.regions + 4 * row))) {
     return false;
   }
-  *ciou = tal_complete_iou(load_box<T>(v.gt + 4 * row), load_box<T>(v.boxes + 4 * (image * v.n + a)));
+  *ciou = tal_complete_iou(load_box<T>(v.gt + 4 * row), v.gt_angles[row], load_box<T>(v.boxes + 4 * (image * v.n + a)));
   const T score = static_cast<T>(v.scores[(image * v.n + a) * v.classes + v.labels[row]]);
   *alignment = tal_alignment(score, *ciou, v.alpha, v.beta);
   return true;

@@ -1,0 +1,293 @@
+// CUDA kernels of task-aligned assignment: the per-element math of
+// mutualops/task_aligned_math.h in the passes of the CPU kernel. A GT's top-k
+// is k block-wide argmax rounds over its anchors (nothing of size A is stored
+// per GT), ties going to the lower anchor index as in torch.topk's CUDA
+// kernel. Extra memory is O(B * (A + G * topk)); results are deterministic
+// (the atomics only count and take maxima).
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../ops/task_aligned.h"
+#include "launch.cuh"
+
+namespace mutualops {
+namespace {
+
+constexpr int kRowThreads = 256;
+
+inline unsigned int row_grid(int64_t rows) {
+  return static_cast<unsigned int>(rows < (1 << 20) ? (rows > 0 ? rows : 1) : (1 << 20));
+}
+
+template <typename T>
+__global__ void regions_kernel(const T* __restrict__ gt, int64_t rows, T min_side, T* __restrict__ regions,
+                               T* __restrict__ angles) {
+  for (int64_t r = grid_start(); r < rows; r += grid_stride()) {
+    const Box<T> box = load_box<T>(gt + 4 * r);
+    store_box(tal_candidate_region(box, min_side), regions + 4 * r);
+    angles[r] = tal_aspect_angle(box);
+  }
+}
+
+// The block's best (value, anchor) under ranks_before; anchor -1 is "none".
+// Every thread must call it; all of them get the result.
+template <typename T>
+__device__ void block_best(T& value, int64_t& anchor, T* values, int64_t* anchors) {
+  const int tid = threadIdx.x;
+  values[tid] = value;
+  anchors[tid] = anchor;
+  __syncthreads();
+  for (int half = blockDim.x / 2; half > 0; half /= 2) {
+    if (tid < half) {
+      const T ov = values[tid + half];
+      const int64_t oa = anchors[tid + half];
+      if (oa >= 0 && (anchors[tid] < 0 || ranks_before(ov, oa, values[tid], anchors[tid]))) {
+        values[tid] = ov;
+        anchors[tid] = oa;
+      }
+    }
+    __syncthreads();
+  }
+  value = values[0];
+  anchor = anchors[0];
+  __syncthreads();
+}
+
+// Pass 1, a block per GT: k rounds, each taking the best anchor ranked after
+// the previous round's winner. A winner inside the GT's region fills the GT's
+// next pick slot.
+template <typename T, typename S>
+__global__ void pick_kernel(TaskAlignedView<T, S> v, int64_t rows, int64_t topk, int64_t* __restrict__ pick_anchor,
+                            T* __restrict__ pick_alignment, T* __restrict__ pick_ciou) {
+  __shared__ T values[kRowThreads];
+  __shared__ int64_t anchors[kRowThreads];
+  // The loop bounds are the same for every thread of a block, so that all of
+  // them reach the barriers.
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    if (!v.valid[row]) continue;
+    const int64_t image = row / v.gmax, g = row % v.gmax;
+    T prev_value = T(INFINITY);
+    int64_t prev_anchor = -1, picked = 0;
+    for (int64_t round = 0; round < topk; ++round) {
+      T best_value = T(0);
+      int64_t best_anchor = -1;
+      for (int64_t a = threadIdx.x; a < v.n; a += blockDim.x) {
+        T al, o;
+        tal_candidate(v, image, g, a, &al, &o);
+        if (ranks_before(prev_value, prev_anchor, al, a) &&
+            (best_anchor < 0 || ranks_before(al, a, best_value, best_anchor))) {
+          best_value = al;
+          best_anchor = a;
+        }
+      }
+      block_best(best_value, best_anchor, values, anchors);
+      if (best_anchor < 0) break;
+      if (threadIdx.x == 0) {
+        T al, o;
+        if (tal_candidate(v, image, g, best_anchor, &al, &o)) {
+          const int64_t slot = row * topk + picked++;
+          pick_anchor[slot] = best_anchor;
+          pick_alignment[slot] = al;
+          pick_ciou[slot] = o;
+        }
+      }
+      prev_value = best_value;
+      prev_anchor = best_anchor;
+    }
+  }
+}
+
+__global__ void count_kernel(const int64_t* __restrict__ pick_anchor, int64_t slots, int64_t per_image, int64_t n,
+                             int32_t* __restrict__ picks, int64_t* __restrict__ entry) {
+  for (int64_t e = grid_start(); e < slots; e += grid_stride()) {
+    const int64_t a = pick_anchor[e];
+    if (a < 0) continue;
+    const int64_t i = (e / per_image) * n + a;
+    atomicAdd(picks + i, 1);
+    entry[i] = e;  // read only where one GT picked the anchor
+  }
+}
+
+// Pass 2, per anchor: its GT (-1 for background) and that pair's alignment
+// and CIoU.
+template <typename T, typename S>
+__global__ void resolve_kernel(TaskAlignedView<T, S> v, int64_t images, int64_t topk,
+                               const int32_t* __restrict__ picks, const int64_t* __restrict__ entry,
+                               const T* __restrict__ pick_alignment, const T* __restrict__ pick_ciou,
+                               int64_t* __restrict__ gt_of, T* __restrict__ alignment, T* __restrict__ ciou) {
+  for (int64_t i = grid_start(); i < images * v.n; i += grid_stride()) {
+    gt_of[i] = -1;
+    alignment[i] = T(0);
+    ciou[i] = T(0);
+    if (picks[i] == 1) {
+      gt_of[i] = (entry[i] / topk) % v.gmax;
+      alignment[i] = pick_alignment[entry[i]];
+      ciou[i] = pick_ciou[entry[i]];
+    } else if (picks[i] > 1) {
+      gt_of[i] = tal_resolve_conflict(v, i / v.n, i % v.n, alignment + i, ciou + i);
+    }
+  }
+}
+
+// The optional second top-k, a block per GT over the alignments of its
+// anchors (0 for the others): its anchors outside it lose their GT.
+template <typename T>
+__global__ void second_topk_kernel(const int64_t* __restrict__ gt_of, const T* __restrict__ alignment, int64_t rows,
+                                   int64_t gmax, int64_t n, int64_t topk2, bool* __restrict__ kept) {
+  __shared__ T values[kRowThreads];
+  __shared__ int64_t anchors[kRowThreads];
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t image = row / gmax, g = row % gmax;
+    T prev_value = T(INFINITY);
+    int64_t prev_anchor = -1;
+    for (int64_t round = 0; round < topk2; ++round) {
+      T best_value = T(0);
+      int64_t best_anchor = -1;
+      for (int64_t a = threadIdx.x; a < n; a += blockDim.x) {
+        const T value = gt_of[image * n + a] == g ? alignment[image * n + a] : T(0);
+        if (ranks_before(prev_value, prev_anchor, value, a) &&
+            (best_anchor < 0 || ranks_before(value, a, best_value, best_anchor))) {
+          best_value = value;
+          best_anchor = a;
+        }
+      }
+      block_best(best_value, best_anchor, values, anchors);
+      if (best_anchor < 0) break;
+      if (threadIdx.x == 0 && gt_of[image * n + best_anchor] == g) kept[image * n + best_anchor] = true;
+      prev_value = best_value;
+      prev_anchor = best_anchor;
+    }
+  }
+}
+
+// Maxima of non-negative floats by their bit patterns, which order alike.
+__device__ __forceinline__ void atomic_max_non_negative(float* address, float value) {
+  atomicMax(reinterpret_cast<int*>(address), __float_as_int(value));
+}
+
+__device__ __forceinline__ void atomic_max_non_negative(double* address, double value) {
+  atomicMax(reinterpret_cast<unsigned long long*>(address), static_cast<unsigned long long>(__double_as_longlong(value)));
+}
+
+template <typename T>
+__global__ void gt_best_kernel(int64_t* __restrict__ gt_of, const bool* __restrict__ kept, bool second_topk,
+                               const T* __restrict__ alignment, const T* __restrict__ ciou, int64_t images, int64_t n,
+                               int64_t gmax, T* __restrict__ best_alignment, T* __restrict__ best_ciou) {
+  for (int64_t i = grid_start(); i < images * n; i += grid_stride()) {
+    if (gt_of[i] >= 0 && second_topk && !kept[i]) gt_of[i] = -1;
+    if (gt_of[i] < 0) continue;
+    const int64_t row = (i / n) * gmax + gt_of[i];
+    atomic_max_non_negative(best_alignment + row, alignment[i]);
+    atomic_max_non_negative(best_ciou + row, ciou[i]);
+  }
+}
+
+template <typename T, typename G>
+__global__ void targets_kernel(const int64_t* __restrict__ gt_of, const T* __restrict__ alignment,
+                               const T* __restrict__ best_alignment, const T* __restrict__ best_ciou,
+                               const int64_t* __restrict__ gt_labels, const T* __restrict__ gt, int64_t images,
+                               int64_t n, int64_t gmax, int64_t classes, T eps, int64_t* __restrict__ labels,
+                               G* __restrict__ bboxes, T* __restrict__ scores, bool* __restrict__ fg,
+                               int64_t* __restrict__ gt_index, T* __restrict__ norm) {
+  for (int64_t i = grid_start(); i < images * n; i += grid_stride()) {
+    const bool positive = gt_of[i] >= 0;
+    const int64_t row = (i / n) * gmax + (positive ? gt_of[i] : 0);
+    const int64_t label = gt_labels[row] > 0 ? gt_labels[row] : 0;
+    const T value = positive ? tal_normalised(alignment[i], best_ciou[row], best_alignment[row], eps) : T(0);
+    fg[i] = positive;
+    gt_index[i] = row % gmax;
+    labels[i] = label;
+    norm[i] = value;
+    store_box(load_box<T>(gt + 4 * row), bboxes + 4 * i);
+    if (scores && positive && label < classes) scores[i * classes + label] = value;
+  }
+}
+
+template <typename T, typename S>
+void task_aligned_cuda_impl(const TaskAlignedInputs& in, const TaskAlignedParams& p, TaskAlignedOutputs& out) {
+  const int64_t images = in.scores.size(0), n = in.scores.size(1), gmax = in.gt.size(1), rows = images * gmax;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto opts = in.gt.options();
+  at::Tensor regions = at::empty({rows, 4}, opts), angles = at::empty({rows}, opts);
+  regions_kernel<T><<<grid_for(rows), kThreads, 0, stream>>>(in.gt.data_ptr<T>(), rows, static_cast<T>(p.min_side),
+                                                             regions.data_ptr<T>(), angles.data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const TaskAlignedView<T, S> v{in.scores.data_ptr<S>(), in.boxes.data_ptr<T>(), in.anchors.data_ptr<T>(),
+                                in.labels.data_ptr<int64_t>(), in.gt.data_ptr<T>(), regions.data_ptr<T>(),
+                                angles.data_ptr<T>(), in.valid.data_ptr<bool>(), n, gmax, p.classes,
+                                static_cast<T>(p.alpha), static_cast<T>(p.beta)};
+
+  const int64_t slots = rows * p.topk;
+  at::Tensor pick_anchor = at::full({slots}, -1, opts.dtype(at::kLong));
+  at::Tensor pick_alignment = at::zeros({slots}, opts), pick_ciou = at::zeros({slots}, opts);
+  pick_kernel<T, S><<<row_grid(rows), kRowThreads, 0, stream>>>(v, rows, p.topk, pick_anchor.data_ptr<int64_t>(),
+                                                                pick_alignment.data_ptr<T>(), pick_ciou.data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+  at::Tensor picks = at::zeros({images * n}, opts.dtype(at::kInt)), entry = at::empty({images * n}, opts.dtype(at::kLong));
+  count_kernel<<<grid_for(slots), kThreads, 0, stream>>>(pick_anchor.data_ptr<int64_t>(), slots, gmax * p.topk, n,
+                                                         picks.data_ptr<int32_t>(), entry.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  at::Tensor gt_of = at::empty({images * n}, opts.dtype(at::kLong));
+  at::Tensor alignment = at::empty({images * n}, opts), ciou = at::empty({images * n}, opts);
+  resolve_kernel<T, S><<<grid_for(images * n), kThreads, 0, stream>>>(
+      v, images, p.topk, picks.data_ptr<int32_t>(), entry.data_ptr<int64_t>(), pick_alignment.data_ptr<T>(),
+      pick_ciou.data_ptr<T>(), gt_of.data_ptr<int64_t>(), alignment.data_ptr<T>(), ciou.data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+  const bool second_topk = p.topk2 != p.topk;
+  at::Tensor kept = at::zeros({second_topk ? images * n : 1}, opts.dtype(at::kBool));
+  if (second_topk) {
+    second_topk_kernel<T><<<row_grid(rows), kRowThreads, 0, stream>>>(
+        gt_of.data_ptr<int64_t>(), alignment.data_ptr<T>(), rows, gmax, n, p.topk2, kept.data_ptr<bool>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  at::Tensor best_alignment = at::zeros({rows}, opts), best_ciou = at::zeros({rows}, opts);
+  gt_best_kernel<T><<<grid_for(images * n), kThreads, 0, stream>>>(
+      gt_of.data_ptr<int64_t>(), kept.data_ptr<bool>(), second_topk, alignment.data_ptr<T>(), ciou.data_ptr<T>(),
+      images, n, gmax, best_alignment.data_ptr<T>(), best_ciou.data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.bboxes.scalar_type(), "tal_targets_cuda", [&] {
+    targets_kernel<T, scalar_t><<<grid_for(images * n), kThreads, 0, stream>>>(
+        gt_of.data_ptr<int64_t>(), alignment.data_ptr<T>(), best_alignment.data_ptr<T>(), best_ciou.data_ptr<T>(),
+        in.labels.data_ptr<int64_t>(), in.gt.data_ptr<T>(), images, n, gmax, p.classes, static_cast<T>(p.eps),
+        out.labels.data_ptr<int64_t>(), out.bboxes.data_ptr<scalar_t>(),
+        p.with_scores ? out.scores.data_ptr<T>() : nullptr, out.fg.data_ptr<bool>(), out.gt_index.data_ptr<int64_t>(),
+        out.alignment.data_ptr<T>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+TaskAlignedResult assign_task_aligned_cuda(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
+                                           const at::Tensor& anc_points, const at::Tensor& gt_labels,
+                                           const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
+                                           int64_t topk2, int64_t num_classes, double alpha, double beta, double eps,
+                                           double min_side, bool with_scores) {
+  const TaskAlignedParams p{topk, topk2, num_classes, alpha, beta, eps, min_side, with_scores};
+  check_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, p);
+  const c10::cuda::CUDAGuard guard(pd_scores.device());
+  const at::ScalarType math = task_aligned_math_type(pd_scores, pd_bboxes, anc_points, gt_bboxes);
+  if (gt_bboxes.size(1) == 0 || pd_scores.size(0) == 0) return task_aligned_without_gt(pd_scores, gt_bboxes, math, p);
+  const TaskAlignedInputs in =
+      prepare_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, math, num_classes);
+  TaskAlignedOutputs out = task_aligned_outputs(pd_scores, gt_bboxes, math, p);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scores.scalar_type(), "assign_task_aligned_cuda", [&] {
+    using S = scalar_t;
+    if (math == at::kDouble) {
+      task_aligned_cuda_impl<double, S>(in, p, out);
+    } else {
+      task_aligned_cuda_impl<float, S>(in, p, out);
+    }
+  });
+  return out.result();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mutualops, CUDA, m) {
+  m.impl("assign_task_aligned", &assign_task_aligned_cuda);
+}
+
+}  // namespace mutualops

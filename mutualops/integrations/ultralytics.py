@@ -1,0 +1,143 @@
+"""mutualops inside an unmodified Ultralytics YOLO (8.4.x) training, validation
+and prediction::
+
+    from mutualops.integrations import ultralytics as mo_ultralytics
+    mo_ultralytics.install()   # then train / val / predict as usual
+
+``install()`` swaps two hot paths for mutualops ops: the task-aligned
+assigner inside the detection loss (``TaskAlignedAssigner.forward``, for the
+plain detection assigner; the segment, pose and OBB subclasses keep theirs)
+and ``ultralytics.utils.nms.non_max_suppression`` (for axis-aligned boxes;
+rotated and end-to-end outputs keep Ultralytics' code). ``uninstall()``
+restores both. Results are Ultralytics' own except where documented in
+docs/method.md ("Using mutualops in Ultralytics"): the NMS has no time limit
+(every image gets its detections), separates classes exactly instead of
+offsetting boxes by ``class * max_wh`` in float32, and orders exact score ties
+by index.
+"""
+
+import torch
+
+from ..nms import batched_nms
+from ..task_aligned import assign_task_aligned
+
+_originals = {}
+
+
+def _modules():
+    try:
+        from ultralytics.utils import nms as nms_module
+        from ultralytics.utils import tal
+    except ImportError as e:
+        raise ImportError("mutualops.integrations.ultralytics needs the ultralytics package "
+                          "(pip install ultralytics)") from e
+    return tal, nms_module
+
+
+def install():
+    """Route Ultralytics' detection assigner and NMS through mutualops (idempotent)."""
+    tal, nms_module = _modules()
+    if _originals:
+        return
+    _originals["forward"] = tal.TaskAlignedAssigner.forward
+    _originals["non_max_suppression"] = nms_module.non_max_suppression
+    _originals["assigner_class"] = tal.TaskAlignedAssigner
+    tal.TaskAlignedAssigner.forward = _assigner_forward
+    nms_module.non_max_suppression = non_max_suppression
+
+
+def uninstall():
+    """Restore Ultralytics' own assigner and NMS (idempotent)."""
+    if not _originals:
+        return
+    tal, nms_module = _modules()
+    tal.TaskAlignedAssigner.forward = _originals["forward"]
+    nms_module.non_max_suppression = _originals["non_max_suppression"]
+    _originals.clear()
+
+
+def installed():
+    return bool(_originals)
+
+
+def _assigner_forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra):
+    # The subclasses (segment, pose, OBB) redefine overlaps or candidates, and
+    # extra inputs feed those: they keep Ultralytics' implementation.
+    if type(self) is not _originals["assigner_class"] or extra:
+        return _originals["forward"](self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra)
+    with torch.no_grad():
+        return tuple(assign_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                                         topk=self.topk, num_classes=self.num_classes, alpha=self.alpha,
+                                         beta=self.beta, eps=self.eps, stride=[self.stride_val], topk2=self.topk2))
+
+
+def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=None, agnostic=False,
+                        multi_label=False, max_det=300, nc=0, max_time_img=0.05, max_nms=30000, max_wh=7680,
+                        rotated=False, end2end=False, return_idxs=False):
+    """Ultralytics' ``non_max_suppression`` on mutualops' batched NMS: the
+    same arguments and results (a list of [n, 6 + extra] rows (x1, y1, x2, y2,
+    conf, class, extra...) per image, and the kept input indices with
+    ``return_idxs``), for the whole batch in one NMS call and without a time
+    limit. ``max_time_img`` and ``max_wh`` are accepted and unused."""
+    pred = prediction[0] if isinstance(prediction, (list, tuple)) else prediction
+    if rotated or end2end or pred.shape[-1] == 6:
+        return _originals.get("non_max_suppression", _modules()[1].non_max_suppression)(
+            prediction, conf_thres, iou_thres, classes, agnostic, multi_label, max_det, nc, max_time_img, max_nms,
+            max_wh, rotated, end2end, return_idxs)
+    for name, value in (("conf_thres", conf_thres), ("iou_thres", iou_thres)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    if pred.dim() != 3:
+        raise ValueError(f"prediction must have shape [B, 4 + nc + extra, N], got {list(pred.shape)}")
+    bs, channels, _ = pred.shape
+    nc = nc or channels - 4
+    if nc < 1 or 4 + nc > channels:
+        raise ValueError(f"nc must be in [1, {channels - 4}] for {channels} channels, got {nc}")
+    out_dtype = torch.promote_types(pred.dtype, torch.float32)
+    rows = pred.transpose(1, 2)  # [B, N, 4 + nc + extra]
+    cls = rows[..., 4:4 + nc]
+    if multi_label and nc > 1:
+        image, anchor, label = torch.where(cls > conf_thres)
+        score = cls[image, anchor, label]
+    else:
+        best, best_label = cls.max(2)
+        image, anchor = torch.where(best > conf_thres)
+        score, label = best[image, anchor], best_label[image, anchor]
+    if classes is not None:
+        wanted = torch.isin(label, torch.as_tensor(classes, device=label.device).reshape(-1).long())
+        image, anchor, label, score = image[wanted], anchor[wanted], label[wanted], score[wanted]
+    image, anchor, label, score = _cap_per_image(image, anchor, label, score, bs, max_nms)
+    xywh = rows[image, anchor, :4]
+    half = xywh[:, 2:] / 2
+    boxes = torch.cat([xywh[:, :2] - half, xywh[:, :2] + half], 1)
+    keep = batched_nms(boxes, score, image if agnostic else image * nc + label, float(iou_thres))
+    # keep is by decreasing score: a stable sort by image keeps that order within each image.
+    keep = keep[torch.sort(image[keep], stable=True).indices]
+    counts = torch.bincount(image[keep], minlength=bs)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(keep.numel(), device=keep.device) - starts[image[keep]]
+    keep = keep[rank < max_det]
+    counts = counts.clamp(max=max_det).tolist()
+    detections = torch.cat([boxes[keep], score[keep, None], label[keep, None].float(),
+                            rows[image[keep], anchor[keep], 4 + nc:]], 1).to(out_dtype)
+    output = list(detections.split(counts))
+    for i, c in enumerate(counts):
+        if c == 0:  # Ultralytics' empty result
+            output[i] = torch.zeros((0, detections.shape[1]), device=pred.device)
+    if not return_idxs:
+        return output
+    kept = [k if c else torch.zeros((0, 1), device=pred.device) for k, c in zip(anchor[keep].split(counts), counts)]
+    return output, kept
+
+
+def _cap_per_image(image, anchor, label, score, bs, max_nms):
+    """At most max_nms candidates per image, the highest scores (ties to the lower index)."""
+    counts = torch.bincount(image, minlength=bs)
+    if image.numel() == 0 or int(counts.max()) <= max_nms:
+        return image, anchor, label, score
+    order = torch.sort(score, descending=True, stable=True).indices
+    order = order[torch.sort(image[order], stable=True).indices]
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(order.numel(), device=order.device) - starts[image[order]]
+    chosen = torch.sort(order[rank < max_nms]).values  # back to input order
+    return image[chosen], anchor[chosen], label[chosen], score[chosen]
