@@ -1,0 +1,224 @@
+"""Task-aligned assignment against Ultralytics' TaskAlignedAssigner (the peer),
+the dense reference, and on hostile input."""
+
+import pytest
+import torch
+from ultralytics.utils.tal import TaskAlignedAssigner, make_anchors
+
+import mutualops
+from helpers import DEVICES
+from mutualops import reference
+
+SMALL_GRID = ((8, 8), (4, 4), (2, 2))  # 84 anchors: torch.topk takes its nth_element path
+YOLO_GRID = ((80, 80), (40, 40), (20, 20))  # 8400 anchors: its partial_sort path
+STRIDES = (8, 16, 32)
+
+
+def anchors_for(grid, device="cpu"):
+    feats = [torch.zeros(1, 1, h, w) for h, w in grid]
+    points, strides = make_anchors(feats, torch.tensor(STRIDES, dtype=torch.float), 0.5)
+    return (points * strides).to(device)
+
+
+def scene(gen, grid=SMALL_GRID, images=2, gts=6, classes=4, kind="random", device="cpu"):
+    """(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt) as Ultralytics' loss passes them:
+    float labels, padded rows (zeros, mask 0) at the end of image 0."""
+    anc = anchors_for(grid)
+    n, size = anc.shape[0], grid[0][0] * STRIDES[0]
+    xy = torch.rand(images, gts, 2, generator=gen) * size
+    span = 12.0 if kind == "small" else size / 3
+    wh = torch.rand(images, gts, 2, generator=gen) * span + 1
+    gt = torch.cat([xy - wh / 2, xy + wh / 2], -1)
+    if kind == "edges":  # anchor points exactly on GT edges
+        gt[..., :2] = torch.floor(gt[..., :2] / 8) * 8 + 4
+        gt[..., 2:] = gt[..., :2] + 8 * torch.randint(2, 8, (images, gts, 2), generator=gen)
+    labels = torch.randint(0, classes, (images, gts, 1), generator=gen).float()
+    mask = torch.ones(images, gts, 1)
+    if gts > 1:
+        mask[0, -1] = 0
+        gt[0, -1] = 0
+        labels[0, -1] = 0
+    pxy = anc[None] + torch.randn(images, n, 2, generator=gen) * 8
+    pwh = torch.rand(images, n, 2, generator=gen) * (size / 3) + 1
+    pred = torch.cat([pxy - pwh / 2, pxy + pwh / 2], -1)
+    if kind == "far":  # every CIoU clamps to 0: top-k among zero alignments, decided by torch's tie order
+        pred = pred + 10 * size
+    if kind == "crowd":  # many GTs over the same anchors
+        gt = gt[:, :1].expand_as(gt) + torch.rand(images, gts, 4, generator=gen) * 6
+        gt[..., 2:] = torch.maximum(gt[..., 2:], gt[..., :2] + 2)
+    if kind == "corner":  # GTs over the first anchors, most of them with CIoU 0: ties among the first k entries
+        gt[:, :, :2] = 0
+        gt[:, :, 2:] = torch.rand(images, gts, 2, generator=gen) * 60 + 40
+        far = torch.rand(images, n, 1, generator=gen) < 0.9
+        pred = torch.where(far, pred + 10 * size, pred)
+    scores = torch.rand(images, n, classes, generator=gen)
+    if kind == "ties":  # identical predictions: equal alignments everywhere
+        scores[:] = 0.5
+        pred[:] = gt[:, :1].mean(1, keepdim=True)
+    return tuple(t.to(device) for t in (scores, pred, anc, labels, gt, mask))
+
+
+def ultralytics_assign(args, **kw):
+    stride = kw.pop("stride", list(STRIDES))
+    classes = args[0].shape[2]
+    return TaskAlignedAssigner(num_classes=classes, stride=stride, **kw)(*args)
+
+
+def assert_same(ours, theirs):
+    labels, bboxes, scores, fg, idx = theirs
+    torch.testing.assert_close(ours.fg_mask, fg.bool(), rtol=0, atol=0)
+    torch.testing.assert_close(ours.target_gt_idx, idx.long(), rtol=0, atol=0)
+    torch.testing.assert_close(ours.target_labels, labels.long(), rtol=0, atol=0)
+    torch.testing.assert_close(ours.target_bboxes, bboxes, rtol=0, atol=0)
+    torch.testing.assert_close(ours.target_scores, scores.to(ours.target_scores.dtype), rtol=0, atol=1e-6)
+
+
+SETTINGS = [dict(topk=10, alpha=0.5, beta=6.0), dict(topk=13, alpha=1.0, beta=6.0), dict(topk=3, alpha=1.0, beta=2.0),
+            dict(topk=10, alpha=0.5, beta=6.0, topk2=4), dict(topk=1, alpha=0.5, beta=6.0)]
+KINDS = ["random", "small", "edges", "far", "crowd", "ties", "corner"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("grid", [SMALL_GRID, YOLO_GRID], ids=["84-anchors", "8400-anchors"])
+def test_matches_ultralytics(device, kind, grid, gen):
+    for case in range(4 if grid is SMALL_GRID else 1):
+        args = scene(gen, grid=grid, kind=kind, gts=[1, 6, 30, 3][case], device=device)
+        for kw in SETTINGS:
+            ours = mutualops.assign_task_aligned(*args, num_classes=4, stride=list(STRIDES), **kw)
+            assert_same(ours, ultralytics_assign(args, **kw))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_reference_matches_ultralytics(device, gen):
+    for kind in KINDS:
+        args = scene(gen, kind=kind, device=device)
+        for kw in SETTINGS:
+            labels, bboxes, scores, fg, idx, alignment = reference.assign_task_aligned(*args, num_classes=4, **kw)
+            assert_same(mutualops.TaskAlignedTargets(labels, bboxes, scores, fg, idx), ultralytics_assign(args, **kw))
+            torch.testing.assert_close(alignment, scores.amax(-1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_without_gt_and_without_real_gt(device, gen):
+    scores, pred, anc, labels, gt, mask = scene(gen, device=device)
+    empty = mutualops.assign_task_aligned(scores, pred, anc, labels[:, :0], gt[:, :0], mask[:, :0], num_classes=4)
+    assert (empty.target_labels == 4).all() and not empty.fg_mask.any() and not empty.target_scores.any()
+    assert empty.target_scores.shape == scores.shape
+    # Rows that are all padding, with labels and boxes no GT could have: never read.
+    labels[:] = 10**9
+    gt[:] = float("nan")
+    out = mutualops.assign_task_aligned(scores, pred, anc, labels, gt, torch.zeros_like(mask), num_classes=4)
+    assert not out.fg_mask.any() and not out.target_scores.any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_mixed_precision_inputs_compute_in_float32(device, dtype, gen):
+    scores, pred, anc, labels, gt, mask = scene(gen, device=device)
+    low = scores.to(dtype)
+    ours = mutualops.assign_task_aligned(low, pred, anc, labels, gt, mask, num_classes=4, topk=10, alpha=0.5)
+    assert ours.target_scores.dtype == torch.float32
+    assert_same(ours, ultralytics_assign((low.float(), pred, anc, labels, gt, mask), topk=10, alpha=0.5))
+    with torch.autocast(device_type=device, dtype=dtype):
+        again = mutualops.assign_task_aligned(low, pred.to(dtype), anc, labels, gt, mask, num_classes=4, topk=10,
+                                              alpha=0.5)
+    assert again.target_scores.dtype == torch.float32 and again.target_bboxes.dtype == gt.dtype
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float64_inputs(device, gen):
+    args = tuple(t.double() for t in scene(gen, device=device))
+    ours = mutualops.assign_task_aligned(*args, num_classes=4, topk=10, alpha=0.5)
+    assert ours.target_scores.dtype == torch.float64
+    assert_same(ours, ultralytics_assign(args, topk=10, alpha=0.5))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sparse_scores_and_integer_labels(device, gen):
+    args = scene(gen, device=device)
+    dense = mutualops.assign_task_aligned(*args, num_classes=4)
+    scores, pred, anc, labels, gt, mask = args
+    sparse = mutualops.assign_task_aligned(scores, pred, anc, labels.long()[..., 0], gt, mask.bool()[..., 0],
+                                           num_classes=4, dense_scores=False)
+    assert sparse.target_scores.shape == scores.shape[:2]
+    torch.testing.assert_close(sparse.target_scores, dense.target_scores.gather(2, dense.target_labels[..., None])[..., 0])
+    for a, b in zip(sparse[3:], dense[3:]):
+        assert torch.equal(a, b)
+
+
+def bad(args, **changes):
+    names = ["pd_scores", "pd_bboxes", "anc_points", "gt_labels", "gt_bboxes", "mask_gt"]
+    values = dict(zip(names, args))
+    values.update({k: v for k, v in changes.items() if k in names})
+    kw = {k: v for k, v in changes.items() if k not in names}
+    kw.setdefault("num_classes", 4)
+    return lambda: mutualops.assign_task_aligned(*values.values(), **kw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_input_names_the_argument(device, gen):
+    args = scene(gen, device=device)
+    scores, pred, anc, labels, gt, mask = args
+    nan_scores = scores.clone()
+    nan_scores[1, 5, 2] = float("nan")
+    wrong_label = labels.clone()
+    wrong_label[1, 0] = 4
+    half_label = labels.clone()
+    half_label[1, 0] = 1.5
+    nan_gt = gt.clone()
+    nan_gt[1, 2, 0] = float("inf")
+    flipped = gt.clone()
+    flipped[1, 2, 2] = flipped[1, 2, 0] - 1
+    cases = [
+        (ValueError, "pd_scores must be finite", dict(pd_scores=nan_scores)),
+        (ValueError, "pd_scores must be finite", dict(pd_scores=-scores)),
+        (ValueError, "num_classes", dict(num_classes=5)),
+        (ValueError, "gt_labels must be < num_classes", dict(gt_labels=wrong_label)),
+        (ValueError, "whole class indices", dict(gt_labels=half_label)),
+        (ValueError, "gt_labels must be < num_classes", dict(gt_labels=wrong_label.long())),
+        (ValueError, "gt_bboxes holds a non-finite", dict(gt_bboxes=nan_gt)),
+        (ValueError, "x2 < x1", dict(gt_bboxes=flipped)),
+        (ValueError, "pd_bboxes must have shape", dict(pd_bboxes=pred[:, :-1])),
+        (ValueError, "anc_points must have shape", dict(anc_points=anc[:-1])),
+        (ValueError, "gt_labels must have shape", dict(gt_labels=labels[:, :-1])),
+        (ValueError, "mask_gt must have shape", dict(mask_gt=mask[:1])),
+        (ValueError, "topk must be in", dict(topk=anc.shape[0] + 1)),
+        (ValueError, "topk must be in", dict(topk=0)),
+        (ValueError, "topk2 must be in", dict(topk2=0)),
+        (ValueError, "beta must be finite", dict(beta=float("nan"))),
+        (ValueError, "alpha must be finite", dict(alpha=-1.0)),
+        (TypeError, "topk must be an int", dict(topk=2.5)),
+        (TypeError, "alpha must be a number", dict(alpha=None)),
+        (TypeError, "pd_bboxes must be float16", dict(pd_bboxes=pred.long())),
+        (TypeError, "gt_bboxes must be a torch.Tensor", dict(gt_bboxes=gt.tolist())),
+        (TypeError, "stride must", dict(stride="8")),
+    ]
+    for error, message, changes in cases:
+        with pytest.raises(error, match=message):
+            bad(args, **changes)()
+
+
+def test_bad_input_on_the_raw_op(gen):
+    scores, pred, anc, labels, gt, mask = scene(gen)
+    labels[1, 0] = 10**6
+    op = torch.ops.mutualops.assign_task_aligned
+    with pytest.raises(ValueError, match="gt_labels must be < num_classes"):
+        op(scores, pred, anc, labels, gt, mask, 10, 10, 4, 0.5, 6.0, 1e-9, 16.0, True)
+    with pytest.raises(ValueError, match="pd_scores must be on the device|num_classes"):
+        op(scores, pred, anc, labels, gt, mask, 10, 10, 5, 0.5, 6.0, 1e-9, 16.0, True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_and_compile(device, gen):
+    args = scene(gen, device=device)
+    op = torch.ops.mutualops.assign_task_aligned.default
+    torch.library.opcheck(op, (*args, 10, 10, 4, 0.5, 6.0, 1e-9, 16.0, True))
+    torch.library.opcheck(op, (*args, 10, 4, 4, 0.5, 6.0, 1e-9, 16.0, False))
+
+    def fn(*a):
+        return mutualops.assign_task_aligned(*a, num_classes=4, topk=10, alpha=0.5)
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    for x, y in zip(compiled(*args), fn(*args)):
+        torch.testing.assert_close(x, y)
