@@ -1,4 +1,4 @@
-"""The label-assignment family (SPEC 2.3): FCOS and max-IoU assignment, and the
+"""The label-assignment family (docs/method.md, section 2.3): FCOS and max-IoU assignment, and the
 mutual targets of section 1, for whole batches with O(P + G) extra memory.
 
 Ground truth is given per batch as padded boxes [B, Gmax, 4] with `num_gt` [B]
@@ -174,7 +174,7 @@ class MutualTargets(NamedTuple):
 
 def mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls_logits, priors, *, num_gt=None, scale=None,
                    box_coding="distance", gamma_cls=1.0, gamma_loc=1.0):
-    """The mutual labels of an assignment, in one pass (SPEC section 1).
+    """The mutual labels of an assignment, in one pass (docs/method.md, section 1).
 
     matched [B, P] (GT index, negative for background or ignored); box_pred
     [B, P, 4]: (l, t, r, b) distances from points [P, 2] (times `scale` [P], e.g.

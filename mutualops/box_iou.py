@@ -1,4 +1,4 @@
-"""The box-IoU family (SPEC 2.1): pairwise, batched and aligned overlap, and IoU losses.
+"""The box-IoU family (docs/method.md, section 2.1): pairwise, batched and aligned overlap, and IoU losses.
 
 A zero union (two zero-area boxes) gives 0 where torchvision gives NaN; a zero
 enclosing box makes GIoU equal IoU. Boxes are xyxy and a box with x2 < x1 or

@@ -4,7 +4,7 @@ classification and localization on the pre-NMS predictions.
     python -m mutualops.evaluate --checkpoint runs/fcos-mutual/last.pt --out runs/fcos-mutual/eval
     python -m mutualops.evaluate --checkpoint ... --coco-images DIR --coco-ann FILE
 
-Harmony (SPEC section 1): each pre-NMS prediction scoring at least the score
+Harmony (docs/method.md, section 1): each pre-NMS prediction scoring at least the score
 threshold belongs to the GT it overlaps most when that IoU is >= 0.5; per GT
 object with two or more predictions, Spearman's rho of their scores and IoUs;
 harmony is the mean over objects (their count is reported), divergence 1 - it.

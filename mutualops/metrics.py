@@ -1,4 +1,4 @@
-"""The localization-classification divergence metric (SPEC section 1).
+"""The localization-classification divergence metric (docs/method.md, section 1).
 
 For each ground-truth object j with at least `min_size` predictions assigned to
 it, rho_j is Spearman's rank correlation between those predictions' scores and
@@ -9,7 +9,7 @@ Which predictions belong to an object is the caller's choice, through
 `gt_index` (one object id per prediction, -1 for none):
 
 - `gt_index_from_assignment`: the training assigner's positives (the default
-  of SPEC);
+  of docs/method.md);
 - `gt_index_from_iou`: for evaluation, every pre-NMS prediction whose best IoU
   (>= a threshold, 0.5 by default) is with that object.
 
@@ -45,7 +45,7 @@ def harmony(scores, ious, gt_index, min_size=2, aggregate="mean"):
 
     scores, ious: [P] floats; gt_index: [P] integer object ids, negative for
     predictions that belong to no object. `aggregate` is "mean" (each object
-    counts once, SPEC's default) or "count_weighted" (objects weigh by their
+    counts once, the method's default) or "count_weighted" (objects weigh by their
     number of predictions).
     """
     check_float(scores, "scores")

@@ -1,4 +1,4 @@
-"""The NMS family (SPEC 2.2): torchvision drop-ins and rescored NMS.
+"""The NMS family (docs/method.md, section 2.2): torchvision drop-ins and rescored NMS.
 
 Kept indices come ordered by score descending, ties to the lower index (on
 exact score ties torchvision follows torch.sort's unstable order instead).
@@ -81,7 +81,7 @@ def rescored_nms(
     fixed_shape=False,
 ):
     """Detector post-processing in one call: IoU rescoring, score threshold,
-    per-image top-k, class-aware NMS and a per-image cap (SPEC 2.2).
+    per-image top-k, class-aware NMS and a per-image cap (docs/method.md, section 2.2).
 
     Dense head outputs: boxes [B,N,4], scores [B,N,C] class probabilities and
     optionally iou [B,N] predicted IoUs: every (point, class) pair is a

@@ -1,4 +1,4 @@
-"""The ranking family (SPEC 2.4): ranks and Spearman's rho within ragged groups.
+"""The ranking family (docs/method.md, section 2.4): ranks and Spearman's rho within ragged groups.
 
 Semantics are scipy's: `rank` is `scipy.stats.rankdata` per group (1-based),
 `spearman` is `scipy.stats.spearmanr` per group (NaN for fewer than 2 elements

@@ -2,7 +2,7 @@
 
 These define the expected results (tests compare the kernels with them) and are
 the "plain PyTorch" contestant of the benchmarks. They follow the same
-conventions as the kernels (SPEC 2.1) and make no attempt to save memory.
+conventions as the kernels (docs/method.md, section 2.1) and make no attempt to save memory.
 """
 
 import math

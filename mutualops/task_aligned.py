@@ -1,6 +1,5 @@
 """Task-aligned assignment (TOOD), the rule Ultralytics YOLO trains with, as one
-fused op with Ultralytics' arguments and results (docs/method.md, "Task-aligned
-assignment").
+fused op with Ultralytics' arguments and results (docs/method.md, section 2.5).
 
 Each real GT ranks every anchor by its alignment t = score^alpha * CIoU^beta
 (score: the predicted probability of the GT's class; CIoU with the predicted

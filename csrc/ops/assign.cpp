@@ -1,4 +1,4 @@
-// Schemas of the label-assignment family (SPEC 2.3). Kernels live in cpu/ and cuda/.
+// Schemas of the label-assignment family (docs/method.md, section 2.3). Kernels live in cpu/ and cuda/.
 // Ground truth comes padded: gt_boxes [B, G, 4] with num_gt [B] real boxes per
 // image. No op allocates anything of size P x G.
 #include <torch/library.h>

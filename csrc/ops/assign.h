@@ -96,7 +96,7 @@ MutualTargetArgs<S> mutual_target_args(const at::Tensor& matched, const at::Tens
 }
 
 // Normalises box-loss weights over the positives of the batch so that they
-// average 1 (SPEC section 1); all zeros when there is no positive. Device-side,
+// average 1 (docs/method.md, section 1); all zeros when there is no positive. Device-side,
 // no synchronisation.
 inline at::Tensor normalise_over_positives(const at::Tensor& raw, const at::Tensor& positive) {
   const at::Tensor count = positive.sum().to(raw.scalar_type());

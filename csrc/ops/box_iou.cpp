@@ -1,4 +1,4 @@
-// Schemas of the box-IoU family (SPEC 2.1). Kernels live in cpu/ and cuda/.
+// Schemas of the box-IoU family (docs/method.md, section 2.1). Kernels live in cpu/ and cuda/.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(mutualops, m) {

@@ -1,4 +1,4 @@
-// Schemas of the NMS family (SPEC 2.2). Kernels live in cpu/ and cuda/.
+// Schemas of the NMS family (docs/method.md, section 2.2). Kernels live in cpu/ and cuda/.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(mutualops, m) {
@@ -9,7 +9,7 @@ TORCH_LIBRARY_FRAGMENT(mutualops, m) {
 }
 
 TORCH_LIBRARY_FRAGMENT(mutualops, m) {
-  // Fused post-processing (SPEC 2.2): rescoring s = cls^(1-alpha) * iou^alpha,
+  // Fused post-processing (docs/method.md, section 2.2): rescoring s = cls^(1-alpha) * iou^alpha,
   // s > score_threshold, top-k per image (and per level when level_index is
   // given, with values in [0, num_levels)), class-aware greedy NMS per image,
   // at most max_detections per image. pre_nms_top_k < 0 means no limit. With

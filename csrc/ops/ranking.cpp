@@ -1,4 +1,4 @@
-// Schemas of the ranking family (SPEC 2.4). Kernels live in cpu/ and cuda/.
+// Schemas of the ranking family (docs/method.md, section 2.4). Kernels live in cpu/ and cuda/.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(mutualops, m) {

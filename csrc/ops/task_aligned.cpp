@@ -1,6 +1,5 @@
-// Schema of task-aligned assignment (docs/method.md, "Task-aligned
-// assignment"), the rule of TOOD and Ultralytics YOLO. Kernels live in cpu/ and
-// cuda/. Nothing of size B x G x A is allocated: extra memory is
+// Schema of task-aligned assignment (docs/method.md, section 2.5), the rule of
+// TOOD and Ultralytics YOLO. Kernels live in cpu/ and cuda/. Nothing of size B x G x A is allocated: extra memory is
 // O(B * (A + G * topk)) besides the outputs.
 #include <torch/library.h>
 

@@ -2,7 +2,7 @@
 
 Families: "fcos" (points, FCOS assignment, (l, t, r, b) distances) and
 "retinanet" (anchors, max-IoU assignment, box deltas). Each has a baseline and
-a mutual variant through three independent switches (SPEC section 1):
+a mutual variant through three independent switches (docs/method.md, section 1):
 
 - mutual_cls: classification targets are the IoU q^gamma_cls of the decoded
   box (quality focal loss) instead of hard one-hot labels (focal loss);

@@ -16,7 +16,7 @@ namespace mutualops {
 constexpr int64_t kNegative = -1;
 constexpr int64_t kIgnore = -2;
 
-// The FCOS rule for one (point, GT) pair (SPEC 2.3): the point lies strictly
+// The FCOS rule for one (point, GT) pair (docs/method.md, section 2.3): the point lies strictly
 // inside the GT; with centre sampling (radius > 0) it also lies strictly
 // within radius * stride of the GT's centre (the sampling region clipped to
 // the box); and its largest regression distance lies in the level's range,
@@ -78,7 +78,7 @@ MUTUALOPS_HD Box<T> decode_delta(const Box<T>& anchor, const T* d) {
   return Box<T>{pcx - T(0.5) * pw, pcy - T(0.5) * ph, pcx + T(0.5) * pw, pcy + T(0.5) * ph};
 }
 
-// The mutual labels of one positive (SPEC section 1): q = IoU(decoded, GT);
+// The mutual labels of one positive (docs/method.md, section 1): q = IoU(decoded, GT);
 // classification target q^gamma_cls at the GT's class; box-loss weight
 // p^gamma_loc with p = sigmoid(logit of the GT's class), to be normalised over
 // the positives of the batch.

@@ -3,7 +3,7 @@
 // The one place where box overlap is defined. Every kernel (CPU and CUDA,
 // IoU, NMS, assignment) calls these functions; nothing else computes IoU.
 //
-// Conventions (SPEC 2.1): boxes are xyxy without the +1 pixel offset; a box
+// Conventions (docs/method.md, section 2.1): boxes are xyxy without the +1 pixel offset; a box
 // with x2 < x1 or y2 < y1 has area 0; a zero denominator gives 0, not NaN.
 // The order of floating-point operations follows torchvision.ops so that
 // valid boxes give bit-identical IoU and GIoU in fp32.

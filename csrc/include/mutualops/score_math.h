@@ -37,7 +37,7 @@ MUTUALOPS_HD T sigmoid(T x) {
   return T(1) / (T(1) + exp_of(-x));
 }
 
-// IoU rescoring (SPEC section 1): s = cls^(1 - alpha) * iou^alpha. alpha = 0.5
+// IoU rescoring (docs/method.md, section 1): s = cls^(1 - alpha) * iou^alpha. alpha = 0.5
 // is computed as sqrt(cls * iou), the form FCOS uses for sqrt(cls *
 // centerness): the same value, one rounding fewer, and bit-identical to it.
 template <typename T>

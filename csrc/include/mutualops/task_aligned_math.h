@@ -1,7 +1,7 @@
 #pragma once
 
 // Task-aligned assignment math (TOOD's rule, the one Ultralytics YOLO trains
-// with; docs/method.md, "Task-aligned assignment"), shared by the CPU and CUDA
+// with; docs/method.md, section 2.5), shared by the CPU and CUDA
 // kernels. Every expression keeps the operation order of Ultralytics 8.4's
 // TaskAlignedAssigner, so that fp32 results agree with it bit for bit wherever
 // the elementary functions (atan, pow) do, and to the last ulp elsewhere.
