@@ -59,6 +59,25 @@ inline BoxCoding parse_box_coding(c10::string_view coding) {
   TORCH_CHECK_VALUE(false, "box_coding must be distance or delta; got '", coding, "'");
 }
 
+// The kernels index GT rows by `matched` and class rows by those GTs' labels:
+// every positive entry must name a GT row, and every named GT a class in
+// [0, C). One host read for both.
+inline void check_matched_indices(const at::Tensor& matched, const at::Tensor& gt_labels, int64_t gmax,
+                                  int64_t classes) {
+  if (matched.numel() == 0) return;
+  const at::Tensor positive = matched.ge(0);
+  at::Tensor bad_label = at::zeros({}, matched.options().dtype(at::kBool));
+  if (gmax > 0) {
+    const at::Tensor labels = gt_labels.to(at::kLong).gather(1, matched.clamp(0, gmax - 1));
+    bad_label = positive.logical_and(labels.lt(0).logical_or(labels.ge(classes))).any();
+  }
+  const at::Tensor flags = at::stack({matched.max().lt(gmax), bad_label.logical_not()}).cpu();
+  TORCH_CHECK_VALUE(flags[0].item<bool>(), "matched holds a GT index >= ", gmax,
+                    " (the number of GT rows in gt_boxes); use a negative value for background");
+  TORCH_CHECK_VALUE(flags[1].item<bool>(), "gt_labels must be in [0, ", classes,
+                    ") (the classes of cls_logits) for every GT that matched refers to");
+}
+
 inline void check_mutual_targets(const at::Tensor& matched, const at::Tensor& gt_boxes, const at::Tensor& gt_labels,
                                  const at::Tensor& box_pred, const at::Tensor& cls_logits, const at::Tensor& priors,
                                  const std::optional<at::Tensor>& scale, BoxCoding coding) {
@@ -79,6 +98,14 @@ inline void check_mutual_targets(const at::Tensor& matched, const at::Tensor& gt
   for (const at::Tensor* t : {&gt_boxes, &cls_logits, &priors}) {
     TORCH_CHECK_TYPE(t->scalar_type() == box_pred.scalar_type(), "gt_boxes, cls_logits and priors must have the dtype of box_pred");
   }
+  TORCH_CHECK_TYPE(at::isIntegralType(gt_labels.scalar_type(), false), "gt_labels must be an integer tensor, got ",
+                   gt_labels.scalar_type());
+  for (auto [t, name] : {std::pair{&matched, "matched"}, {&gt_boxes, "gt_boxes"}, {&gt_labels, "gt_labels"},
+                         {&cls_logits, "cls_logits"}, {&priors, "priors"}}) {
+    TORCH_CHECK_VALUE(t->device() == box_pred.device(), name, " must be on the device of box_pred (", box_pred.device(),
+                      "), got ", t->device());
+  }
+  check_matched_indices(matched, gt_labels, gt_boxes.size(1), cls_logits.size(2));
 }
 
 // The pass's pointers for tensors already made contiguous by the caller.

@@ -1,2 +1,3 @@
-"""The thin harmonized detector built on mutualops' ops (issue 6, in progress):
-for now its data layer, `mutualops.detector.data`."""
+"""The thin harmonized detector built on mutualops' ops: FCOS and RetinaNet heads
+with the mutual-label switches (`model`), and its synthetic-shapes data layer
+(`data`). `mutualops.train`, `mutualops.evaluate` and `mutualops.demo` drive it."""

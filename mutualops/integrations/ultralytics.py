@@ -95,17 +95,24 @@ def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=Non
         raise ValueError(f"nc must be in [1, {channels - 4}] for {channels} channels, got {nc}")
     out_dtype = torch.promote_types(pred.dtype, torch.float32)
     rows = pred.transpose(1, 2)  # [B, N, 4 + nc + extra]
-    cls = rows[..., 4:4 + nc]
-    if multi_label and nc > 1:
-        image, anchor, label = torch.where(cls > conf_thres)
-        score = cls[image, anchor, label]
-    else:
-        best, best_label = cls.max(2)
-        image, anchor = torch.where(best > conf_thres)
-        score, label = best[image, anchor], best_label[image, anchor]
-    if classes is not None:
-        wanted = torch.isin(label, torch.as_tensor(classes, device=label.device).reshape(-1).long())
-        image, anchor, label, score = image[wanted], anchor[wanted], label[wanted], score[wanted]
+    candidates = pred[:, 4:4 + nc].amax(1) > conf_thres  # [B, N]
+    wanted = None if classes is None else torch.as_tensor(classes, device=pred.device).reshape(-1).long()
+    # One image at a time, only the candidates' class scores are gathered (as lean as Ultralytics'
+    # loop); the NMS then runs once for the batch.
+    picks = []
+    for i in range(bs):
+        anchor = candidates[i].nonzero()[:, 0]
+        cls = rows[i, anchor, 4:4 + nc]
+        if multi_label and nc > 1:
+            row, label = torch.where(cls > conf_thres)
+            anchor, score = anchor[row], cls[row, label]
+        else:
+            score, label = cls.max(1)
+        if wanted is not None:
+            keep = torch.isin(label, wanted)
+            anchor, label, score = anchor[keep], label[keep], score[keep]
+        picks.append((torch.full_like(anchor, i), anchor, label, score))
+    image, anchor, label, score = (torch.cat(t) for t in zip(*picks))
     image, anchor, label, score = _cap_per_image(image, anchor, label, score, bs, max_nms)
     xywh = rows[image, anchor, :4]
     half = xywh[:, 2:] / 2
