@@ -177,7 +177,10 @@ def rescored_nms(boxes, scores, iou=None, *, labels=None, batch_index=None, num_
                  alpha=0.5, score_threshold=0.05, iou_threshold=0.5, pre_nms_top_k=1000, max_detections=100,
                  class_agnostic=False):
     """Plain-PyTorch rescored NMS: returns per image a list of (boxes, scores, labels, indices),
-    ordered by score descending, ties to the lower candidate index."""
+    ordered by score descending, ties to the lower candidate index. Without iou the score is the class
+    score (alpha does not apply); a negative flat label marks a padding candidate, never kept."""
+    if iou is None:
+        alpha = 0
     if boxes.dim() == 3:  # dense: every (point, class) pair, candidate order n * C + c
         b_, n, c = scores.shape
         q = torch.ones(b_, n, dtype=scores.dtype, device=scores.device) if iou is None else iou
@@ -194,6 +197,7 @@ def rescored_nms(boxes, scores, iou=None, *, labels=None, batch_index=None, num_
         m = boxes.shape[0]
         q = torch.ones_like(scores) if iou is None else iou
         images = torch.zeros(m, dtype=torch.long, device=boxes.device) if batch_index is None else batch_index.long()
+        scores = torch.where(labels >= 0, scores, torch.full_like(scores, -math.inf))
         cand = dict(boxes=boxes, scores=_rescore(scores, q, alpha), labels=labels.long(), images=images,
                     order=torch.arange(m, device=boxes.device), source=torch.arange(m, device=boxes.device),
                     levels=level_index.long() if level_index is not None else None)

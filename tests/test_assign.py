@@ -257,3 +257,43 @@ def test_opcheck_and_compile(device, gen):
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(anchors, boxes, counts), fn(anchors, boxes, counts))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_raw_mutual_targets_checks_indices(device):
+    # Each of these read or wrote out of bounds (or into a neighbour's class row) before.
+    op = torch.ops.mutualops.mutual_targets
+    gt = torch.tensor([[[0.0, 0, 10, 10], [0, 0, 10, 10]]], device=device)
+    pred, logits = torch.ones(1, 1, 4, device=device), torch.zeros(1, 1, 5, device=device)
+    points = torch.tensor([[5.0, 5]], device=device)
+    for label, index, message in [(7, 0, "gt_labels must be in"), (10**12, 0, "gt_labels must be in"),
+                                  (-3, 1, "gt_labels must be in"), (0, 10**9, "matched holds a GT index >= 2")]:
+        labels = torch.tensor([[0, label]], device=device) if index == 1 else torch.tensor([[label, 0]], device=device)
+        with pytest.raises(ValueError, match=message):
+            op(torch.tensor([[index]], device=device), gt, labels, pred, logits, points, None, "distance", 1.0, 1.0)
+    # A padding row's label is checked too when matched reaches it.
+    with pytest.raises(ValueError, match="gt_labels must be in"):
+        mutualops.mutual_targets(torch.tensor([[1]]), gt.cpu(), torch.tensor([[0, 10**9]]), pred.cpu()[:, :1],
+                                 logits.cpu()[:, :, :2], points.cpu(), num_gt=torch.tensor([1]))
+    with pytest.raises(TypeError, match="matched must be an integer"):
+        mutualops.mutual_targets(torch.tensor([[0.0]]), gt.cpu(), torch.tensor([[0, 0]]), pred.cpu(), logits.cpu(),
+                                 points.cpu())
+    out = op(torch.tensor([[-1]], device=device), gt, torch.tensor([[0, 10**9]], device=device), pred, logits, points,
+             None, "distance", 1.0, 1.0)
+    assert not out[2].any()  # background never reads a label
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_max_iou_thresholds_round_to_the_iou_dtype(device):
+    # IoU exactly float32(0.7): torchvision's Matcher(0.7, 0.3) (the RPN setting) matches it.
+    from torchvision.models.detection._utils import Matcher
+    from torchvision.ops import box_iou
+
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]], device=device)
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 7.0], [0.0, 0.0, 10.0, 2.0]], device=device)
+    iou = box_iou(gt, anchors)
+    assert iou[0, 0] == torch.tensor(0.7, dtype=torch.float32)
+    theirs = Matcher(0.7, 0.3)(iou)
+    ours, _ = mutualops.assign_max_iou(anchors, gt, pos_iou_threshold=0.7, neg_iou_threshold=0.3, low_quality="none")
+    assert torch.equal(ours, theirs)
+    assert ours[0] == 0

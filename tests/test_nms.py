@@ -318,3 +318,45 @@ def test_torchvision_postprocess_replacement(name, score_thresh):
             assert torch.equal(g[key], e[key]), key
     with pytest.raises(TypeError, match="FCOS or RetinaNet"):
         torchvision_postprocess.install(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rescored_without_iou_ranks_plain_scores(device, gen):
+    # No IoU prediction: alpha has nothing to weigh, so a 0.01 probability stays 0.01 (not its square root).
+    boxes = random_boxes(50, generator=gen, device=device)
+    scores = torch.rand(50, generator=gen, device=device) * 0.2
+    labels = torch.randint(0, 3, (50,), generator=gen).to(device)
+    for alpha in (0.0, 0.5, 1.0):
+        det = mutualops.rescored_nms(boxes, scores, labels=labels, alpha=alpha, score_threshold=0.05)
+        assert torch.equal(det.scores, scores[det.indices])
+        assert (det.scores > 0.05).all() and det.scores.numel() == int(torchvision_kept(boxes, scores, labels))
+        for ours, theirs in zip((det.boxes, det.scores, det.labels), reference.rescored_nms(
+                boxes, scores, labels=labels, alpha=alpha, score_threshold=0.05)[0][:3]):
+            torch.testing.assert_close(ours, theirs)
+    dense = mutualops.rescored_nms(boxes[None], scores[None, :, None], score_threshold=0.05)
+    assert torch.equal(dense.scores, scores[dense.indices])
+
+
+def torchvision_kept(boxes, scores, labels):
+    above = scores > 0.05
+    return min(tvo.batched_nms(boxes[above], scores[above], labels[above], 0.5).numel(), 100)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fixed_shape", [False, True])
+def test_rescored_flat_negative_labels_are_padding(device, fixed_shape, gen):
+    boxes = random_boxes(40, generator=gen, device=device)
+    scores = torch.rand(40, generator=gen, device=device)
+    labels = torch.randint(0, 3, (40,), generator=gen).to(device)
+    labels[::2] = -1
+    batch_index = (torch.arange(40, device=device) % 2)
+    det = mutualops.rescored_nms(boxes, scores, labels=labels, batch_index=batch_index, num_images=2,
+                                 score_threshold=0.0, fixed_shape=fixed_shape)
+    kept = det.labels >= 0
+    assert int(det.counts.sum()) == int(kept.sum())
+    assert det.counts[0] == 0  # every candidate of image 0 was padding
+    real = labels >= 0
+    alone = mutualops.rescored_nms(boxes[real], scores[real], labels=labels[real], batch_index=batch_index[real],
+                                   num_images=2, score_threshold=0.0, fixed_shape=fixed_shape)
+    torch.testing.assert_close(det.scores, alone.scores)
+    torch.testing.assert_close(det.boxes, alone.boxes)

@@ -221,7 +221,8 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cpu(const at::Tensor& anchors,
         for (int64_t g = 0; g < count; ++g) gt_best[g] = max2(gt_best[g], gt_best_per_thread[t * count + g]);
       }
       for (int64_t p = 0; p < n; ++p) {
-        out[p] = ignored[p] ? kIgnore : max_iou_code(anchor_best[p], anchor_arg[p], pos_iou, neg_iou);
+        out[p] = ignored[p] ? kIgnore : max_iou_code(anchor_best[p], anchor_arg[p], static_cast<T>(pos_iou),
+                                                                     static_cast<T>(neg_iou));
         out_iou[p] = static_cast<scalar_t>(anchor_best[p]);
       }
       if (lq == LowQuality::kNone) continue;

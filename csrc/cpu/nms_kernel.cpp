@@ -260,7 +260,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
     double iou_threshold, int64_t pre_nms_top_k, int64_t max_detections, bool class_agnostic, bool logits) {
   check_rescored_dense(boxes, scores, iou, level_index, levels, alpha, score_threshold, iou_threshold, max_detections);
   check_levels(level_index, levels);
-  const RescoreParams p{alpha, score_threshold, iou_threshold, pre_nms_top_k, max_detections, class_agnostic};
+  const RescoreParams p{rescore_alpha(iou, alpha), score_threshold, iou_threshold, pre_nms_top_k, max_detections,
+                        class_agnostic};
   const int64_t images = boxes.size(0), n = boxes.size(1), c = scores.size(2);
   const at::Tensor b = boxes.contiguous(), s = scores.contiguous();
   const at::Tensor q = iou.has_value() ? iou->contiguous() : at::Tensor();
@@ -268,7 +269,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
   PaddedDetections out(images, max_detections, b.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "rescored_nms_dense_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t a = static_cast<acc_t>(alpha);
+    const acc_t a = static_cast<acc_t>(p.alpha);
     const acc_t score_floor = static_cast<acc_t>(score_threshold);
     at::parallel_for(0, images, 1, [&](int64_t begin, int64_t end) {
       for (int64_t img = begin; img < end; ++img) {
@@ -305,7 +306,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
   check_rescored_flat(boxes, scores, labels, iou, batch_index, level_index, levels, num_images, alpha,
                       score_threshold, iou_threshold, max_detections);
   check_levels(level_index, levels);
-  const RescoreParams p{alpha, score_threshold, iou_threshold, pre_nms_top_k, max_detections, class_agnostic};
+  const RescoreParams p{rescore_alpha(iou, alpha), score_threshold, iou_threshold, pre_nms_top_k, max_detections,
+                        class_agnostic};
   const int64_t m = boxes.size(0);
   const at::Tensor b = boxes.contiguous(), s = scores.contiguous(), lab = labels.to(at::kLong).contiguous();
   const at::Tensor q = iou.has_value() ? iou->contiguous() : at::Tensor();
@@ -327,7 +329,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
   for (int64_t i = 0; i < m; ++i) by_image[cursor[pimg[i]]++] = i;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "rescored_nms_flat_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t a = static_cast<acc_t>(alpha);
+    const acc_t a = static_cast<acc_t>(p.alpha);
     const acc_t score_floor = static_cast<acc_t>(score_threshold);
     const scalar_t* pb = b.data_ptr<scalar_t>();
     const scalar_t* ps = s.data_ptr<scalar_t>();
@@ -343,7 +345,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
           const acc_t score = rescore(probability(static_cast<acc_t>(ps[e]), logits),
                                       pq ? probability(static_cast<acc_t>(pq[e]), logits) : acc_t(1), a);
           TopK<acc_t>& level_top = top[pl ? pl[e] : 0];
-          if (score > level_top.floor && finite_box(box_at(e))) level_top.offer({score, e, e, plab[e]});
+          // A negative label marks a padding candidate, as in the padded outputs: never kept.
+          if (score > level_top.floor && plab[e] >= 0 && finite_box(box_at(e))) level_top.offer({score, e, e, plab[e]});
         }
         std::vector<Candidate<acc_t>> cands;
         for (auto& t : top) cands.insert(cands.end(), t.heap.begin(), t.heap.end());

@@ -119,7 +119,7 @@ anchor_match_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __rest
     const bool is_ignored = ignored[t];
     // No GT: IoU 0 (as on the CPU); an ignored anchor reports -1.
     best_out[t] = static_cast<scalar_t>(count == 0 && !is_ignored ? T(0) : best);
-    int64_t code = is_ignored ? kIgnore : (count == 0 ? kNegative : max_iou_code(best, arg, pos_iou, neg_iou));
+    int64_t code = is_ignored ? kIgnore : (count == 0 ? kNegative : max_iou_code(best, arg, static_cast<T>(pos_iou), static_cast<T>(neg_iou)));
     if (!is_ignored && last >= 0) code = torchvision ? arg : last;
     matched[t] = code;
   }

@@ -238,7 +238,7 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, c
 template <typename scalar_t, typename acc_t>
 __global__ void candidate_scores_kernel(const scalar_t* __restrict__ boxes, const scalar_t* __restrict__ cls,
                                         const scalar_t* __restrict__ iou, const int64_t* __restrict__ batch_index,
-                                        int64_t images, int64_t points, int64_t classes, bool dense, bool logits,
+                                        const int64_t* __restrict__ labels, int64_t images, int64_t points, int64_t classes, bool dense, bool logits,
                                         acc_t alpha, acc_t score_threshold, acc_t* __restrict__ out) {
   const int64_t per_image = points * classes;
   for (int64_t t = grid_start(); t < images * per_image; t += grid_stride()) {
@@ -249,7 +249,9 @@ __global__ void candidate_scores_kernel(const scalar_t* __restrict__ boxes, cons
     const Box<acc_t> b = load_box<acc_t>(boxes + 4 * point);
     const acc_t quality = iou ? probability(static_cast<acc_t>(iou[point]), logits) : acc_t(1);
     const acc_t s = rescore(probability(static_cast<acc_t>(cls[cls_at]), logits), quality, alpha);
-    const bool ok = (dense || batch_index == nullptr || batch_index[p] == image) && s > score_threshold &&
+    // A negative (flat) label marks a padding candidate, as in the padded outputs: never kept.
+    const bool ok = (dense || batch_index == nullptr || batch_index[p] == image) &&
+                    (labels == nullptr || labels[p] >= 0) && s > score_threshold &&
                     isfinite(s) && isfinite(b.x1) && isfinite(b.y1) && isfinite(b.x2) && isfinite(b.y2);
     out[t] = ok ? s : -INFINITY;
   }
@@ -265,6 +267,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
   const at::Tensor b = boxes.contiguous(), s = scores.contiguous();
   const at::Tensor q = iou.has_value() ? iou->contiguous() : at::Tensor();
   const at::Tensor bi = batch_index.has_value() ? batch_index->to(at::kLong).contiguous() : at::Tensor();
+  const at::Tensor lab = labels.has_value() ? labels->to(at::kLong).contiguous() : at::Tensor();
   const int64_t points = dense ? b.size(1) : b.size(0);
   const int64_t classes = dense ? s.size(2) : 1;
   const int64_t per_image = points * classes;
@@ -278,8 +281,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
     if (cand.numel() > 0) {
       candidate_scores_kernel<scalar_t, acc_t><<<grid_for(cand.numel()), kThreads, 0, stream>>>(
           b.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), q.defined() ? q.data_ptr<scalar_t>() : nullptr,
-          bi.defined() ? bi.data_ptr<int64_t>() : nullptr, images, points, classes, dense, logits,
-          static_cast<acc_t>(alpha), static_cast<acc_t>(score_threshold), cand.data_ptr<acc_t>());
+          bi.defined() ? bi.data_ptr<int64_t>() : nullptr, lab.defined() ? lab.data_ptr<int64_t>() : nullptr, images,
+          points, classes, dense, logits, static_cast<acc_t>(rescore_alpha(iou, alpha)),
+          static_cast<acc_t>(score_threshold), cand.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     // Top-k per (image, level): a fixed number of slots, -inf where unused.

@@ -26,6 +26,12 @@ inline void check_nms_args(const at::Tensor& boxes, const at::Tensor& scores, co
                     iou_threshold);
 }
 
+// Without an IoU prediction the ranking score is the class score itself:
+// alpha only weighs the two when there are two (docs/method.md, section 1).
+inline double rescore_alpha(const std::optional<at::Tensor>& iou, double alpha) {
+  return iou.has_value() ? alpha : 0.0;
+}
+
 inline void check_rescore_params(double alpha, double score_threshold, double iou_threshold,
                                  int64_t max_detections) {
   TORCH_CHECK_VALUE(alpha >= 0.0 && alpha <= 1.0, "alpha must be in [0, 1], got ", alpha);

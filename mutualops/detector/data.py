@@ -7,11 +7,16 @@ indices), and ignore_boxes [I, 4] (COCO crowd regions, to be ignored by the
 assigner rather than learned as objects).
 """
 
+import contextlib
+import io
 import json
+import logging
 import math
 import os
 
 import torch
+
+log = logging.getLogger(__name__)
 
 SHAPE_CLASSES = ("square", "disc", "triangle", "ring", "frame", "cross")
 
@@ -183,17 +188,82 @@ def export_coco(dataset, out_dir, indices=None):
     return path
 
 
+class DatasetError(ValueError):
+    """A data set's files are missing or malformed: the user's to fix, so the
+    CLIs report it in one line rather than as a bug's traceback."""
+
+
+COCO_FIELDS = {"images": ("id", "file_name", "height", "width"), "categories": ("id", "name"),
+               "annotations": ("id", "image_id", "category_id", "bbox")}
+
+
+def read_coco_annotations(path):
+    """The instances JSON at path, checked for everything the loader relies on,
+    so that a broken file fails at once with its name, not inside some batch."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as e:
+        raise DatasetError(f"cannot read COCO annotations {path}: {e.strerror or e}") from e
+    except ValueError as e:
+        raise DatasetError(f"COCO annotations {path} are not valid JSON: {e}") from e
+    if not isinstance(data, dict) or not all(isinstance(data.get(key), list) for key in COCO_FIELDS):
+        raise DatasetError(f"{path} is not COCO instances JSON: it needs the lists {', '.join(COCO_FIELDS)}")
+    for section, fields in COCO_FIELDS.items():
+        for i, entry in enumerate(data[section]):
+            if not isinstance(entry, dict) or not all(key in entry for key in fields):
+                raise DatasetError(f"{path}: {section}[{i}] needs the fields {', '.join(fields)}")
+    if not data["annotations"]:
+        raise DatasetError(f"{path} has an empty annotations list: nothing to learn or evaluate")
+    _check_annotations(data, path)
+    return data
+
+
+def _check_annotations(data, path):
+    image_ids = {image["id"] for image in data["images"]}
+    category_ids = {category["id"] for category in data["categories"]}
+    for ann in data["annotations"]:
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            raise DatasetError(f"{path}: annotation {ann['id']} has bbox {bbox!r}, not [x, y, width, height]")
+        if ann["category_id"] not in category_ids:
+            raise DatasetError(f"{path}: annotation {ann['id']} has category_id {ann['category_id']!r}, "
+                               f"which is not among the categories")
+        if ann["image_id"] not in image_ids:
+            raise DatasetError(f"{path}: annotation {ann['id']} has image_id {ann['image_id']!r}, "
+                               f"which is not among the images")
+    degenerate = sum(1 for ann in data["annotations"] if ann["bbox"][2] <= 0 or ann["bbox"][3] <= 0)
+    if degenerate:
+        log.warning("%s: dropping %d of %d annotations whose box has zero or negative width or height",
+                    path, degenerate, len(data["annotations"]))
+
+
+def _check_image_files(image_dir, images):
+    if not os.path.isdir(image_dir):
+        raise DatasetError(f"the image folder {image_dir} does not exist")
+    missing = [image["file_name"] for image in images if not os.path.isfile(os.path.join(image_dir, image["file_name"]))]
+    if missing:
+        raise DatasetError(f"{len(missing)} of {len(images)} images are missing from {image_dir}, e.g. {missing[0]}")
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """A COCO-format dataset read with pycocotools. Category ids map to
     contiguous 0-based labels (in id order); crowd annotations become
-    ignore_boxes; boxes of zero width or height are dropped. With size=(H, W),
-    images are resized to it (boxes scaled alike), so that batches stack."""
+    ignore_boxes; boxes of zero or negative width or height are dropped (a
+    warning counts them). With size=(H, W), images are resized to it (boxes
+    scaled alike), so that batches stack. Missing or malformed files raise
+    DatasetError."""
 
     def __init__(self, image_dir, ann_file, size=None):
         from pycocotools.coco import COCO
 
+        data = read_coco_annotations(ann_file)
+        _check_image_files(image_dir, data["images"])
         self.image_dir = image_dir
-        self.coco = COCO(ann_file)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+            self.coco = COCO()
+            self.coco.dataset = data
+            self.coco.createIndex()
         self.ids = sorted(self.coco.imgs.keys())
         self.category_ids = sorted(self.coco.cats.keys())
         self.label_of = {cid: k for k, cid in enumerate(self.category_ids)}
@@ -208,8 +278,16 @@ class CocoDetection(torch.utils.data.Dataset):
 
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
-        with Image.open(os.path.join(self.image_dir, info["file_name"])) as im:
-            array = torch.frombuffer(bytearray(im.convert("RGB").tobytes()), dtype=torch.uint8)
+        path = os.path.join(self.image_dir, info["file_name"])
+        try:
+            with Image.open(path) as im:
+                rgb = im.convert("RGB")
+        except OSError as e:  # PIL's error for a truncated or corrupt file
+            raise DatasetError(f"cannot read image {path}: {e}") from e
+        if rgb.size != (info["width"], info["height"]):
+            raise DatasetError(f"image {path} is {rgb.width}x{rgb.height} but its annotations say "
+                               f"{info['width']}x{info['height']}")
+        array = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
         image = array.reshape(info["height"], info["width"], 3).permute(2, 0, 1).float() / 255
         boxes, labels, ignore = [], [], []
         for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=[image_id])):

@@ -77,8 +77,7 @@ def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=Non
     """Ultralytics' ``non_max_suppression`` on mutualops' batched NMS: the
     same arguments and results (a list of [n, 6 + extra] rows (x1, y1, x2, y2,
     conf, class, extra...) per image, and the kept input indices with
-    ``return_idxs``), for the whole batch in one NMS call and without a time
-    limit. ``max_time_img`` and ``max_wh`` are accepted and unused."""
+    ``return_idxs``), one NMS call per image and no time limit. ``max_time_img`` and ``max_wh`` are accepted and unused."""
     pred = prediction[0] if isinstance(prediction, (list, tuple)) else prediction
     if rotated or end2end or pred.shape[-1] == 6:
         return _originals.get("non_max_suppression", _modules()[1].non_max_suppression)(
@@ -97,54 +96,38 @@ def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=Non
     rows = pred.transpose(1, 2)  # [B, N, 4 + nc + extra]
     candidates = pred[:, 4:4 + nc].amax(1) > conf_thres  # [B, N]
     wanted = None if classes is None else torch.as_tensor(classes, device=pred.device).reshape(-1).long()
-    # One image at a time, only the candidates' class scores are gathered (as lean as Ultralytics'
-    # loop); the NMS then runs once for the batch.
-    picks = []
+    output, kept = [], []
+    # One image at a time, as Ultralytics' loop, so that only one image's candidates are held.
     for i in range(bs):
         anchor = candidates[i].nonzero()[:, 0]
-        cls = rows[i, anchor, 4:4 + nc]
-        if multi_label and nc > 1:
-            row, label = torch.where(cls > conf_thres)
-            anchor, score = anchor[row], cls[row, label]
-        else:
-            score, label = cls.max(1)
-        if wanted is not None:
-            keep = torch.isin(label, wanted)
-            anchor, label, score = anchor[keep], label[keep], score[keep]
-        picks.append((torch.full_like(anchor, i), anchor, label, score))
-    image, anchor, label, score = (torch.cat(t) for t in zip(*picks))
-    image, anchor, label, score = _cap_per_image(image, anchor, label, score, bs, max_nms)
-    xywh = rows[image, anchor, :4]
+        detections, index = _image_detections(rows[i], anchor, nc, conf_thres, iou_thres, wanted, agnostic,
+                                              multi_label and nc > 1, max_det, max_nms)
+        if index.numel():
+            output.append(detections.to(out_dtype))
+            kept.append(index)
+        else:  # Ultralytics' empty result
+            output.append(torch.zeros((0, 2 + channels - nc), device=pred.device))
+            kept.append(torch.zeros((0, 1), device=pred.device))
+    return (output, kept) if return_idxs else output
+
+
+def _image_detections(rows, anchor, nc, conf_thres, iou_thres, wanted, agnostic, multi_label, max_det, max_nms):
+    """One image's detections [n, 6 + extra] and their input indices, by decreasing score."""
+    cls = rows[anchor, 4:4 + nc]
+    if multi_label:
+        row, label = torch.where(cls > conf_thres)
+        anchor, score = anchor[row], cls[row, label]
+    else:
+        score, label = cls.max(1)
+    if wanted is not None:
+        keep = torch.isin(label, wanted)
+        anchor, label, score = anchor[keep], label[keep], score[keep]
+    if score.numel() > max_nms:  # the highest scores, ties to the lower index, back in input order
+        top = torch.sort(torch.sort(score, descending=True, stable=True).indices[:max_nms]).values
+        anchor, label, score = anchor[top], label[top], score[top]
+    xywh = rows[anchor, :4]
     half = xywh[:, 2:] / 2
     boxes = torch.cat([xywh[:, :2] - half, xywh[:, :2] + half], 1)
-    keep = batched_nms(boxes, score, image if agnostic else image * nc + label, float(iou_thres))
-    # keep is by decreasing score: a stable sort by image keeps that order within each image.
-    keep = keep[torch.sort(image[keep], stable=True).indices]
-    counts = torch.bincount(image[keep], minlength=bs)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(keep.numel(), device=keep.device) - starts[image[keep]]
-    keep = keep[rank < max_det]
-    counts = counts.clamp(max=max_det).tolist()
-    detections = torch.cat([boxes[keep], score[keep, None], label[keep, None].float(),
-                            rows[image[keep], anchor[keep], 4 + nc:]], 1).to(out_dtype)
-    output = list(detections.split(counts))
-    for i, c in enumerate(counts):
-        if c == 0:  # Ultralytics' empty result
-            output[i] = torch.zeros((0, detections.shape[1]), device=pred.device)
-    if not return_idxs:
-        return output
-    kept = [k if c else torch.zeros((0, 1), device=pred.device) for k, c in zip(anchor[keep].split(counts), counts)]
-    return output, kept
-
-
-def _cap_per_image(image, anchor, label, score, bs, max_nms):
-    """At most max_nms candidates per image, the highest scores (ties to the lower index)."""
-    counts = torch.bincount(image, minlength=bs)
-    if image.numel() == 0 or int(counts.max()) <= max_nms:
-        return image, anchor, label, score
-    order = torch.sort(score, descending=True, stable=True).indices
-    order = order[torch.sort(image[order], stable=True).indices]
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(order.numel(), device=order.device) - starts[image[order]]
-    chosen = torch.sort(order[rank < max_nms]).values  # back to input order
-    return image[chosen], anchor[chosen], label[chosen], score[chosen]
+    keep = batched_nms(boxes, score, torch.zeros_like(label) if agnostic else label, float(iou_thres))[:max_det]
+    detections = torch.cat([boxes[keep], score[keep, None], label[keep, None].float(), rows[anchor[keep], 4 + nc:]], 1)
+    return detections, anchor[keep]

@@ -52,8 +52,11 @@ MUTUALOPS_HD bool fcos_key_acceptable(T key, bool torchvision_compat) {
 }
 
 // Max-IoU thresholds (torchvision Matcher, mmdetection MaxIoUAssigner):
-// >= positive: matched; < negative: negative; in between: ignored.
-MUTUALOPS_HD int64_t max_iou_code(double iou, int64_t best_gt, double positive, double negative) {
+// >= positive: matched; < negative: negative; in between: ignored. The
+// thresholds come rounded to the IoU's type, as a Python float compared with
+// a float32 tensor is in torch: an IoU of exactly float32(0.7) meets 0.7.
+template <typename T>
+MUTUALOPS_HD int64_t max_iou_code(T iou, int64_t best_gt, T positive, T negative) {
   if (iou >= positive) return best_gt;
   return iou < negative ? kNegative : kIgnore;
 }
