@@ -8,6 +8,9 @@ Harmony (docs/method.md, section 1): each pre-NMS prediction scoring at least th
 threshold belongs to the GT it overlaps most when that IoU is >= 0.5; per GT
 object with two or more predictions, Spearman's rho of their scores and IoUs;
 harmony is the mean over objects (their count is reported), divergence 1 - it.
+
+A user error (bad flag, checkpoint or data) prints one line "error: ..." and
+exits with status 2; --debug adds the traceback.
 """
 
 import argparse
@@ -22,15 +25,22 @@ from .box_iou import box_iou_aligned
 from .detector.data import CocoDetection, ShapesDataset, coco_dict, collate
 from .detector.model import Detector, DetectorConfig
 from .metrics import gt_index_from_iou, harmony
+from .train import CliParser, UserError, check_device, check_out_folder, exit_on_user_error, read_checkpoint, \
+    write_atomically
 
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def load_detector(path, device="cpu"):
-    state = torch.load(path, map_location=device, weights_only=False)
-    model = Detector(DetectorConfig(**state["config"])).to(device)
-    model.load_state_dict(state["model"])
-    return model.eval(), state
+    """(model, checkpoint). The model is built without its backbone weights file,
+    which the checkpoint's weights replace: it may be gone since training."""
+    state = read_checkpoint(path)
+    try:
+        model = Detector(DetectorConfig(**{**state["config"], "backbone_weights": ""}))
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, RuntimeError) as e:  # what a config or weights of another detector raise
+        raise UserError(f"{path} does not fit this version's detector: {str(e).splitlines()[0]}") from e
+    return model.to(device).eval(), state
 
 
 def coco_eval(gt_dict, results):
@@ -137,9 +147,9 @@ def plot_ap_vs_harmony(metrics_by_name, path):
     return path
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m mutualops.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    p = CliParser(prog="python -m mutualops.evaluate", description=__doc__,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, nargs="+",
                    help="one or more checkpoints (several: AP against harmony across them is plotted)")
     p.add_argument("--out", default="", help="folder for metrics.json and the plots")
@@ -150,27 +160,59 @@ def main(argv=None):
     p.add_argument("--coco-ann", default="")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     args = p.parse_args(argv)
+    for name in ("num_images", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.image_size and min(args.image_size) < 1:
+        raise UserError(f"--image-size must be positive, got {' '.join(map(str, args.image_size))}")
+    if bool(args.coco_images) != bool(args.coco_ann):
+        raise UserError("--coco-images and --coco-ann go together")
+    check_out_folder(args.out)
+    check_device(args.device)
+    return args
+
+
+def dataset_for(args, model, state, path):
+    """The evaluation data at the checkpoint's image size, which must have the classes the model detects."""
+    size = tuple(args.image_size or state.get("image_size") or (128, 128))
+    if args.coco_images:
+        dataset = CocoDetection(args.coco_images, args.coco_ann, size=size)
+    else:
+        dataset = ShapesDataset(args.num_images, image_size=size, seed=args.data_seed)
+    if len(dataset.classes) != model.config.num_classes:
+        raise UserError(f"{path} detects {model.config.num_classes} classes but the data set has "
+                        f"{len(dataset.classes)}")
+    return dataset
+
+
+def write_json(path, value):
+    write_atomically(path, lambda f: f.write(json.dumps(value, indent=2).encode()))
+
+
+def evaluate_checkpoints(args):
     by_checkpoint, samples = {}, {}
     for path in args.checkpoint:
         model, state = load_detector(path, args.device)
-        size = tuple(args.image_size or state.get("image_size") or (128, 128))
-        if args.coco_images or args.coco_ann:
-            dataset = CocoDetection(args.coco_images, args.coco_ann, size=size)
-        else:
-            dataset = ShapesDataset(args.num_images, image_size=size, seed=args.data_seed)
+        dataset = dataset_for(args, model, state, path)
         name = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
         by_checkpoint[name], samples[name] = evaluate(model, dataset, args.batch_size, args.device)
     single = len(by_checkpoint) == 1
-    print(json.dumps(next(iter(by_checkpoint.values())) if single else by_checkpoint, indent=2))
+    results = next(iter(by_checkpoint.values())) if single else by_checkpoint
+    print(json.dumps(results, indent=2))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "metrics.json"), "w") as f:
-            json.dump(next(iter(by_checkpoint.values())) if single else by_checkpoint, f, indent=2)
+        write_json(os.path.join(args.out, "metrics.json"), results)
         print("plot:", plot_score_vs_iou(samples, os.path.join(args.out, "score_vs_iou.png")))
         if not single:
             print("plot:", plot_ap_vs_harmony({"checkpoints": list(by_checkpoint.items())},
                                               os.path.join(args.out, "ap_vs_harmony.png")))
+
+
+def main(argv=None):
+    with exit_on_user_error(argv):
+        evaluate_checkpoints(parse_args(argv))
 
 
 if __name__ == "__main__":

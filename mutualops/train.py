@@ -5,27 +5,69 @@
     torchrun --nproc_per_node 2 -m mutualops.train ...       # DDP (gloo on CPU, nccl on GPU)
 
 Data: the synthetic shapes dataset (default) or a COCO-format dataset
-(--coco-images DIR --coco-ann FILE). Checkpoints go to --out every epoch
-(last.pt; with --checkpoint-every N also epochN.pt);
---resume continues from --out/last.pt. Seeds make runs repeatable.
+(--coco-images DIR --coco-ann FILE). Options come from the defaults, then the
+--config file, then the flags given on the command line. Checkpoints go to --out
+every epoch (last.pt; with --checkpoint-every N also epochN.pt), each written
+whole or not at all; --resume continues from --out/last.pt exactly where it
+stopped (weights, optimizer, schedule, loss scaler, random states). Seeds make
+runs repeatable. A user error (bad flag, file or data) prints one line
+"error: ..." and exits with status 2; --debug adds the traceback.
 """
 
 import argparse
+import contextlib
 import json
+import logging
 import math
 import os
 import random
+import sys
 import time
+import traceback
 
+import numpy as np
 import torch
 
-from .detector.data import CocoDetection, ShapesDataset, collate
+from .detector.data import CocoDetection, DatasetError, ShapesDataset, collate
 from .detector.model import BACKBONES, FAMILIES, Detector, DetectorConfig
+
+logger = logging.getLogger(__name__)
+
+
+class UserError(Exception):
+    """Something wrong with the command line, a file it names or the run's state:
+    reported as one line and exit status 2, not as a traceback."""
+
+
+class CliParser(argparse.ArgumentParser):
+    def error(self, message):  # one line and status 2, as every other user error, instead of usage + message
+        raise UserError(message)
+
+
+@contextlib.contextmanager
+def exit_on_user_error(argv):
+    """Turns a user error into `error: ...` on stderr and exit status 2 (with
+    --debug, after its traceback); any other exception is a bug and keeps its traceback."""
+    try:
+        yield
+    except (UserError, DatasetError) as e:
+        if "--debug" in (sys.argv[1:] if argv is None else argv):
+            traceback.print_exc()
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def one_line(error):
+    """The error's message. One raised in a DataLoader worker comes back wrapped
+    in the worker's traceback, whose last line is "module.Class: message"."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    prefix = f"{type(error).__module__}.{type(error).__qualname__}: "
+    return lines[-1].removeprefix(prefix)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m mutualops.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(prog="python -m mutualops.train", description=__doc__,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="JSON file of option values (flags given on the command line win)")
     p.add_argument("--out", default="runs/detector", help="output folder (checkpoints, config, log)")
     p.add_argument("--family", choices=FAMILIES, default="fcos")
@@ -53,38 +95,188 @@ def build_parser():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="also keep epochN.pt every N epochs, for curves across checkpoints (0: last.pt only)")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from --out/last.pt (an error if there is none)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     return p
 
 
 def parse_args(argv=None):
+    """Options by precedence: defaults < the --config file < flags on the command line."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.config:
-        with open(args.config) as f:
-            values = json.load(f)
-        defaults = parser.parse_args([])
-        for key, value in values.items():
-            key = key.replace("-", "_")
-            if not hasattr(args, key):
-                parser.error(f"unknown option {key!r} in {args.config}")
-            if getattr(args, key) == getattr(defaults, key):  # the command line wins
-                setattr(args, key, value)
+        parser.set_defaults(**read_config(args.config, parser))
+        args = parser.parse_args(argv)
+    check_args(args)
     return args
+
+
+def read_config(path, parser):
+    """The config file's options, each checked as the same flag on the command line would be."""
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except OSError as e:
+        raise UserError(f"cannot read config {path}: {e.strerror or e}") from e
+    except ValueError as e:
+        raise UserError(f"config {path} is not valid JSON: {e}") from e
+    if not isinstance(values, dict):
+        raise UserError(f"config {path} must hold a JSON object of option values")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config", "debug")}
+    options = {}
+    for key, value in values.items():
+        action = actions.get(key.replace("-", "_"))
+        if action is None:
+            raise UserError(f"unknown option {key!r} in config {path}")
+        options[action.dest] = config_value(action, value, f"{key!r} in config {path}")
+    return options
+
+
+def config_value(action, value, where):
+    if action.nargs == 0:  # a switch
+        if not isinstance(value, bool):
+            raise UserError(f"{where} must be true or false, not {value!r}")
+        return value
+    if isinstance(action.nargs, int) and not (isinstance(value, list) and len(value) == action.nargs):
+        raise UserError(f"{where} must be a list of {action.nargs} values, not {value!r}")
+    items = value if isinstance(action.nargs, int) else [value]
+    try:  # through str, as if typed: 12.5 is then no int and true no number
+        items = [action.type(str(v)) if action.type else str(v) for v in items]
+    except ValueError:
+        raise UserError(f"{where} has the wrong type: {value!r}") from None
+    if action.choices and any(v not in action.choices for v in items):
+        raise UserError(f"{where} must be one of {', '.join(action.choices)}, not {value!r}")
+    return items if isinstance(action.nargs, int) else items[0]
+
+
+def check_args(args):
+    for name in ("epochs", "batch_size", "num_images", "width"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("max_minutes", "workers", "threads", "checkpoint_every"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
+    if not 0 <= args.alpha <= 1:
+        raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if min(args.image_size) < 1:
+        raise UserError(f"--image-size must be positive, got {' '.join(map(str, args.image_size))}")
+    if bool(args.coco_images) != bool(args.coco_ann):
+        raise UserError("--coco-images and --coco-ann go together")
+    check_out_folder(args.out)
+    check_device(args.device)
+
+
+def check_out_folder(path):
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"--out {path} is an existing file, not a folder")
+
+
+def check_device(name):
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: this machine or torch build has no CUDA GPU")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA GPUs")
 
 
 def seed_everything(seed):
     random.seed(seed)
+    np.random.seed(seed)
     torch.manual_seed(seed)
 
 
+def rng_state():
+    """The random states, as plain values and tensors that torch.load(weights_only=True) accepts."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [name, keys.tolist(), position, has_gauss, gauss],
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    name, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
+
+
 def dataset_from(args):
-    if args.coco_images or args.coco_ann:
-        if not (args.coco_images and args.coco_ann):
-            raise SystemExit("--coco-images and --coco-ann go together")
+    if args.coco_images:
         return CocoDetection(args.coco_images, args.coco_ann, size=tuple(args.image_size))
     return ShapesDataset(args.num_images, image_size=tuple(args.image_size), seed=args.data_seed)
+
+
+def steps_per_epoch(dataset, batch_size, world):
+    steps = len(dataset) // (batch_size * world)
+    if steps == 0:
+        processes = f" x {world} processes" if world > 1 else ""
+        raise UserError(f"a batch of {batch_size} images{processes} is more than the {len(dataset)} training "
+                        f"images: an epoch would have no step")
+    return steps
+
+
+def check_backbone_weights(args):
+    """Reports the keys of --backbone-weights that the torchvision backbone lacks
+    or expects; a file none of whose keys fit is the wrong file, not a partial one."""
+    path = args.backbone_weights
+    if args.backbone == "small":
+        raise UserError("--backbone-weights needs a ResNet --backbone; the small one is trained from scratch")
+    weights = load_file(path, "backbone weights")
+    if not isinstance(weights, dict):
+        raise UserError(f"backbone weights {path} hold a {type(weights).__name__}, not a state dict")
+    import torchvision
+
+    expected = getattr(torchvision.models, args.backbone)(weights=None).state_dict()
+    matched = weights.keys() & expected.keys()
+    if not matched:
+        raise UserError(f"none of the {len(weights)} keys of backbone weights {path} is a {args.backbone} key "
+                        f"(such as {next(iter(expected))!r})")
+    misshapen = sorted(k for k in matched if getattr(weights[k], "shape", None) != expected[k].shape)
+    if misshapen:
+        raise UserError(f"backbone weights {path}: {len(misshapen)} tensors do not fit {args.backbone}, "
+                        f"e.g. {misshapen[0]!r}")
+    missing, unexpected = sorted(expected.keys() - matched), sorted(weights.keys() - matched)
+    if missing or unexpected:
+        logger.warning("backbone weights %s: %d of %d keys loaded; missing %s; unexpected %s", path, len(matched),
+                    len(expected), preview(missing), preview(unexpected))
+
+
+def preview(keys, count=5):
+    shown = ", ".join(map(str, keys[:count]))
+    return f"{len(keys)} ({shown}{', ...' if len(keys) > count else ''})" if keys else "none"
+
+
+def load_file(path, what):
+    """torch.load(weights_only=True) of a file the user named; a file that is
+    missing, truncated or no torch file is their error, not a bug."""
+    if not os.path.isfile(path):
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load has no one error type for a bad file
+        raise UserError(f"cannot read {what} {path}: truncated or not a torch checkpoint "
+                        f"({type(e).__name__})") from e
+
+
+CHECKPOINT_KEYS = ("model", "config", "epoch")
+RESUME_KEYS = (*CHECKPOINT_KEYS, "optimizer", "schedule")
+
+
+def read_checkpoint(path, keys=CHECKPOINT_KEYS):
+    """A checkpoint written by train, or a UserError saying why path is not one."""
+    state = load_file(path, "checkpoint")
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise UserError(f"{path} is not a mutualops.train checkpoint: it has no {', '.join(missing)}")
+    return state
 
 
 def config_from(args, num_classes):
@@ -113,39 +305,130 @@ def distributed():
     return int(os.environ.get("RANK", "0")), world
 
 
-def train(args):
-    rank, world = distributed()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def write_atomically(path, write):
+    """Writes path through a temporary file in its folder renamed onto it, so that
+    a crash or a full disk midway leaves the previous file whole, never a torn one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    if os.name == "posix":  # the rename itself reaches the disk only with its folder
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_checkpoint(state, path):
+    try:
+        write_atomically(path, lambda f: torch.save(state, f))
+    except OSError as e:
+        raise UserError(f"cannot save checkpoint {path} ({e.strerror or e}); the previous one, if any, "
+                        f"is intact") from e
+
+
+def train_device(args, world):
     device = torch.device(args.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+    return device
+
+
+def resume(path, model, optimizer, schedule, scaler):
+    """Restores everything the run had after its last saved epoch; returns the epoch to continue with."""
+    if not os.path.exists(path):
+        raise UserError(f"--resume: there is no checkpoint {path} to resume from")
+    state = read_checkpoint(path, RESUME_KEYS)
+    differing = differing_config(state["config"], model.config.to_dict())
+    if differing:
+        raise UserError(f"{path} holds a different model than the flags ask for: {'; '.join(differing)}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    if state.get("scaler"):  # absent from older checkpoints, empty when AMP was off
+        scaler.load_state_dict(state["scaler"])
+    if "rng" in state:
+        set_rng_state(state["rng"])
+    return state["epoch"] + 1
+
+
+def differing_config(saved, wanted):
+    """The model options that differ, each as "key: checkpoint X, flags Y". The
+    backbone weights only initialise the model, so they may differ."""
+    saved, wanted = json.loads(json.dumps(saved)), json.loads(json.dumps(wanted))  # tuples and lists alike
+    keys = sorted((saved.keys() | wanted.keys()) - {"backbone_weights"})
+    return [f"{k}: checkpoint {saved.get(k)!r}, flags {wanted.get(k)!r}" for k in keys if saved.get(k) != wanted.get(k)]
+
+
+def train_step(net, model, images, targets, optimizer, schedule, scaler, amp):
+    """One optimisation step; returns the losses. A non-finite loss stops the run
+    rather than poisoning the weights that the next checkpoint would keep."""
+    with torch.autocast(images.device.type, enabled=amp):
+        losses = net(images, targets)
+    loss = float(losses["loss"].detach())
+    if not math.isfinite(loss):
+        raise UserError(f"the loss is {loss}: training stopped, last.pt keeps the last good epoch "
+                        f"(a lower --lr may help)")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(losses["loss"]).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+    scaler.step(optimizer)
+    scaler.update()
+    schedule.step()
+    return losses
+
+
+def save_epoch(args, epoch, entry, model, optimizer, schedule, scaler, dataset):
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+             "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch, "config": model.config.to_dict(),
+             "classes": list(dataset.classes), "image_size": list(args.image_size)}
+    save_checkpoint(state, os.path.join(args.out, "last.pt"))
+    if args.checkpoint_every and (epoch + 1) % args.checkpoint_every == 0:
+        save_checkpoint(state, os.path.join(args.out, f"epoch{epoch + 1}.pt"))
+    with open(os.path.join(args.out, "log.jsonl"), "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    if not args.no_progress:
+        print(f"epoch {epoch + 1}: loss {entry.get('loss', 0):.4f} ({entry['images_per_s']:.1f} img/s)")
+
+
+def train(args):
+    rank, world = distributed()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = train_device(args, world)
+    if args.backbone_weights:
+        check_backbone_weights(args)  # before seeding: it builds a model, drawing random numbers
     seed_everything(args.seed)
     dataset = dataset_from(args)
+    steps = steps_per_epoch(dataset, args.batch_size, world)
     model = Detector(config_from(args, len(dataset.classes))).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = max(len(dataset) // (args.batch_size * world), 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.epochs * steps_per_epoch))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.epochs * steps))
+    amp = args.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     os.makedirs(args.out, exist_ok=True)
-    start_epoch = 0
-    last = os.path.join(args.out, "last.pt")
-    if args.resume and os.path.exists(last):
-        state = torch.load(last, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        start_epoch = state["epoch"] + 1
+    start_epoch = resume(os.path.join(args.out, "last.pt"), model, optimizer, schedule, scaler) if args.resume else 0
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True, seed=args.seed, drop_last=True)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                                          collate_fn=collate, drop_last=True)
-    scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
     if rank == 0:
-        with open(os.path.join(args.out, "config.json"), "w") as f:
-            json.dump({**vars(args), "model": model.config.to_dict()}, f, indent=2, default=str)
+        settings = {**vars(args), "model": model.config.to_dict()}
+        write_atomically(os.path.join(args.out, "config.json"),
+                         lambda f: f.write(json.dumps(settings, indent=2, default=str).encode()))
     log = []
     started = time.perf_counter()
     stop = False
@@ -159,19 +442,11 @@ def train(args):
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", leave=False)
         seen, t0, sums = 0, time.perf_counter(), {}
         for step, (images, targets) in enumerate(bar):
-            if step >= steps_per_epoch:
+            if step >= steps:
                 break
             images = images.to(device)
             targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-            with torch.autocast(device.type, enabled=args.amp and device.type == "cuda"):
-                losses = net(images, targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["loss"]).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
+            losses = train_step(net, model, images, targets, optimizer, schedule, scaler, amp)
             seen += images.shape[0] * world
             for k in ("loss", "cls", "box", "quality"):
                 sums[k] = sums.get(k, 0.0) + float(losses[k].detach())
@@ -184,16 +459,7 @@ def train(args):
                  "images_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
         log.append(entry)
         if rank == 0:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                     "epoch": epoch, "config": model.config.to_dict(), "classes": list(dataset.classes),
-                     "image_size": list(args.image_size)}
-            torch.save(state, last)
-            if args.checkpoint_every and (epoch + 1) % args.checkpoint_every == 0:
-                torch.save(state, os.path.join(args.out, f"epoch{epoch + 1}.pt"))
-            with open(os.path.join(args.out, "log.jsonl"), "a") as f:
-                f.write(json.dumps(entry) + "\n")
-            if not args.no_progress:
-                print(f"epoch {epoch + 1}: loss {entry.get('loss', 0):.4f} ({entry['images_per_s']:.1f} img/s)")
+            save_epoch(args, epoch, entry, model, optimizer, schedule, scaler, dataset)
         if stop:
             break
     if world > 1:
@@ -203,7 +469,8 @@ def train(args):
 
 
 def main(argv=None):
-    train(parse_args(argv))
+    with exit_on_user_error(argv):
+        train(parse_args(argv))
 
 
 if __name__ == "__main__":
