@@ -32,3 +32,17 @@ def check_same(a, b, name_a, name_b, dtype=True):
 def check_choice(value, name, choices):
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def as_int(value, name):
+    """value as a Python int; bool and non-integers are a TypeError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return value
+
+
+def as_float(value, name):
+    """value as a Python float; bool and non-numbers (None included) are a TypeError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    return float(value)

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._validate import check_boxes, check_choice, check_float, check_same, check_tensor
+from ._validate import as_float, check_boxes, check_choice, check_float, check_same, check_tensor
 
 LOW_QUALITY = ("none", "torchvision", "mmdet")
 BOX_CODINGS = ("distance", "delta")
@@ -34,8 +34,13 @@ def pad_gt(gt_boxes, num_gt=None, gt_labels=None):
         counts = torch.tensor([b.shape[0] for b in gt_boxes], dtype=torch.long, device=ref.device)
         labels = None
         if gt_labels is not None:
+            if len(gt_labels) != len(gt_boxes):
+                raise ValueError(f"gt_labels must hold one tensor per image ({len(gt_boxes)}), got {len(gt_labels)}")
             labels = torch.zeros((len(gt_boxes), gmax), dtype=torch.long, device=ref.device)
-            for i, lab in enumerate(gt_labels):
+            for i, (lab, b) in enumerate(zip(gt_labels, gt_boxes)):
+                check_tensor(lab, f"gt_labels[{i}]")
+                if lab.shape != (b.shape[0],):
+                    raise ValueError(f"gt_labels[{i}] must have shape [{b.shape[0]}] (one per box), got {list(lab.shape)}")
                 labels[i, : lab.shape[0]] = lab
         return padded, counts, labels
     check_float(gt_boxes, "gt_boxes")
@@ -117,8 +122,9 @@ def assign_fcos(points, gt_boxes, num_gt=None, *, strides, regress_ranges, cente
         raise ValueError(f"strides must have shape [{n}], got {list(strides.shape)}")
     if regress_ranges.shape != (n, 2):
         raise ValueError(f"regress_ranges must have shape [{n}, 2], got {list(regress_ranges.shape)}")
-    if center_sampling_radius < 0:
-        raise ValueError(f"center_sampling_radius must be >= 0, got {center_sampling_radius}")
+    center_sampling_radius = as_float(center_sampling_radius, "center_sampling_radius")
+    if not math.isfinite(center_sampling_radius) or center_sampling_radius < 0:
+        raise ValueError(f"center_sampling_radius must be finite and >= 0, got {center_sampling_radius}")
     _check_finite_gt(boxes, counts, "gt_boxes")
     matched = torch.ops.mutualops.assign_fcos(points, boxes, counts, strides.to(points), regress_ranges.to(points),
                                               float(center_sampling_radius), bool(inclusive), bool(torchvision_compat))
@@ -150,6 +156,8 @@ def assign_max_iou(anchors, gt_boxes, num_gt=None, *, pos_iou_threshold=0.5, neg
         raise ValueError("neg_iou_threshold must not exceed pos_iou_threshold")
     _check_finite_gt(boxes, counts, "gt_boxes")
     ign = ign_counts = None
+    if ignore_boxes is None and num_ignore is not None:
+        raise ValueError("num_ignore counts rows of ignore_boxes: pass ignore_boxes too")
     if ignore_boxes is not None:
         if single:
             ignore_boxes = ignore_boxes[None] if isinstance(ignore_boxes, torch.Tensor) else ignore_boxes

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._validate import check_tensor
+from ._validate import as_float, as_int, check_tensor
 
 DEFAULT_STRIDES = (8, 16, 32)
 
@@ -43,18 +43,6 @@ def _min_side(stride):
     return float(value)
 
 
-def _int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    return value
-
-
-def _float(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    return float(value)
-
-
 def assign_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, *, topk=13, num_classes=80,
                         alpha=1.0, beta=6.0, eps=1e-9, stride=None, topk2=None, dense_scores=True):
     """Task-aligned assignment with the arguments, defaults and results of
@@ -75,12 +63,12 @@ def assign_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
     for name, t in (("pd_scores", pd_scores), ("pd_bboxes", pd_bboxes), ("anc_points", anc_points),
                     ("gt_labels", gt_labels), ("gt_bboxes", gt_bboxes), ("mask_gt", mask_gt)):
         check_tensor(t, name)
-    topk = _int(topk, "topk")
-    topk2 = topk if topk2 is None else _int(topk2, "topk2")
+    topk = as_int(topk, "topk")
+    topk2 = topk if topk2 is None else as_int(topk2, "topk2")
     labels, bboxes, scores, fg, gt_idx, alignment = torch.ops.mutualops.assign_task_aligned(
         pd_scores.detach(), pd_bboxes.detach(), anc_points.detach(), gt_labels.detach(), gt_bboxes.detach(),
-        mask_gt.detach(), topk, topk2, _int(num_classes, "num_classes"), _float(alpha, "alpha"),
-        _float(beta, "beta"), _float(eps, "eps"), _min_side(stride), bool(dense_scores))
+        mask_gt.detach(), topk, topk2, as_int(num_classes, "num_classes"), as_float(alpha, "alpha"),
+        as_float(beta, "beta"), as_float(eps, "eps"), _min_side(stride), bool(dense_scores))
     return TaskAlignedTargets(labels, bboxes, scores if dense_scores else alignment, fg, gt_idx)
 
 

@@ -232,6 +232,23 @@ def test_bad_input(gen):
     with pytest.raises(ValueError, match="priors"):
         mutualops.mutual_targets(torch.zeros(1, 10, dtype=torch.long), boxes, labels % 5, torch.rand(1, 10, 4),
                                  torch.randn(1, 10, 5), torch.rand(10, 2), box_coding="delta")
+    # Accepted without a word before: now each names the argument.
+    for radius, error in ((math.nan, ValueError), (-1.0, ValueError), (None, TypeError)):
+        with pytest.raises(error, match="center_sampling_radius"):
+            mutualops.assign_fcos(points, boxes, center_sampling_radius=radius, **kw)
+    for counts in (torch.tensor([-1]), torch.tensor([41])):
+        with pytest.raises(ValueError, match="num_gt must count rows of gt_boxes"):
+            mutualops.assign_fcos(points, boxes, counts, **kw)
+        with pytest.raises(ValueError, match="num_gt must count rows of gt_boxes"):
+            torch.ops.mutualops.assign_max_iou(random_boxes(10), boxes, counts, None, None, 0.5, 0.4, "none", 0.0,
+                                               True, 0.5)
+    with pytest.raises(ValueError, match="num_ignore must count rows of ignore_boxes"):
+        mutualops.assign_max_iou(random_boxes(10), boxes, ignore_boxes=boxes[:, :2], num_ignore=torch.tensor([-1]))
+    with pytest.raises(ValueError, match="pass ignore_boxes too"):
+        mutualops.assign_max_iou(random_boxes(10), boxes, num_ignore=torch.tensor([1]))
+    with pytest.raises(ValueError, match=r"gt_labels\[0\] must have shape \[40\]"):
+        mutualops.mutual_targets(torch.zeros(1, 10, dtype=torch.long), [boxes[0]], [labels[0, :39] % 5],
+                                 torch.rand(1, 10, 4), torch.randn(1, 10, 5), torch.rand(10, 2))
 
 
 @pytest.mark.parametrize("device", DEVICES)

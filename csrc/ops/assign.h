@@ -16,6 +16,11 @@ inline void check_gt(const at::Tensor& gt_boxes, const at::Tensor& num_gt, const
   TORCH_CHECK_VALUE(num_gt.dim() == 1 && num_gt.size(0) == gt_boxes.size(0), count_name, " must have shape [",
                     gt_boxes.size(0), "], got ", num_gt.sizes());
   TORCH_CHECK_VALUE(num_gt.device() == gt_boxes.device(), count_name, " must be on the device of ", boxes_name);
+  if (num_gt.numel() == 0) return;
+  const auto [lo, hi] = at::aminmax(num_gt);
+  const at::Tensor in_range = lo.ge(0).logical_and(hi.le(gt_boxes.size(1))).cpu();
+  TORCH_CHECK_VALUE(in_range.item<bool>(), count_name, " must count rows of ", boxes_name, ": each in [0, ",
+                    gt_boxes.size(1), "]");
 }
 
 inline void check_priors(const at::Tensor& priors, const at::Tensor& gt_boxes, int64_t width, const char* name) {
