@@ -1,0 +1,321 @@
+"""The train and evaluate CLIs: config precedence, safe checkpoints, exact resume,
+and user errors as one line with exit status 2. Runs are tiny (8 images of 64x64)."""
+
+import errno
+import json
+import logging
+import random
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from mutualops import evaluate, train
+from mutualops.detector.data import CocoDetection, ShapesDataset, export_coco
+from mutualops.detector.model import Detector, DetectorConfig
+
+pytest.importorskip("pycocotools", reason="COCO-format data and evaluation use pycocotools")
+
+TINY = ["--num-images", "8", "--image-size", "64", "64", "--width", "16", "--batch-size", "4", "--no-progress",
+        "--threads", "1", "--device", "cpu"]
+
+
+def train_main(out, *flags):
+    train.main(["--out", str(out), *TINY, *flags])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One-epoch FCOS and RetinaNet runs to resume or evaluate (copy before changing them)."""
+    root = tmp_path_factory.mktemp("runs")
+    for family in ("fcos", "retinanet"):
+        train_main(root / family, "--epochs", "1", "--family", family)
+    return root
+
+
+def copy_run(runs, family, tmp_path):
+    return shutil.copytree(runs / family, tmp_path / "run")
+
+
+def make_coco(folder, count=4):
+    ann = export_coco(ShapesDataset(count, image_size=(64, 64), seed=3), str(folder))
+    return str(folder / "images"), ann
+
+
+def edit_annotations(ann, edit):
+    data = json.loads(open(ann).read())
+    edit(data)
+    with open(ann, "w") as f:
+        json.dump(data, f)
+
+
+def expect_user_error(capsys, entry, argv):
+    """The one stderr line of a user error, after checking the exit status is 2."""
+    with pytest.raises(SystemExit) as exited:
+        entry(argv)
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+# ---- config precedence -------------------------------------------------------
+
+def test_config_file_sits_between_defaults_and_explicit_flags(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"epochs": 36, "family": "retinanet", "batch-size": 3}))
+    alone = train.parse_args(["--config", str(config), "--device", "cpu"])
+    assert (alone.epochs, alone.family, alone.batch_size, alone.width) == (36, "retinanet", 3, 64)
+    # 12 is also the default: an explicit flag wins even when it equals the default.
+    flags = train.parse_args(["--config", str(config), "--epochs", "12", "--family", "fcos", "--device", "cpu"])
+    assert (flags.epochs, flags.family, flags.batch_size) == (12, "fcos", 3)
+
+
+# ---- safe checkpoints and exact resume ----------------------------------------
+
+def fail_saves_after(monkeypatch, good_saves):
+    """torch.save that works good_saves times, then writes part of the file and
+    fails as a full disk does."""
+    save, calls = torch.save, []
+
+    def flaky(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) > good_saves:
+            f.write(b"PK\x03\x04 torn")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", flaky)
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint_and_resume_continues(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        fail_saves_after(m, good_saves=1)
+        message = expect_user_error(capsys, train.main, ["--out", str(out), *TINY, "--epochs", "2"])
+    assert "cannot save checkpoint" in message and "No space left on device" in message
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "last.pt", "log.jsonl"]  # no torn temporary
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 0
+    train_main(out, "--epochs", "2", "--resume")
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [0, 1]
+
+
+@pytest.fixture
+def random_loss_weights(monkeypatch):
+    """Losses scaled by draws from torch, numpy and Python random, so that the
+    weights depend on all three random states being restored on resume."""
+    forward = Detector.forward
+
+    def noisy(self, images, targets):
+        losses = forward(self, images, targets)
+        noise = float(torch.rand(())) + np.random.rand() + random.random()
+        return {**losses, "loss": losses["loss"] * (1 + 0.3 * noise)}
+
+    monkeypatch.setattr(Detector, "forward", noisy)
+
+
+def test_two_epochs_equal_one_epoch_then_resume(tmp_path, monkeypatch, capsys, random_loss_weights):
+    train_main(tmp_path / "whole", "--epochs", "2")
+    with monkeypatch.context() as m:
+        fail_saves_after(m, good_saves=1)  # stops the run after its first epoch
+        expect_user_error(capsys, train.main, ["--out", str(tmp_path / "resumed"), *TINY, "--epochs", "2"])
+    train_main(tmp_path / "resumed", "--epochs", "2", "--resume")
+    whole, resumed = (torch.load(tmp_path / name / "last.pt", weights_only=True) for name in ("whole", "resumed"))
+    torch.testing.assert_close(resumed["model"], whole["model"], rtol=1e-5, atol=1e-6)
+    assert resumed["schedule"]["last_epoch"] == whole["schedule"]["last_epoch"] == 4
+    assert torch.equal(resumed["rng"]["torch"], whole["rng"]["torch"])
+
+
+def test_a_non_finite_loss_stops_training(tmp_path, monkeypatch, capsys):
+    forward = Detector.forward
+    monkeypatch.setattr(Detector, "forward", lambda self, images, targets: {
+        **forward(self, images, targets), "loss": torch.tensor(float("nan"), requires_grad=True)})
+    message = expect_user_error(capsys, train.main, ["--out", str(tmp_path / "run"), *TINY, "--epochs", "1"])
+    assert "the loss is nan" in message
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+# ---- user errors: one line, exit status 2 ---------------------------------------
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def truncated_copy(source, path):
+    data = source.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    return str(path)
+
+
+def plain_state_dict(path):
+    torch.save(Detector(DetectorConfig(width=16)).state_dict(), path)
+    return str(path)
+
+
+def three_class_checkpoint(path):
+    config = DetectorConfig(width=16, num_classes=3)
+    torch.save({"model": Detector(config).state_dict(), "config": config.to_dict(), "epoch": 0}, path)
+    return str(path)
+
+
+def coco_flags(tmp_path, edit=None, damage=None):
+    images, ann = make_coco(tmp_path / "coco")
+    if edit:
+        edit_annotations(ann, edit)
+    if damage:
+        damage(tmp_path / "coco" / "images" / "000001.png")
+    return ["--coco-images", images, "--coco-ann", ann]
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[:60])
+
+
+def unknown_category(data):
+    data["annotations"][0]["category_id"] = 99
+
+
+def no_annotations(data):
+    data["annotations"] = []
+
+
+def resnet18_conv1_only(path):
+    torch.save({"stem.weight": torch.zeros(64, 3, 7, 7)}, path)
+    return str(path)
+
+
+def train_case(flags_of, expected):
+    """A train run with TINY settings; flags_of(tmp_path, runs) gives its own flags."""
+    return lambda tmp_path, runs: (train.main, ["--out", str(tmp_path / "out"), *TINY, *flags_of(tmp_path, runs)],
+                                   expected)
+
+
+def resume_case(family, damage, flags, expected):
+    def case(tmp_path, runs):
+        out = copy_run(runs, family, tmp_path)
+        damage(out / "last.pt")
+        return train.main, ["--out", str(out), *TINY, "--epochs", "2", "--resume", *flags], expected
+    return case
+
+
+def evaluate_case(flags_of, expected):
+    return lambda tmp_path, runs: (evaluate.main, ["--num-images", "4", "--device", "cpu", *flags_of(tmp_path, runs)],
+                                   expected)
+
+
+def last_pt(runs):
+    return ["--checkpoint", str(runs / "fcos" / "last.pt")]
+
+
+CASES = {
+    "unknown flag": train_case(lambda t, r: ["--bogus", "3"], "unrecognized arguments"),
+    "missing config": train_case(lambda t, r: ["--config", str(t / "none.json")], "cannot read config"),
+    "malformed config": train_case(lambda t, r: ["--config", write(t / "c.json", "{epochs: 3")], "not valid JSON"),
+    "unknown config key": train_case(lambda t, r: ["--config", write(t / "c.json", '{"epoch": 3}')],
+                                     "unknown option 'epoch'"),
+    "config value of the wrong type": train_case(lambda t, r: ["--config", write(t / "c.json", '{"epochs": 2.5}')],
+                                                 "wrong type"),
+    "config family not a choice": train_case(lambda t, r: ["--config", write(t / "c.json", '{"family": "yolo"}')],
+                                             "must be one of"),
+    "missing annotations": train_case(lambda t, r: ["--coco-images", str(t), "--coco-ann", str(t / "none.json")],
+                                      "cannot read COCO annotations"),
+    "malformed annotations": train_case(lambda t, r: ["--coco-images", str(t), "--coco-ann", write(t / "a.json", "[")],
+                                        "not valid JSON"),
+    "annotations not COCO": train_case(lambda t, r: ["--coco-images", str(t), "--coco-ann", write(t / "a.json", "{}")],
+                                       "not COCO instances JSON"),
+    "missing image file": train_case(lambda t, r: coco_flags(t, damage=lambda p: p.unlink()), "1 of 4 images are missing"),
+    "truncated image file": train_case(lambda t, r: [*coco_flags(t, damage=truncate), "--epochs", "1"],
+                                       "cannot read image"),
+    "truncated image file in a worker": train_case(
+        lambda t, r: [*coco_flags(t, damage=truncate), "--epochs", "1", "--workers", "1"], "cannot read image"),
+    "unknown category id": train_case(lambda t, r: coco_flags(t, edit=unknown_category), "category_id 99"),
+    "empty annotations": train_case(lambda t, r: coco_flags(t, edit=no_annotations), "empty annotations list"),
+    "resume without checkpoint": train_case(lambda t, r: ["--resume"], "no checkpoint"),
+    "resume truncated checkpoint": resume_case("fcos", lambda p: truncated_copy(p, p), [], "truncated"),
+    "resume wrong checkpoint": resume_case("fcos", plain_state_dict, [], "not a mutualops.train checkpoint"),
+    "resume RetinaNet as FCOS": resume_case("retinanet", lambda p: None, ["--family", "fcos"],
+                                            "family: checkpoint 'retinanet', flags 'fcos'"),
+    "resume with another width": resume_case("fcos", lambda p: None, ["--width", "32", "--mutual-cls"],
+                                             "mutual_cls: checkpoint False, flags True; width: checkpoint 16"),
+    "out is a file": lambda t, r: (train.main, ["--out", write(t / "file", ""), *TINY], "is an existing file"),
+    "batch size 0": train_case(lambda t, r: ["--batch-size", "0"], "--batch-size must be at least 1"),
+    "negative batch size": train_case(lambda t, r: ["--batch-size", "-4"], "--batch-size must be at least 1"),
+    "epochs 0": train_case(lambda t, r: ["--epochs", "0"], "--epochs must be at least 1"),
+    "alpha above 1": train_case(lambda t, r: ["--alpha", "1.5"], "--alpha must be in [0, 1]"),
+    "alpha below 0": train_case(lambda t, r: ["--alpha", "-0.1"], "--alpha must be in [0, 1]"),
+    "no images": train_case(lambda t, r: ["--num-images", "0"], "--num-images must be at least 1"),
+    "batch larger than the data": train_case(lambda t, r: ["--batch-size", "9"], "an epoch would have no step"),
+    "cuda without a GPU": train_case(lambda t, r: ["--device", "cuda"], "no CUDA GPU"),
+    "not a device": train_case(lambda t, r: ["--device", "gpu"], "is not a device"),
+    "backbone weights matching nothing": train_case(
+        lambda t, r: ["--backbone", "resnet18", "--backbone-weights", resnet18_conv1_only(t / "w.pt")],
+        "none of the 1 keys"),
+    "missing backbone weights": train_case(
+        lambda t, r: ["--backbone", "resnet18", "--backbone-weights", str(t / "none.pt")], "does not exist"),
+    "evaluate missing checkpoint": evaluate_case(lambda t, r: ["--checkpoint", str(t / "none.pt")], "does not exist"),
+    "evaluate truncated checkpoint": evaluate_case(
+        lambda t, r: ["--checkpoint", truncated_copy(r / "fcos" / "last.pt", t / "last.pt")], "truncated"),
+    "evaluate wrong checkpoint": evaluate_case(
+        lambda t, r: ["--checkpoint", str(r / "fcos" / "config.json")], "not a torch checkpoint"),
+    "evaluate state dict": evaluate_case(lambda t, r: ["--checkpoint", plain_state_dict(t / "sd.pt")],
+                                         "not a mutualops.train checkpoint"),
+    "evaluate other class count": evaluate_case(lambda t, r: ["--checkpoint", three_class_checkpoint(t / "c3.pt")],
+                                                "detects 3 classes but the data set has 6"),
+    "evaluate batch size 0": evaluate_case(lambda t, r: [*last_pt(r), "--batch-size", "0"], "at least 1"),
+    "evaluate no images": evaluate_case(lambda t, r: [*last_pt(r), "--num-images", "0"], "at least 1"),
+    "evaluate out is a file": evaluate_case(lambda t, r: [*last_pt(r), "--out", write(t / "f", "")], "existing file"),
+    "evaluate cuda without a GPU": evaluate_case(lambda t, r: [*last_pt(r), "--device", "cuda"], "no CUDA GPU"),
+    "evaluate missing image file": evaluate_case(lambda t, r: [*last_pt(r), *coco_flags(t, damage=lambda p: p.unlink())],
+                                                 "images are missing"),
+    "evaluate no checkpoint flag": evaluate_case(lambda t, r: [], "required: --checkpoint"),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_user_errors_print_one_line_and_exit_2(name, tmp_path, runs, capsys):
+    if "cuda" in name and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    entry, argv, expected = CASES[name](tmp_path, runs)
+    capsys.readouterr()
+    message = expect_user_error(capsys, entry, argv)
+    assert expected in message
+
+
+def test_debug_adds_the_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        train.main(["--out", str(tmp_path), "--epochs", "0", "--debug"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" in err
+    assert err.strip().splitlines()[-1] == "error: --epochs must be at least 1, got 0"
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "train", lambda args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        train.main(["--out", str(tmp_path), "--device", "cpu"])
+
+
+# ---- warnings of valid runs -----------------------------------------------------
+
+def test_degenerate_boxes_are_dropped_with_one_warning(tmp_path, caplog):
+    images, ann = make_coco(tmp_path)
+    edit_annotations(ann, lambda data: [a["bbox"].__setitem__(2, -3) for a in data["annotations"][:2]])
+    with caplog.at_level(logging.WARNING):
+        dataset = CocoDetection(images, ann)
+        boxes = sum(dataset[i][1]["boxes"].shape[0] for i in range(len(dataset)))
+    assert boxes == sum(ShapesDataset(4, image_size=(64, 64), seed=3)[i][1]["boxes"].shape[0] for i in range(4)) - 2
+    [record] = caplog.records
+    assert "dropping 2 of" in record.getMessage()
+
+
+def test_partial_backbone_weights_report_missing_and_unexpected_keys(tmp_path, caplog):
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "head.bias": torch.zeros(3)}, tmp_path / "w.pt")
+    args = train.parse_args(["--backbone", "resnet18", "--backbone-weights", str(tmp_path / "w.pt"), "--device", "cpu"])
+    with caplog.at_level(logging.WARNING):
+        train.check_backbone_weights(args)
+    [record] = caplog.records
+    message = record.getMessage()
+    assert "1 of 122 keys loaded" in message and "unexpected 1 (head.bias)" in message and "bn1.weight" in message
