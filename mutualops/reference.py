@@ -19,7 +19,13 @@ def _math_dtype(x):
 
 
 def _overlap(a, b, mode):
-    """Overlap of broadcastable box tensors a and b ([..., 4] each), in a float type."""
+    """Overlap of broadcastable box tensors a and b ([..., 4] each), in a float type; NaN where either box has a
+    non-finite coordinate (torchvision's result)."""
+    finite = torch.isfinite(a).all(-1) & torch.isfinite(b).all(-1)
+    return torch.where(finite, _finite_overlap(a, b, mode), torch.full((), math.nan, dtype=a.dtype, device=a.device))
+
+
+def _finite_overlap(a, b, mode):
     wa = (a[..., 2] - a[..., 0]).clamp(min=0)
     ha = (a[..., 3] - a[..., 1]).clamp(min=0)
     wb = (b[..., 2] - b[..., 0]).clamp(min=0)

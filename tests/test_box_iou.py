@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torchvision.ops as tvo
@@ -275,3 +277,25 @@ def test_mismatched_torch_gives_clear_error(monkeypatch):
     monkeypatch.setattr(_build_info, "TORCH_VERSION", "1.0.0")
     with pytest.raises(ImportError, match="built against torch 1.0.0"):
         _extension.load()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["iou", "giou", "diou", "ciou", "iof"])
+def test_non_finite_boxes_give_nan(device, mode):
+    # The clamps and min/max once dropped a NaN and gave IoU 5 (GIoU 4.17) here; now NaN, as torchvision.
+    finite = torch.tensor([[0.0, 0, 12, 20], [1, 1, 5, 5]], device=device)
+    for bad in (math.nan, math.inf, -math.inf):
+        odd = torch.tensor([[bad, 0, 10, 20]], device=device)
+        for a, b in ((odd, finite), (finite, odd)):
+            out = mutualops.box_iou(a, b, mode)
+            assert out.isnan().all(), (bad, out)
+            assert mutualops.box_iou_aligned(a.expand_as(b) if a.shape[0] == 1 else a,
+                                             b.expand_as(a) if b.shape[0] == 1 else b, mode).isnan().all()
+            torch.testing.assert_close(out, reference.box_iou(a, b, mode), equal_nan=True)
+        if math.isnan(bad):  # torchvision propagates NaN (and computes on with infinities)
+            assert torch.isnan(tvo.box_iou(odd.cpu(), finite.cpu())).all()
+    assert mutualops.box_iou(finite, finite, mode).isfinite().all()
+    if mode != "iof":
+        pred = torch.tensor([[math.nan, 0, 10, 20]], device=device, requires_grad=True)
+        loss = mutualops.iou_loss(pred, finite[:1], mode)
+        assert loss.isnan()  # not -4 with finite gradients

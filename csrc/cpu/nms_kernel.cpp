@@ -32,11 +32,6 @@ struct Scratch {
   const T& operator[](int64_t i) const { return ptr[i]; }
 };
 
-template <typename T>
-bool finite_box(const Box<T>& b) {
-  return std::isfinite(b.x1) && std::isfinite(b.y1) && std::isfinite(b.x2) && std::isfinite(b.y2);
-}
-
 // Boxes in candidate order as planes (x1, y1, x2, y2, area), so that the
 // suppression loop loads contiguous lanes and vectorizes.
 template <typename T>

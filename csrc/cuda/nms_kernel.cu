@@ -252,7 +252,7 @@ __global__ void candidate_scores_kernel(const scalar_t* __restrict__ boxes, cons
     // A negative (flat) label marks a padding candidate, as in the padded outputs: never kept.
     const bool ok = (dense || batch_index == nullptr || batch_index[p] == image) &&
                     (labels == nullptr || labels[p] >= 0) && s > score_threshold &&
-                    isfinite(s) && isfinite(b.x1) && isfinite(b.y1) && isfinite(b.x2) && isfinite(b.y2);
+                    isfinite(s) && finite_box(b);
     out[t] = ok ? s : -INFINITY;
   }
 }

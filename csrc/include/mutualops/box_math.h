@@ -63,7 +63,7 @@ MUTUALOPS_HD T clamp_min0(T v) {
 template <typename T>
 MUTUALOPS_HD T safe_div(T a, T b) {
   const T q = a / (b > T(0) ? b : T(1));
-  return b > T(0) ? q : T(0);
+  return b > T(0) ? q : (b <= T(0) ? T(0) : b);  // a NaN denominator stays NaN (see box_shape)
 }
 
 template <typename T>
@@ -112,6 +112,13 @@ MUTUALOPS_HD T aspect_angle(T w, T h) {
   return w > T(0) ? T(1.5707963267948966) : T(0);
 }
 
+// True when all four coordinates are finite: x - x is 0 for finite x and NaN
+// for an infinity or a NaN (no isfinite, which differs between host and device).
+template <typename T>
+MUTUALOPS_HD bool finite_box(const Box<T>& b) {
+  return (b.x1 - b.x1 == T(0)) & (b.y1 - b.y1 == T(0)) & (b.x2 - b.x2 == T(0)) & (b.y2 - b.y2 == T(0));
+}
+
 // What the overlap formulas need of one box besides its corners: its area and,
 // for CIoU, its aspect angle. Pairwise kernels compute it once per box rather
 // than once per pair (the angle costs an atan).
@@ -121,9 +128,13 @@ struct BoxShape {
   T angle;
 };
 
+// A box with a non-finite coordinate gets area NaN, which makes its overlap
+// with any box NaN in every mode (torchvision's result), where the clamps
+// and min/max below would otherwise drop the NaN and report an IoU above 1.
 template <IouMode M, typename T>
 MUTUALOPS_HD BoxShape<T> box_shape(const Box<T>& b) {
-  return BoxShape<T>{box_area(b), M == IouMode::kCiou ? aspect_angle(box_width(b), box_height(b)) : T(0)};
+  return BoxShape<T>{finite_box(b) ? box_area(b) : T(NAN),
+                     M == IouMode::kCiou ? aspect_angle(box_width(b), box_height(b)) : T(0)};
 }
 
 // Overlap of a and b for one mode. The mode is a template parameter so that a
@@ -131,7 +142,7 @@ MUTUALOPS_HD BoxShape<T> box_shape(const Box<T>& b) {
 template <IouMode M, typename T>
 MUTUALOPS_HD T box_overlap(const Box<T>& a, const Box<T>& b, const BoxShape<T>& sa, const BoxShape<T>& sb) {
   const T inter = intersection_area(a, b);
-  if (M == IouMode::kIof) return safe_div(inter, sa.area);
+  if (M == IouMode::kIof) return safe_div(inter, sa.area) + (sb.area - sb.area);  // NaN for a NaN area of b
   const T uni = sa.area + sb.area - inter;
   const T iou = safe_div(inter, uni);
   if (M == IouMode::kIou) return iou;
