@@ -244,6 +244,14 @@ def test_bad_input(gen):
                                                True, 0.5)
     with pytest.raises(ValueError, match="num_ignore must count rows of ignore_boxes"):
         mutualops.assign_max_iou(random_boxes(10), boxes, ignore_boxes=boxes[:, :2], num_ignore=torch.tensor([-1]))
+    odd = random_boxes(10)
+    odd[3, 1] = math.nan
+    with pytest.raises(ValueError, match="anchors holds a non-finite"):
+        mutualops.assign_max_iou(odd, boxes)
+    odd_points = points.clone()
+    odd_points[5, 0] = math.inf
+    with pytest.raises(ValueError, match="points holds a non-finite"):
+        mutualops.assign_fcos(odd_points, boxes, **kw)
     with pytest.raises(ValueError, match="pass ignore_boxes too"):
         mutualops.assign_max_iou(random_boxes(10), boxes, num_ignore=torch.tensor([1]))
     with pytest.raises(ValueError, match=r"gt_labels\[0\] must have shape \[40\]"):

@@ -28,6 +28,12 @@ inline void check_priors(const at::Tensor& priors, const at::Tensor& gt_boxes, i
   TORCH_CHECK_VALUE(priors.dim() == 2 && priors.size(1) == width, name, " must have shape [P, ", width, "], got ",
                     priors.sizes());
   TORCH_CHECK_VALUE(priors.device() == gt_boxes.device(), name, " must be on the device of gt_boxes");
+  // A non-finite prior would compare false with every threshold and poison the
+  // per-GT maxima; one host read rules it out.
+  if (priors.numel() == 0) return;
+  const auto [lo, hi] = at::aminmax(priors);
+  TORCH_CHECK_VALUE(lo.gt(-INFINITY).logical_and(hi.lt(INFINITY)).cpu().item<bool>(), name,
+                    " holds a non-finite coordinate");
 }
 
 inline void check_assign_fcos(const at::Tensor& points, const at::Tensor& gt_boxes, const at::Tensor& num_gt,
