@@ -170,6 +170,10 @@ def coco_flags(tmp_path, edit=None, damage=None):
     return ["--coco-images", images, "--coco-ann", ann]
 
 
+def delete(path):
+    path.unlink()
+
+
 def truncate(path):
     path.write_bytes(path.read_bytes()[:60])
 
@@ -226,7 +230,7 @@ CASES = {
                                         "not valid JSON"),
     "annotations not COCO": train_case(lambda t, r: ["--coco-images", str(t), "--coco-ann", write(t / "a.json", "{}")],
                                        "not COCO instances JSON"),
-    "missing image file": train_case(lambda t, r: coco_flags(t, damage=lambda p: p.unlink()), "1 of 4 images are missing"),
+    "missing image file": train_case(lambda t, r: coco_flags(t, damage=delete), "1 of 4 images are missing"),
     "truncated image file": train_case(lambda t, r: [*coco_flags(t, damage=truncate), "--epochs", "1"],
                                        "cannot read image"),
     "truncated image file in a worker": train_case(
@@ -268,7 +272,7 @@ CASES = {
     "evaluate no images": evaluate_case(lambda t, r: [*last_pt(r), "--num-images", "0"], "at least 1"),
     "evaluate out is a file": evaluate_case(lambda t, r: [*last_pt(r), "--out", write(t / "f", "")], "existing file"),
     "evaluate cuda without a GPU": evaluate_case(lambda t, r: [*last_pt(r), "--device", "cuda"], "no CUDA GPU"),
-    "evaluate missing image file": evaluate_case(lambda t, r: [*last_pt(r), *coco_flags(t, damage=lambda p: p.unlink())],
+    "evaluate missing image file": evaluate_case(lambda t, r: [*last_pt(r), *coco_flags(t, damage=delete)],
                                                  "images are missing"),
     "evaluate no checkpoint flag": evaluate_case(lambda t, r: [], "required: --checkpoint"),
 }

@@ -241,7 +241,7 @@ def _check_annotations(data, path):
 def _check_image_files(image_dir, images):
     if not os.path.isdir(image_dir):
         raise DatasetError(f"the image folder {image_dir} does not exist")
-    missing = [image["file_name"] for image in images if not os.path.isfile(os.path.join(image_dir, image["file_name"]))]
+    missing = [im["file_name"] for im in images if not os.path.isfile(os.path.join(image_dir, im["file_name"]))]
     if missing:
         raise DatasetError(f"{len(missing)} of {len(images)} images are missing from {image_dir}, e.g. {missing[0]}")
 
