@@ -106,3 +106,23 @@ def _aligned_backward(ctx, grad):
 torch.library.register_autograd(
     "mutualops::box_iou_aligned", _aligned_backward, setup_context=_aligned_setup_context
 )
+
+
+def _pairwise_setup_context(ctx, inputs, output):
+    boxes1, boxes2, mode = inputs
+    ctx.save_for_backward(boxes1, boxes2)
+    ctx.mode = mode
+
+
+def _pairwise_backward(ctx, grad):
+    # Every pair's gradient is the aligned op's: the pairs are expanded only here, in the backward pass that
+    # DETR-style matching losses need, so the forward keeps its single N x M allocation.
+    boxes1, boxes2 = ctx.saved_tensors
+    pairs = (*grad.shape, 4)
+    grad1, grad2 = torch.ops.mutualops.box_iou_aligned_backward(
+        grad.reshape(-1), boxes1.unsqueeze(-2).expand(pairs).reshape(-1, 4),
+        boxes2.unsqueeze(-3).expand(pairs).reshape(-1, 4), ctx.mode)
+    return grad1.reshape(pairs).sum(-2), grad2.reshape(pairs).sum(-3), None
+
+
+torch.library.register_autograd("mutualops::box_iou", _pairwise_backward, setup_context=_pairwise_setup_context)

@@ -299,3 +299,35 @@ def test_non_finite_boxes_give_nan(device, mode):
         pred = torch.tensor([[math.nan, 0, 10, 20]], device=device, requires_grad=True)
         loss = mutualops.iou_loss(pred, finite[:1], mode)
         assert loss.isnan()  # not -4 with finite gradients
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["iou", "giou", "diou", "ciou", "iof"])
+def test_pairwise_box_iou_is_differentiable(device, mode, gen):
+    # Once the output required grad but backward left .grad None (DETR-style matching costs need it).
+    for n, m, batch in ((5, 7, None), (4, 6, 2)):
+        a = random_boxes(n, batch=batch, generator=gen, dtype=torch.float64, device=device).requires_grad_()
+        b = random_boxes(m, batch=batch, generator=gen, dtype=torch.float64, device=device).requires_grad_()
+        if mode != "ciou":  # CIoU's trade-off weight is a constant in the gradient, as in torchvision
+            assert torch.autograd.gradcheck(lambda x, y: mutualops.box_iou(x, y, mode), (a, b))
+        weight = torch.rand(mutualops.box_iou(a, b, mode).shape, generator=gen, dtype=torch.float64).to(device)
+        ours = torch.autograd.grad(mutualops.box_iou(a, b, mode), (a, b), weight)
+        theirs = torch.autograd.grad(reference.box_iou(a, b, mode), (a, b), weight)
+        for x, y in zip(ours, theirs):
+            torch.testing.assert_close(x, y)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["iou", "giou", "diou", "ciou"])
+def test_iou_loss_is_stationary_at_the_target(device, mode, gen):
+    # min/max ties split the gradient in half, as torch does: a perfect box gets no push.
+    target = random_boxes(6, generator=gen, dtype=torch.float64, device=device)
+    pred = target.clone().requires_grad_()
+    mutualops.iou_loss(pred, target, mode).backward()
+    torch.testing.assert_close(pred.grad, torch.zeros_like(pred), atol=1e-12, rtol=0)
+    # Shared edges only (same x range, different y): the gradient matches torch's autograd of the reference.
+    other = target.clone()
+    other[:, 3] += 2
+    ours = torch.autograd.grad(mutualops.iou_loss(pred, other, mode), pred)[0]
+    theirs = torch.autograd.grad(reference.iou_loss(pred, other, mode), pred)[0]
+    torch.testing.assert_close(ours, theirs)

@@ -199,35 +199,34 @@ MUTUALOPS_HD void extent_backward(T hi, T lo, T g, T* g_hi, T* g_lo) {
   }
 }
 
-// Gradient of min(p, q) or max(p, q): it flows to the selected argument
-// (to the first one on a tie).
+// Gradient of max(p, q) (larger = true) or min(p, q) into p and q as torch
+// splits it: all to the selected argument, half to each on a tie. With the
+// tie split, identical boxes are a stationary point of every IoU loss.
 template <typename T>
-MUTUALOPS_HD void select_backward(bool first, T g, T* g_p, T* g_q) {
-  if (first) {
+MUTUALOPS_HD void select_backward(T p, T q, bool larger, T g, T* g_p, T* g_q) {
+  if (p == q) {
+    *g_p += g / T(2);
+    *g_q += g / T(2);
+  } else if ((p > q) == larger) {
     *g_p += g;
   } else {
     *g_q += g;
   }
 }
 
-// Gradient of enclosing_extent: +g to the largest coordinate, -g to the
-// smallest (ties go to a's far side, then b's, as max2/min2 pick).
+// Gradient of enclosing_extent, through its nesting: hi = max(max(a2, b2),
+// max(a1, b1)) gets +g, lo = min(min(a1, b1), min(a2, b2)) gets -g.
 template <typename T>
 MUTUALOPS_HD void enclosing_extent_backward(T a1, T a2, T b1, T b2, T g, T* g_a1, T* g_a2, T* g_b1,
                                             T* g_b2) {
   if (g == T(0) || !(enclosing_extent(a1, a2, b1, b2) > T(0))) return;
-  T* g_hi = g_a2;
-  T hi = a2;
-  if (b2 > hi) hi = b2, g_hi = g_b2;
-  if (a1 > hi) hi = a1, g_hi = g_a1;
-  if (b1 > hi) g_hi = g_b1;
-  T* g_lo = g_a1;
-  T lo = a1;
-  if (b1 < lo) lo = b1, g_lo = g_b1;
-  if (a2 < lo) lo = a2, g_lo = g_a2;
-  if (b2 < lo) g_lo = g_b2;
-  *g_hi += g;
-  *g_lo -= g;
+  T g_far = T(0), g_near = T(0), g_low = T(0), g_high = T(0);
+  select_backward(max2(a2, b2), max2(a1, b1), true, g, &g_far, &g_near);
+  select_backward(a2, b2, true, g_far, g_a2, g_b2);
+  select_backward(a1, b1, true, g_near, g_a1, g_b1);
+  select_backward(min2(a1, b1), min2(a2, b2), false, -g, &g_low, &g_high);
+  select_backward(a1, b1, false, g_low, g_a1, g_b1);
+  select_backward(a2, b2, false, g_high, g_a2, g_b2);
 }
 
 // Backward of box_overlap(a, b, mode) for one pair: adds grad * d(overlap)/d(a)
@@ -317,12 +316,12 @@ MUTUALOPS_HD void box_overlap_backward(const Box<T>& a, const Box<T>& b, IouMode
   // Intersection extents: min(a.x2, b.x2) - max(a.x1, b.x1), clamped.
   const T g_iw = g_inter * ih, g_ih = g_inter * iw;
   if (ix2 - ix1 > T(0)) {
-    select_backward(a.x2 <= b.x2, g_iw, &g_a->x2, &g_b->x2);
-    select_backward(a.x1 >= b.x1, -g_iw, &g_a->x1, &g_b->x1);
+    select_backward(a.x2, b.x2, false, g_iw, &g_a->x2, &g_b->x2);
+    select_backward(a.x1, b.x1, true, -g_iw, &g_a->x1, &g_b->x1);
   }
   if (iy2 - iy1 > T(0)) {
-    select_backward(a.y2 <= b.y2, g_ih, &g_a->y2, &g_b->y2);
-    select_backward(a.y1 >= b.y1, -g_ih, &g_a->y1, &g_b->y1);
+    select_backward(a.y2, b.y2, false, g_ih, &g_a->y2, &g_b->y2);
+    select_backward(a.y1, b.y1, true, -g_ih, &g_a->y1, &g_b->y1);
   }
   g_wa += g_area_a * ha;
   g_ha += g_area_a * wa;
