@@ -46,3 +46,13 @@ def as_float(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     return float(value)
+
+
+def promote(*tensors):
+    """The tensors (None passes through) in their common floating dtype, as torch's type promotion picks it:
+    under autocast a half-precision head output meets float32 boxes, and the ops compute in the wider type."""
+    present = [t for t in tensors if t is not None]
+    dtype = present[0].dtype
+    for t in present[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(t.to(dtype) if t is not None else None for t in tensors)

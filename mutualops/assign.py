@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._validate import as_float, check_boxes, check_choice, check_float, check_same, check_tensor
+from ._validate import as_float, check_boxes, check_choice, check_float, check_same, check_tensor, promote
 
 LOW_QUALITY = ("none", "torchvision", "mmdet")
 BOX_CODINGS = ("distance", "delta")
@@ -212,18 +212,22 @@ def mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls_logits, priors, *
     if priors.shape != (n, width):
         raise ValueError(f"priors must have shape [{n}, {width}] for {box_coding} coding, got {list(priors.shape)}")
     for name, t in (("gt_boxes", boxes), ("cls_logits", cls_logits), ("priors", priors)):
-        check_same(box_pred, t, "box_pred", name)
+        check_same(box_pred, t, "box_pred", name, dtype=False)
     if scale is not None:
         check_float(scale, "scale")
         if scale.shape != (n,):
             raise ValueError(f"scale must have shape [{n}], got {list(scale.shape)}")
+    # Under autocast the head's outputs are half precision and the GT float32: the targets are computed in
+    # the wider type.
+    box_pred, cls_logits, boxes, priors, scale = promote(box_pred, cls_logits, boxes, priors,
+                                                         scale.to(box_pred.device) if scale is not None else None)
     if matched.dtype == torch.bool or matched.is_floating_point() or matched.is_complex():
         raise TypeError(f"matched must be an integer tensor of GT indices, got {matched.dtype}")
     # Indices into gt_boxes and class indices are checked by the op itself (one host read), for
     # wrapper and raw op alike.
     decoded, iou_target, cls_target, box_weight = torch.ops.mutualops.mutual_targets(
         matched.long().detach(), boxes.detach(), labels.to(box_pred.device).long(), box_pred.detach(),
-        cls_logits.detach(), priors.detach(), scale.to(box_pred).detach() if scale is not None else None, box_coding,
+        cls_logits.detach(), priors.detach(), scale.detach() if scale is not None else None, box_coding,
         float(gamma_cls), float(gamma_loc))
     return MutualTargets(decoded, iou_target, cls_target, box_weight, matched >= 0)
 

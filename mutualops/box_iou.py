@@ -7,7 +7,7 @@ y2 < y1 has area 0.
 
 import torch
 
-from ._validate import check_boxes, check_choice, check_float, check_same
+from ._validate import check_boxes, check_choice, check_float, check_same, promote
 
 MODES = ("iou", "giou", "diou", "ciou", "iof")
 LOSS_MODES = ("iou", "giou", "diou", "ciou")
@@ -28,8 +28,8 @@ def box_iou(boxes1, boxes2, mode="iou"):
         raise ValueError(f"boxes1 and boxes2 must have the same rank, got {list(boxes1.shape)} and {list(boxes2.shape)}")
     if boxes1.dim() == 3 and boxes1.shape[0] != boxes2.shape[0]:
         raise ValueError(f"boxes1 and boxes2 must have the same batch size, got {boxes1.shape[0]} and {boxes2.shape[0]}")
-    check_same(boxes1, boxes2, "boxes1", "boxes2")
-    return torch.ops.mutualops.box_iou(boxes1, boxes2, mode)
+    check_same(boxes1, boxes2, "boxes1", "boxes2", dtype=False)
+    return torch.ops.mutualops.box_iou(*promote(boxes1, boxes2), mode)
 
 
 def box_iou_aligned(boxes1, boxes2, mode="iou"):
@@ -41,7 +41,8 @@ def box_iou_aligned(boxes1, boxes2, mode="iou"):
         raise ValueError(f"boxes1 must have shape [..., 4], got {list(boxes1.shape)}")
     if boxes1.shape != boxes2.shape:
         raise ValueError(f"boxes1 and boxes2 must have the same shape, got {list(boxes1.shape)} and {list(boxes2.shape)}")
-    check_same(boxes1, boxes2, "boxes1", "boxes2")
+    check_same(boxes1, boxes2, "boxes1", "boxes2", dtype=False)
+    boxes1, boxes2 = promote(boxes1, boxes2)
     out = torch.ops.mutualops.box_iou_aligned(boxes1.reshape(-1, 4), boxes2.reshape(-1, 4), mode)
     return out.reshape(boxes1.shape[:-1])
 

@@ -91,7 +91,7 @@ def build_parser():
     p.add_argument("--coco-ann", default="")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--amp", action="store_true", help="mixed precision: float16 with loss scaling on CUDA, bfloat16 on the CPU")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="also keep epochN.pt every N epochs, for curves across checkpoints (0: last.pt only)")
@@ -370,10 +370,15 @@ def differing_config(saved, wanted):
     return [f"{k}: checkpoint {saved.get(k)!r}, flags {wanted.get(k)!r}" for k in keys if saved.get(k) != wanted.get(k)]
 
 
+def amp_dtype(device):
+    """--amp's half type: float16 on CUDA (with a GradScaler), bfloat16 on the CPU."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
 def train_step(net, model, images, targets, optimizer, schedule, scaler, amp):
     """One optimisation step; returns the losses. A non-finite loss stops the run
     rather than poisoning the weights that the next checkpoint would keep."""
-    with torch.autocast(images.device.type, enabled=amp):
+    with torch.autocast(images.device.type, dtype=amp_dtype(images.device), enabled=amp):
         losses = net(images, targets)
     loss = float(losses["loss"].detach())
     if not math.isfinite(loss):
@@ -415,8 +420,9 @@ def train(args):
     model = Detector(config_from(args, len(dataset.classes))).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.epochs * steps))
-    amp = args.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    amp = args.amp
+    # float16 needs loss scaling against underflow; bfloat16 (the CPU's half type) keeps float32's range.
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
     os.makedirs(args.out, exist_ok=True)
     start_epoch = resume(os.path.join(args.out, "last.pt"), model, optimizer, schedule, scaler) if args.resume else 0
     net = model

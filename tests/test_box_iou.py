@@ -209,7 +209,9 @@ def test_weighted_loss(gen):
         (lambda x: mutualops.box_iou(x[None].expand(2, -1, -1), x[None]), ValueError, "batch"),
         (lambda x: mutualops.box_iou(x.long(), x), TypeError, "boxes1"),
         (lambda x: mutualops.box_iou(x, x.int()), TypeError, "boxes2"),
-        (lambda x: mutualops.box_iou(x, x.double()), TypeError, "dtype"),
+        (lambda x: torch.ops.mutualops.box_iou(x, x.double(), "iou"), TypeError, "dtype"),
+        (lambda x: torch.ops.mutualops.box_iou_aligned(x, x.half(), "iou"), TypeError, "dtype"),
+        (lambda x: torch.ops.mutualops.box_iou(x, x, "best"), ValueError, "mode"),
         (lambda x: mutualops.box_iou(x, x.to("meta")), ValueError, "device"),
         (lambda x: mutualops.box_iou(x, x, "dice"), ValueError, "mode"),
         (lambda x: mutualops.box_iou(x.tolist(), x), TypeError, "boxes1"),
@@ -227,11 +229,11 @@ def test_bad_input_names_the_argument(call, error, match):
 def test_kernel_checks_direct_calls():
     # Calls that bypass the Python wrapper still get an error, not a crash.
     x = random_boxes(5)
-    with pytest.raises(RuntimeError, match="4 coordinates"):
+    with pytest.raises(ValueError, match="4 coordinates"):
         torch.ops.mutualops.box_iou(x[:, :3], x, "iou")
-    with pytest.raises(RuntimeError, match="mode"):
+    with pytest.raises(ValueError, match="mode"):
         torch.ops.mutualops.box_iou(x, x, "dice")
-    with pytest.raises(RuntimeError, match="floating-point"):
+    with pytest.raises(TypeError, match="floating-point"):
         torch.ops.mutualops.box_iou(x.long(), x.long(), "iou")
 
 
@@ -331,3 +333,13 @@ def test_iou_loss_is_stationary_at_the_target(device, mode, gen):
     ours = torch.autograd.grad(mutualops.iou_loss(pred, other, mode), pred)[0]
     theirs = torch.autograd.grad(reference.iou_loss(pred, other, mode), pred)[0]
     torch.testing.assert_close(ours, theirs)
+
+
+def test_mixed_dtypes_compare_in_the_wider_one(gen):
+    # Under autocast a float16 head output meets float32 boxes: the wrappers promote as torch would.
+    a, b = random_boxes(5, generator=gen), random_boxes(6, generator=gen)
+    for low in (torch.float16, torch.bfloat16):
+        torch.testing.assert_close(mutualops.box_iou(a.to(low), b), mutualops.box_iou(a.to(low).float(), b))
+        loss = mutualops.iou_loss(a[:5].to(low), b[:5], "giou")
+        assert loss.dtype == torch.float32
+    assert mutualops.box_iou(a, b.double()).dtype == torch.float64
