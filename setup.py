@@ -82,8 +82,9 @@ def extension(with_cuda):
     # code compiled without it (the runtime is libgomp.so.1, the one torch
     # already loaded); it also honours the `omp simd` reductions.
     # -fno-trapping-math lets gcc vectorize the selects around divisions. Neither
-    # changes a result.
-    cxx_flags = ["-O3", "-fno-trapping-math", "-fopenmp"]
+    # changes a result. -ffp-contract=off: no fused multiply-add where the
+    # target has one (aarch64), so the shared math rounds as torch's does.
+    cxx_flags = ["-O3", "-fno-trapping-math", "-fopenmp", "-ffp-contract=off"]
     link_flags = ["-fopenmp"]
     if sys.platform.startswith("linux"):
         # The C++ runtime must be the process's shared one. A g++ whose image

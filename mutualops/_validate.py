@@ -1,5 +1,7 @@
 """Argument checks shared by the Python wrappers: errors name the argument."""
 
+import numbers
+
 import torch
 
 
@@ -35,15 +37,16 @@ def check_choice(value, name, choices):
 
 
 def as_int(value, name):
-    """value as a Python int; bool and non-integers are a TypeError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """value as a Python int (NumPy integers too); bool and non-integers are a TypeError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    return value
+    return int(value)
 
 
 def as_float(value, name):
-    """value as a Python float; bool and non-numbers (None included) are a TypeError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """value as a Python float (NumPy scalars too); bool and non-numbers (None included) are a TypeError naming
+    the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     return float(value)
 

@@ -10,6 +10,7 @@ target t * max_CIoU_g / (max_t_g + eps). Extra memory is O(B * (A + G * topk))
 besides the outputs, where Ultralytics holds several [B, G, A] planes.
 """
 
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -31,16 +32,13 @@ def _min_side(stride):
     """Ultralytics' stride_val: the second stride, else the first."""
     if stride is None:
         stride = DEFAULT_STRIDES
-    if isinstance(stride, torch.Tensor):
+    if hasattr(stride, "tolist"):  # a tensor or NumPy array of strides
         stride = stride.tolist()
-    if isinstance(stride, (int, float)):
+    if isinstance(stride, numbers.Real):
         stride = [stride]
     if not isinstance(stride, (list, tuple)) or not stride:
         raise TypeError(f"stride must be a non-empty list of numbers, got {stride!r}")
-    value = stride[1] if len(stride) > 1 else stride[0]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"stride must hold numbers, got {value!r}")
-    return float(value)
+    return as_float(stride[1] if len(stride) > 1 else stride[0], "stride")
 
 
 def assign_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, *, topk=13, num_classes=80,
@@ -64,7 +62,7 @@ def assign_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
                     ("gt_labels", gt_labels), ("gt_bboxes", gt_bboxes), ("mask_gt", mask_gt)):
         check_tensor(t, name)
     topk = as_int(topk, "topk")
-    topk2 = topk if topk2 is None else as_int(topk2, "topk2")
+    topk2 = as_int(topk2, "topk2") if topk2 else topk  # Ultralytics' `topk2 or topk`
     labels, bboxes, scores, fg, gt_idx, alignment = torch.ops.mutualops.assign_task_aligned(
         pd_scores.detach(), pd_bboxes.detach(), anc_points.detach(), gt_labels.detach(), gt_bboxes.detach(),
         mask_gt.detach(), topk, topk2, as_int(num_classes, "num_classes"), as_float(alpha, "alpha"),

@@ -162,12 +162,15 @@ __global__ void second_topk_kernel(const int64_t* __restrict__ gt_of, const T* _
 }
 
 // Maxima of non-negative floats by their bit patterns, which order alike.
+// Adding +0 first turns a -0 (sign bit set: the largest pattern as unsigned)
+// into +0.
 __device__ __forceinline__ void atomic_max_non_negative(float* address, float value) {
-  atomicMax(reinterpret_cast<int*>(address), __float_as_int(value));
+  atomicMax(reinterpret_cast<int*>(address), __float_as_int(value + 0.0f));
 }
 
 __device__ __forceinline__ void atomic_max_non_negative(double* address, double value) {
-  atomicMax(reinterpret_cast<unsigned long long*>(address), static_cast<unsigned long long>(__double_as_longlong(value)));
+  atomicMax(reinterpret_cast<unsigned long long*>(address),
+            static_cast<unsigned long long>(__double_as_longlong(value + 0.0)));
 }
 
 template <typename T>

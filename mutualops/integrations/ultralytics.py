@@ -18,6 +18,7 @@ by index.
 
 import torch
 
+from .._extension import has_backend
 from ..nms import batched_nms
 from ..task_aligned import assign_task_aligned
 
@@ -60,10 +61,15 @@ def installed():
     return bool(_originals)
 
 
+def _has_kernels(device):
+    """mutualops has CPU and (when built with them) CUDA kernels; MPS, XPU, NPU... keep Ultralytics' code."""
+    return device.type in ("cpu", "cuda") and has_backend(device.type.upper())
+
+
 def _assigner_forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra):
     # The subclasses (segment, pose, OBB) redefine overlaps or candidates, and
     # extra inputs feed those: they keep Ultralytics' implementation.
-    if type(self) is not _originals["assigner_class"] or extra:
+    if type(self) is not _originals["assigner_class"] or extra or not _has_kernels(pd_scores.device):
         return _originals["forward"](self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra)
     with torch.no_grad():
         return tuple(assign_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
@@ -79,7 +85,7 @@ def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=Non
     conf, class, extra...) per image, and the kept input indices with
     ``return_idxs``), one NMS call per image and no time limit. ``max_time_img`` and ``max_wh`` are accepted and unused."""
     pred = prediction[0] if isinstance(prediction, (list, tuple)) else prediction
-    if rotated or end2end or pred.shape[-1] == 6:
+    if rotated or end2end or pred.shape[-1] == 6 or not _has_kernels(pred.device):
         return _originals.get("non_max_suppression", _modules()[1].non_max_suppression)(
             prediction, conf_thres, iou_thres, classes, agnostic, multi_label, max_det, nc, max_time_img, max_nms,
             max_wh, rotated, end2end, return_idxs)
@@ -95,24 +101,26 @@ def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=Non
     out_dtype = torch.promote_types(pred.dtype, torch.float32)
     rows = pred.transpose(1, 2)  # [B, N, 4 + nc + extra]
     candidates = pred[:, 4:4 + nc].amax(1) > conf_thres  # [B, N]
-    wanted = None if classes is None else torch.as_tensor(classes, device=pred.device).reshape(-1).long()
+    # Compared as numbers, as Ultralytics compares its float class column: class 0.5 matches nothing.
+    wanted = None if classes is None else torch.as_tensor(classes, device=pred.device).reshape(-1).double()
     output, kept = [], []
     # One image at a time, as Ultralytics' loop, so that only one image's candidates are held.
     for i in range(bs):
         anchor = candidates[i].nonzero()[:, 0]
         detections, index = _image_detections(rows[i], anchor, nc, conf_thres, iou_thres, wanted, agnostic,
                                               multi_label and nc > 1, max_det, max_nms)
-        if index.numel():
-            output.append(detections.to(out_dtype))
-            kept.append(index)
-        else:  # Ultralytics' empty result
+        if detections is None:  # no candidate: Ultralytics' placeholders
             output.append(torch.zeros((0, 2 + channels - nc), device=pred.device))
             kept.append(torch.zeros((0, 1), device=pred.device))
+        else:
+            output.append(detections.to(out_dtype))
+            kept.append(index)
     return (output, kept) if return_idxs else output
 
 
 def _image_detections(rows, anchor, nc, conf_thres, iou_thres, wanted, agnostic, multi_label, max_det, max_nms):
-    """One image's detections [n, 6 + extra] and their input indices, by decreasing score."""
+    """One image's detections [n, 6 + extra] and their input indices, by decreasing score; (None, None) when
+    no candidate passes the thresholds and the class filter."""
     cls = rows[anchor, 4:4 + nc]
     if multi_label:
         row, label = torch.where(cls > conf_thres)
@@ -120,8 +128,10 @@ def _image_detections(rows, anchor, nc, conf_thres, iou_thres, wanted, agnostic,
     else:
         score, label = cls.max(1)
     if wanted is not None:
-        keep = torch.isin(label, wanted)
+        keep = torch.isin(label.double(), wanted)
         anchor, label, score = anchor[keep], label[keep], score[keep]
+    if score.numel() == 0:
+        return None, None
     if score.numel() > max_nms:  # the highest scores, ties to the lower index, back in input order
         top = torch.sort(torch.sort(score, descending=True, stable=True).indices[:max_nms]).values
         anchor, label, score = anchor[top], label[top], score[top]
