@@ -57,20 +57,6 @@ def pad_gt(gt_boxes, num_gt=None, gt_labels=None):
     return gt_boxes, num_gt.to(device=gt_boxes.device), gt_labels
 
 
-def _real_rows(boxes, counts):
-    return torch.arange(boxes.shape[1], device=boxes.device)[None, :] < counts[:, None]
-
-
-def _check_finite_gt(boxes, counts, name):
-    # The usual case costs one reduction and one host read: a finite sum means
-    # every coordinate is finite. Only otherwise (or on overflow) does the exact
-    # test run, which must also skip padding rows past the counts.
-    if math.isfinite(float(boxes.sum())):
-        return
-    if not bool((torch.isfinite(boxes).all(-1) | ~_real_rows(boxes, counts)).all()):
-        raise ValueError(f"{name} holds a non-finite coordinate")
-
-
 def fcos_points(feature_sizes, strides, regress_ranges=FCOS_REGRESS_RANGES, offset=0.5, device=None, dtype=torch.float32):
     """Points of an FPN, level by level, row-major: (points [P, 2], strides [P],
     regress_ranges [P, 2], level_index [P]). feature_sizes: [(H, W), ...]."""
@@ -125,7 +111,6 @@ def assign_fcos(points, gt_boxes, num_gt=None, *, strides, regress_ranges, cente
     center_sampling_radius = as_float(center_sampling_radius, "center_sampling_radius")
     if not math.isfinite(center_sampling_radius) or center_sampling_radius < 0:
         raise ValueError(f"center_sampling_radius must be finite and >= 0, got {center_sampling_radius}")
-    _check_finite_gt(boxes, counts, "gt_boxes")
     matched = torch.ops.mutualops.assign_fcos(points, boxes, counts, strides.to(points), regress_ranges.to(points),
                                               float(center_sampling_radius), bool(inclusive), bool(torchvision_compat))
     return matched[0] if single else matched
@@ -154,7 +139,6 @@ def assign_max_iou(anchors, gt_boxes, num_gt=None, *, pos_iou_threshold=0.5, neg
             raise ValueError(f"{name} must be in [0, 1], got {value}")
     if neg_iou_threshold > pos_iou_threshold:
         raise ValueError("neg_iou_threshold must not exceed pos_iou_threshold")
-    _check_finite_gt(boxes, counts, "gt_boxes")
     ign = ign_counts = None
     if ignore_boxes is None and num_ignore is not None:
         raise ValueError("num_ignore counts rows of ignore_boxes: pass ignore_boxes too")
@@ -165,7 +149,6 @@ def assign_max_iou(anchors, gt_boxes, num_gt=None, *, pos_iou_threshold=0.5, neg
         if ign.shape[0] != boxes.shape[0]:
             raise ValueError("ignore_boxes must have one entry per image")
         check_same(ign, boxes, "ignore_boxes", "gt_boxes")
-        _check_finite_gt(ign, ign_counts, "ignore_boxes")
     matched, max_iou = torch.ops.mutualops.assign_max_iou(
         anchors, boxes, counts, ign, ign_counts, float(pos_iou_threshold), float(neg_iou_threshold), low_quality,
         float(min_pos_iou), bool(gt_max_assign_all), float(ignore_iof_threshold))

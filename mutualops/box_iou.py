@@ -22,6 +22,7 @@ def box_iou(boxes1, boxes2, mode="iou"):
     in fp32.
     """
     check_choice(mode, "mode", MODES)
+    boxes1, boxes2 = _integer_as_float(boxes1), _integer_as_float(boxes2)
     check_boxes(boxes1, "boxes1", ranks=(2, 3))
     check_boxes(boxes2, "boxes2", ranks=(2, 3))
     if boxes1.dim() != boxes2.dim():
@@ -30,6 +31,13 @@ def box_iou(boxes1, boxes2, mode="iou"):
         raise ValueError(f"boxes1 and boxes2 must have the same batch size, got {boxes1.shape[0]} and {boxes2.shape[0]}")
     check_same(boxes1, boxes2, "boxes1", "boxes2", dtype=False)
     return torch.ops.mutualops.box_iou(*promote(boxes1, boxes2), mode)
+
+
+def _integer_as_float(boxes):
+    """Integer boxes as float32, as torchvision's box_iou takes them (exact below 2^24)."""
+    integer = isinstance(boxes, torch.Tensor) and not (boxes.is_floating_point() or boxes.is_complex()
+                                                       or boxes.dtype == torch.bool)
+    return boxes.float() if integer else boxes
 
 
 def box_iou_aligned(boxes1, boxes2, mode="iou"):

@@ -48,18 +48,21 @@ def fcos_model():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_fcos_matches_torchvision_exactly(device, gen, fcos_model):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fcos_matches_torchvision_exactly(device, dtype, gen, fcos_model):
+    # float64 too: torchvision's 1e8 - area is then float64, and close areas no longer tie as in float32.
     from torchvision.models.detection import FCOS
 
     anchors, per_level = torchvision_anchors()
-    boxes = scene(gen)
+    anchors = anchors.to(dtype)
+    boxes = scene(gen).to(dtype)
     counts = torch.tensor([40, 25])  # the second image padded
     targets = [{"boxes": boxes[i, : counts[i]], "labels": torch.zeros(int(counts[i]), dtype=torch.long)} for i in range(2)]
-    targets.append({"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)})  # an image with no GT
+    targets.append({"boxes": torch.zeros(0, 4, dtype=dtype), "labels": torch.zeros(0, dtype=torch.long)})  # no GT
     expected = FCOS.compute_loss(fcos_model, targets, {}, [anchors] * 3, per_level)
     priors = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in torchvision_fcos_priors(anchors, per_level).items()}
     points = priors.pop("points")
-    padded = torch.cat([boxes, torch.zeros(1, 40, 4)]).to(device)
+    padded = torch.cat([boxes, torch.zeros(1, 40, 4, dtype=dtype)]).to(device)
     got = mutualops.assign_fcos(points, padded, torch.tensor([40, 25, 0]).to(device), **priors).cpu()
     for i in range(3):
         assert torch.equal(got[i], expected[i]), i
@@ -282,6 +285,21 @@ def test_opcheck_and_compile(device, gen):
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(anchors, boxes, counts), fn(anchors, boxes, counts))
+
+    # The public wrappers too: their data checks live in the ops, so nothing breaks the graph.
+    labels = torch.randint(0, 3, (2, 10), generator=gen).to(device)
+    pred = torch.rand(2, points.shape[0], 4, generator=gen).to(device)
+    logits = torch.randn(2, points.shape[0], 3, generator=gen).to(device)
+
+    def public(b, c):
+        m = mutualops.assign_fcos(points, b, c, strides=strides, regress_ranges=ranges)
+        a, q = mutualops.assign_max_iou(anchors, b, c)
+        t = mutualops.mutual_targets(m, b, labels, pred, logits, points, num_gt=c, scale=strides)
+        return m, a, q, t.cls_target, t.box_weight
+
+    torch._dynamo.reset()
+    for x, y in zip(torch.compile(public, fullgraph=True, backend="aot_eager")(boxes, counts), public(boxes, counts)):
+        torch.testing.assert_close(x, y)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -207,8 +207,8 @@ def test_weighted_loss(gen):
         (lambda x: mutualops.box_iou(x, x[None]), ValueError, "rank"),
         (lambda x: mutualops.box_iou(x, x[0]), ValueError, "boxes2"),
         (lambda x: mutualops.box_iou(x[None].expand(2, -1, -1), x[None]), ValueError, "batch"),
-        (lambda x: mutualops.box_iou(x.long(), x), TypeError, "boxes1"),
-        (lambda x: mutualops.box_iou(x, x.int()), TypeError, "boxes2"),
+        (lambda x: mutualops.box_iou(x.bool(), x), TypeError, "boxes1"),
+        (lambda x: mutualops.box_iou(x, x.to(torch.complex64)), TypeError, "boxes2"),
         (lambda x: torch.ops.mutualops.box_iou(x, x.double(), "iou"), TypeError, "dtype"),
         (lambda x: torch.ops.mutualops.box_iou_aligned(x, x.half(), "iou"), TypeError, "dtype"),
         (lambda x: torch.ops.mutualops.box_iou(x, x, "best"), ValueError, "mode"),
@@ -343,3 +343,13 @@ def test_mixed_dtypes_compare_in_the_wider_one(gen):
         loss = mutualops.iou_loss(a[:5].to(low), b[:5], "giou")
         assert loss.dtype == torch.float32
     assert mutualops.box_iou(a, b.double()).dtype == torch.float64
+
+
+def test_integer_boxes_as_torchvision(gen):
+    a = (random_boxes(20, generator=gen) * 10).long()
+    b = (random_boxes(30, generator=gen) * 10).int()
+    ours = mutualops.box_iou(a, b)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, tvo.box_iou(a, b))
+    with pytest.raises(TypeError, match="floating-point"):
+        mutualops.box_iou(a.bool(), b)

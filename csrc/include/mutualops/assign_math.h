@@ -36,13 +36,13 @@ MUTUALOPS_HD bool fcos_point_matches(T x, T y, const Box<T>& g, T stride, T radi
 }
 
 // The quantity the FCOS rule minimises among a point's matching GTs: the GT
-// area, or, to reproduce torchvision exactly, -(1e8 - area) in float32 (whose
-// rounding makes close areas tie; ties go to the lower GT index).
+// area, or, to reproduce torchvision exactly, -(1e8 - area) in the boxes' type
+// (in float32 its rounding makes close areas tie; ties go to the lower GT index).
 template <typename T>
 MUTUALOPS_HD T fcos_area_key(const Box<T>& g, bool torchvision_compat) {
   if (!torchvision_compat) return box_area(g);
-  const float area = static_cast<float>((g.x2 - g.x1) * (g.y2 - g.y1));
-  return static_cast<T>(-(1e8f - area));
+  const T area = (g.x2 - g.x1) * (g.y2 - g.y1);
+  return -(T(1e8) - area);  // in the boxes' type, as torchvision: float64 boxes tie less
 }
 
 // torchvision leaves a point unmatched when its best 1e8 - area is below 1e-5.
