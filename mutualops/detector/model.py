@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 import torch.nn.functional as F
+from torchvision.ops import sigmoid_focal_loss
 
 from ..assign import assign_fcos, assign_max_iou, mutual_targets, pad_gt
 from ..box_iou import iou_loss
@@ -308,13 +309,6 @@ class Detector(nn.Module):
         best, label = p.max(dim=2)
         score = best ** (1 - alpha) * q**alpha
         return out, {"boxes": decoded, "scores": score, "labels": label}
-
-
-def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
-    p = torch.sigmoid(logits)
-    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = p * targets + (1 - p) * (1 - targets)
-    return ce * (1 - p_t) ** gamma * (alpha * targets + (1 - alpha) * (1 - targets))
 
 
 def quality_focal_loss(logits, soft_targets, beta=2.0):
