@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from helpers import HAS_CUDA
 from mutualops.detector.data import ShapesDataset, collate, export_coco
 from mutualops.detector.model import Detector, DetectorConfig
 
@@ -123,14 +124,22 @@ def test_evaluate_several_checkpoints_plots_ap_against_harmony(tmp_path):
 
 
 @pytest.mark.parametrize("family", ["fcos", "retinanet"])
-def test_loss_under_cpu_bfloat16_autocast_matches_float32(family):
-    """--amp on the CPU: the head's bfloat16 outputs meet float32 GT in every op; the losses stay within
-    bfloat16's precision (8 bits of mantissa: about 1%, 4% allowed) of the float32 ones, and backward runs."""
+@pytest.mark.parametrize("device, dtype", [
+    ("cpu", torch.bfloat16),
+    pytest.param("cuda", torch.float16, marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")]),
+])
+def test_loss_under_autocast_matches_float32(family, device, dtype):
+    """--amp: the head's half-precision outputs meet float32 GT in every op; the losses stay within the half
+    type's precision (bfloat16's 8 bits of mantissa: about 1%, 4% allowed) of the float32 ones, and backward
+    runs."""
     torch.manual_seed(0)
     images, targets = collate([ShapesDataset(4, image_size=(64, 64), seed=1)[i] for i in range(4)])
-    model = Detector(DetectorConfig(family=family, width=16, mutual_cls=True, mutual_box=True, iou_rescoring=True))
+    images = images.to(device)
+    targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+    model = Detector(DetectorConfig(family=family, width=16, mutual_cls=True, mutual_box=True,
+                                    iou_rescoring=True)).to(device)
     full = model(images, targets)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=dtype):
         half = model(images, targets)
     half["loss"].backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
