@@ -12,7 +12,7 @@ NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h'
 GPU_PY ?= python3
 GPU_REPORT ?= $(if $(OUT),$(OUT),gpu-report)
 
-.PHONY: demo test cpp-test bench gpu-check clean
+.PHONY: demo test lint format cpp-test bench gpu-check clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,16 @@ cpp-test: $(STAMPS)/deps
 
 test: $(STAMPS)/build cpp-test
 	$(VPY) -m pytest -q tests
+
+CXX_SOURCES = $(shell find csrc tests/cpp -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu')
+
+# Style, checked in CI before the tests: ruff (pyproject.toml) and clang-format (.clang-format).
+lint: $(STAMPS)/deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/clang-format --dry-run --Werror $(CXX_SOURCES)
+
+format: $(STAMPS)/deps
+	$(VENV)/bin/clang-format -i $(CXX_SOURCES)
 
 bench: $(STAMPS)/build
 	for b in benchmarks/bench_*.py; do $(VPY) $$b || exit 1; done

@@ -13,7 +13,8 @@ then times both in this run (median) and measures peak extra memory:
 - ultralytics.utils.nms.non_max_suppression against
   mutualops.integrations.ultralytics.non_max_suppression on dense predictions
   (B=8, 8400 boxes, 80 classes) as prediction calls it (conf 0.25, best class)
-  and as validation does (conf 0.001, every class above it; iou 0.7). Ultralytics runs without its time limit here; the rows also say
+  and as validation does (conf 0.001, every class above it; iou 0.7).
+  Ultralytics runs without its time limit here; the rows also say
   how many images its default limit would have returned empty.
 Targets (2-core CPU): assignment >= 20x at G=500 with peak extra memory <= 5%
 of Ultralytics' and flat in G; NMS >= 5x at conf 0.001, identical detections.

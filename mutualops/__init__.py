@@ -29,4 +29,8 @@ def build_info():
     }
 
 
-__all__ = ["box_iou", "box_iou_aligned", "iou_loss", "nms", "batched_nms", "rescored_nms", "Detections", "assign_fcos", "assign_max_iou", "mutual_targets", "assign_and_label", "MutualTargets", "assign_task_aligned", "TaskAlignedTargets", "rank", "spearman", "metrics", "build_info", "reference"]
+__all__ = [
+    "box_iou", "box_iou_aligned", "iou_loss", "nms", "batched_nms", "rescored_nms", "Detections", "assign_fcos",
+    "assign_max_iou", "mutual_targets", "assign_and_label", "MutualTargets", "assign_task_aligned",
+    "TaskAlignedTargets", "rank", "spearman", "metrics", "build_info", "reference",
+]

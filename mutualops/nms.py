@@ -129,7 +129,8 @@ def rescored_nms(
             raise ValueError("labels and batch_index are for flat inputs; dense scores [B,N,C] carry both")
         check_boxes(boxes, "boxes", ranks=(3,))
         if scores.dim() != 3 or scores.shape[:2] != boxes.shape[:2]:
-            raise ValueError(f"scores must have shape [B, N, C] = [{boxes.shape[0]}, {boxes.shape[1]}, C], got {list(scores.shape)}")
+            raise ValueError(f"scores must have shape [B, N, C] = [{boxes.shape[0]}, {boxes.shape[1]}, C], "
+                             f"got {list(scores.shape)}")
         if iou is not None and iou.shape != boxes.shape[:2]:
             raise ValueError(f"iou must have shape {list(boxes.shape[:2])}, got {list(iou.shape)}")
         _check_index(level_index, "level_index", boxes.shape[1], boxes.device)

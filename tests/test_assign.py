@@ -60,7 +60,8 @@ def test_fcos_matches_torchvision_exactly(device, dtype, gen, fcos_model):
     targets = [{"boxes": boxes[i, : counts[i]], "labels": torch.zeros(int(counts[i]), dtype=torch.long)} for i in range(2)]
     targets.append({"boxes": torch.zeros(0, 4, dtype=dtype), "labels": torch.zeros(0, dtype=torch.long)})  # no GT
     expected = FCOS.compute_loss(fcos_model, targets, {}, [anchors] * 3, per_level)
-    priors = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in torchvision_fcos_priors(anchors, per_level).items()}
+    priors = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+              for k, v in torchvision_fcos_priors(anchors, per_level).items()}
     points = priors.pop("points")
     padded = torch.cat([boxes, torch.zeros(1, 40, 4, dtype=dtype)]).to(device)
     got = mutualops.assign_fcos(points, padded, torch.tensor([40, 25, 0]).to(device), **priors).cpu()

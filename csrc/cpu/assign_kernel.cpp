@@ -36,12 +36,14 @@ struct GtPlanes {
 
 // Smallest key among the GTs that a point matches, +inf when none.
 template <typename T>
-MUTUALOPS_CPU_CLONES T fcos_best_key(T x, T y, T stride, T radius, T lower, T upper, bool inclusive, const T* __restrict__ x1,
-                const T* __restrict__ y1, const T* __restrict__ x2, const T* __restrict__ y2,
-                const T* __restrict__ key, T* __restrict__ row, int64_t count) {
+MUTUALOPS_CPU_CLONES T fcos_best_key(T x, T y, T stride, T radius, T lower, T upper, bool inclusive,
+                                     const T* __restrict__ x1, const T* __restrict__ y1, const T* __restrict__ x2,
+                                     const T* __restrict__ y2, const T* __restrict__ key, T* __restrict__ row,
+                                     int64_t count) {
   const T inf = std::numeric_limits<T>::infinity();
   for (int64_t g = 0; g < count; ++g) {
-    const bool ok = fcos_point_matches(x, y, Box<T>{x1[g], y1[g], x2[g], y2[g]}, stride, radius, lower, upper, inclusive);
+    const bool ok =
+        fcos_point_matches(x, y, Box<T>{x1[g], y1[g], x2[g], y2[g]}, stride, radius, lower, upper, inclusive);
     const T k = key[g];  // loaded unconditionally, so that the select vectorizes
     row[g] = ok ? k : inf;
   }
@@ -54,9 +56,9 @@ MUTUALOPS_CPU_CLONES T fcos_best_key(T x, T y, T stride, T radius, T lower, T up
 // IoU of one anchor with every GT into row[g]; returns the largest and folds
 // the row into the per-GT maxima.
 template <typename T>
-MUTUALOPS_CPU_CLONES T iou_row(const Box<T>& a, T area_a, const T* __restrict__ x1, const T* __restrict__ y1, const T* __restrict__ x2,
-          const T* __restrict__ y2, const T* __restrict__ garea, T* __restrict__ row, T* __restrict__ gt_best,
-          int64_t count) {
+MUTUALOPS_CPU_CLONES T iou_row(const Box<T>& a, T area_a, const T* __restrict__ x1, const T* __restrict__ y1,
+                               const T* __restrict__ x2, const T* __restrict__ y2, const T* __restrict__ garea,
+                               T* __restrict__ row, T* __restrict__ gt_best, int64_t count) {
   for (int64_t g = 0; g < count; ++g) {
     const T iou = box_overlap<IouMode::kIou>(a, Box<T>{x1[g], y1[g], x2[g], y2[g]}, BoxShape<T>{area_a, T(0)},
                                              BoxShape<T>{garea[g], T(0)});
@@ -81,7 +83,8 @@ MUTUALOPS_CPU_CLONES int64_t first_equal(const T* __restrict__ row, T value, int
 // Last g where the anchor is GT g's best (row[g] == gt_best[g]) and that best
 // qualifies (>= floor), -1 when none.
 template <typename T>
-MUTUALOPS_CPU_CLONES int64_t last_best_of_gt(const T* __restrict__ row, const T* __restrict__ gt_best, T floor, int64_t count) {
+MUTUALOPS_CPU_CLONES int64_t last_best_of_gt(const T* __restrict__ row, const T* __restrict__ gt_best, T floor,
+                                             int64_t count) {
   int64_t last = -1;
 #pragma omp simd reduction(max : last)
   for (int64_t g = 0; g < count; ++g) {
@@ -91,9 +94,7 @@ MUTUALOPS_CPU_CLONES int64_t last_best_of_gt(const T* __restrict__ row, const T*
   return last;
 }
 
-int64_t point_grain(int64_t gts) {
-  return std::max<int64_t>(1, 16384 / std::max<int64_t>(gts, 1));
-}
+int64_t point_grain(int64_t gts) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(gts, 1)); }
 
 at::Tensor assign_fcos_cpu(const at::Tensor& points, const at::Tensor& gt_boxes, const at::Tensor& num_gt,
                            const at::Tensor& strides, const at::Tensor& regress_ranges, double center_radius,
@@ -123,7 +124,8 @@ at::Tensor assign_fcos_cpu(const at::Tensor& points, const at::Tensor& gt_boxes,
         std::vector<T> row(count);
         for (int64_t p = begin; p < end; ++p) {
           const T x = static_cast<T>(pp[2 * p]), y = static_cast<T>(pp[2 * p + 1]);
-          const T stride = static_cast<T>(ps[p]), lower = static_cast<T>(pr[2 * p]), upper = static_cast<T>(pr[2 * p + 1]);
+          const T stride = static_cast<T>(ps[p]), lower = static_cast<T>(pr[2 * p]),
+                  upper = static_cast<T>(pr[2 * p + 1]);
           // Pass 1 (vectorised): the smallest key among matching GTs.
           const T best = fcos_best_key(x, y, stride, radius, lower, upper, inclusive, gt.x1.data(), gt.y1.data(),
                                        gt.x2.data(), gt.y2.data(), key.data(), row.data(), count);
@@ -146,8 +148,8 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cpu(const at::Tensor& anchors,
                                                       const at::Tensor& num_gt,
                                                       const std::optional<at::Tensor>& ignore_boxes,
                                                       const std::optional<at::Tensor>& num_ignore, double pos_iou,
-                                                      double neg_iou, c10::string_view low_quality,
-                                                      double min_pos_iou, bool gt_max_assign_all, double ignore_iof) {
+                                                      double neg_iou, c10::string_view low_quality, double min_pos_iou,
+                                                      bool gt_max_assign_all, double ignore_iof) {
   check_assign_max_iou(anchors, gt_boxes, num_gt, ignore_boxes, num_ignore);
   const LowQuality lq = parse_low_quality(low_quality);
   const int64_t images = gt_boxes.size(0), gmax = gt_boxes.size(1), n = anchors.size(0);
@@ -221,8 +223,9 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cpu(const at::Tensor& anchors,
         for (int64_t g = 0; g < count; ++g) gt_best[g] = max2(gt_best[g], gt_best_per_thread[t * count + g]);
       }
       for (int64_t p = 0; p < n; ++p) {
-        out[p] = ignored[p] ? kIgnore : max_iou_code(anchor_best[p], anchor_arg[p], static_cast<T>(pos_iou),
-                                                                     static_cast<T>(neg_iou));
+        out[p] = ignored[p]
+                     ? kIgnore
+                     : max_iou_code(anchor_best[p], anchor_arg[p], static_cast<T>(pos_iou), static_cast<T>(neg_iou));
         out_iou[p] = static_cast<scalar_t>(anchor_best[p]);
       }
       if (lq == LowQuality::kNone) continue;
@@ -248,7 +251,8 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cpu(const at::Tensor& anchors,
         continue;
       }
       // torchvision counts every GT's best, mmdetection only those >= min_pos_iou.
-      const T floor = lq == LowQuality::kTorchvision ? -std::numeric_limits<T>::infinity() : static_cast<T>(min_pos_iou);
+      const T floor =
+          lq == LowQuality::kTorchvision ? -std::numeric_limits<T>::infinity() : static_cast<T>(min_pos_iou);
       // An anchor can be GT g's best only if its own best IoU reaches gt_best[g]:
       // anchors below every GT's best (most negatives) skip the second pass.
       const T prune = *std::min_element(gt_best.begin(), gt_best.end());

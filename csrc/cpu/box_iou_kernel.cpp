@@ -11,9 +11,7 @@ namespace {
 
 // Rows of the output handled by one task: enough pairs to amortise the
 // scheduling cost, whatever the number of columns.
-int64_t row_grain(int64_t cols) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1));
-}
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)); }
 
 // One output row: box a against the planes of boxes2 (contiguous lanes).
 template <IouMode M, typename acc_t, typename scalar_t>
@@ -28,8 +26,7 @@ MUTUALOPS_CPU_CLONES void overlap_row(const Box<acc_t>& a, const BoxShape<acc_t>
 }
 
 template <typename scalar_t, IouMode M>
-void pairwise_rows(const scalar_t* boxes1, const scalar_t* boxes2, scalar_t* out, int64_t batch,
-                   int64_t n, int64_t m) {
+void pairwise_rows(const scalar_t* boxes1, const scalar_t* boxes2, scalar_t* out, int64_t batch, int64_t n, int64_t m) {
   using acc_t = at::opmath_type<scalar_t>;
   // boxes2 as six planes (x1, y1, x2, y2, area, angle) in the math type: O(B*M)
   // scratch that lets the inner loop load contiguous lanes and vectorize.
@@ -69,8 +66,8 @@ at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::
   const IouMode iou_mode = parse_iou_mode(mode);
   const at::Tensor b1 = boxes1.contiguous();
   const at::Tensor b2 = boxes2.contiguous();
-  at::Tensor out = boxes1.dim() == 2 ? at::empty({bnm[1], bnm[2]}, b1.options())
-                                     : at::empty({bnm[0], bnm[1], bnm[2]}, b1.options());
+  at::Tensor out =
+      boxes1.dim() == 2 ? at::empty({bnm[1], bnm[2]}, b1.options()) : at::empty({bnm[0], bnm[1], bnm[2]}, b1.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_cpu", [&] {
     dispatch_iou_mode(iou_mode, [&](auto tag) {
@@ -81,8 +78,7 @@ at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::
   return out;
 }
 
-at::Tensor box_iou_aligned_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2,
-                               c10::string_view mode) {
+at::Tensor box_iou_aligned_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view mode) {
   check_aligned(boxes1, boxes2);
   const IouMode iou_mode = parse_iou_mode(mode);
   const at::Tensor b1 = boxes1.contiguous();
@@ -95,21 +91,18 @@ at::Tensor box_iou_aligned_cpu(const at::Tensor& boxes1, const at::Tensor& boxes
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, b1.size(0), 4096, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        o[i] = static_cast<scalar_t>(
-            box_overlap(load_box<acc_t>(p1 + 4 * i), load_box<acc_t>(p2 + 4 * i), iou_mode));
+        o[i] = static_cast<scalar_t>(box_overlap(load_box<acc_t>(p1 + 4 * i), load_box<acc_t>(p2 + 4 * i), iou_mode));
       }
     });
   });
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> box_iou_aligned_backward_cpu(const at::Tensor& grad,
-                                                                const at::Tensor& boxes1,
-                                                                const at::Tensor& boxes2,
-                                                                c10::string_view mode) {
+std::tuple<at::Tensor, at::Tensor> box_iou_aligned_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes1,
+                                                                const at::Tensor& boxes2, c10::string_view mode) {
   check_aligned(boxes1, boxes2);
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == boxes1.size(0),
-              "grad must have shape [N] matching boxes1, got ", grad.sizes());
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == boxes1.size(0), "grad must have shape [N] matching boxes1, got ",
+              grad.sizes());
   const IouMode iou_mode = parse_iou_mode(mode);
   const at::Tensor b1 = boxes1.contiguous();
   const at::Tensor b2 = boxes2.contiguous();

@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "../ops/nms.h"
-#include "simd.h"
 #include "mutualops/box_math.h"
 #include "mutualops/score_math.h"
+#include "simd.h"
 
 namespace mutualops {
 namespace {
@@ -51,7 +51,8 @@ struct BoxPlanes {
 // a box that survives removes every later box overlapping it above threshold.
 // Plain restrict pointers keep the inner loop vectorizable.
 template <typename T>
-MUTUALOPS_CPU_CLONES void greedy_nms_run(const BoxPlanes<T>& planes, int64_t begin, int64_t end, T threshold, uint8_t* removed_ptr) {
+MUTUALOPS_CPU_CLONES void greedy_nms_run(const BoxPlanes<T>& planes, int64_t begin, int64_t end, T threshold,
+                                         uint8_t* removed_ptr) {
   const int64_t m = planes.m;
   const T* __restrict__ x1 = planes.data.ptr;
   const T* __restrict__ y1 = x1 + m;
@@ -114,7 +115,8 @@ at::Tensor batched_nms_typed(const at::Tensor& boxes, const at::Tensor& scores, 
   Scratch<uint8_t> removed(m, 0);
   const acc_t threshold = nms_threshold<acc_t>(iou_threshold);
   at::parallel_for(0, static_cast<int64_t>(run_start.size()) - 1, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) greedy_nms_run(planes, run_start[r], run_start[r + 1], threshold, removed.ptr);
+    for (int64_t r = begin; r < end; ++r)
+      greedy_nms_run(planes, run_start[r], run_start[r + 1], threshold, removed.ptr);
   });
 
   at::Tensor out = at::empty({m}, at::TensorOptions().dtype(at::kLong));
@@ -132,9 +134,8 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
   check_nms_args(boxes, scores, idxs, iou_threshold);
   const at::Tensor b = boxes.contiguous(), s = scores.contiguous(), k = idxs.to(at::kLong).contiguous();
   at::Tensor keep;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "batched_nms_cpu", [&] {
-    keep = batched_nms_typed<scalar_t>(b, s, k, iou_threshold);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "batched_nms_cpu",
+                                  [&] { keep = batched_nms_typed<scalar_t>(b, s, k, iou_threshold); });
   return keep;
 }
 
@@ -206,8 +207,8 @@ struct PaddedDetections {
 // Class-aware greedy NMS over one image's selected candidates, then its best
 // max_detections survivors into row `image` of the padded outputs.
 template <typename scalar_t, typename BoxAt>
-void suppress_and_write(std::vector<Candidate<at::opmath_type<scalar_t>>>& cands, BoxAt box_at,
-                        const RescoreParams& p, int64_t image, PaddedDetections& out) {
+void suppress_and_write(std::vector<Candidate<at::opmath_type<scalar_t>>>& cands, BoxAt box_at, const RescoreParams& p,
+                        int64_t image, PaddedDetections& out) {
   using acc_t = at::opmath_type<scalar_t>;
   auto key_of = [&](const Candidate<acc_t>& c) { return p.class_agnostic ? int64_t(0) : c.label; };
   std::sort(cands.begin(), cands.end(), [&](const Candidate<acc_t>& a, const Candidate<acc_t>& b) {
@@ -255,8 +256,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
     double iou_threshold, int64_t pre_nms_top_k, int64_t max_detections, bool class_agnostic, bool logits) {
   check_rescored_dense(boxes, scores, iou, level_index, levels, alpha, score_threshold, iou_threshold, max_detections);
   check_levels(level_index, levels);
-  const RescoreParams p{rescore_alpha(iou, alpha), score_threshold, iou_threshold, pre_nms_top_k, max_detections,
-                        class_agnostic};
+  const RescoreParams p{
+      rescore_alpha(iou, alpha), score_threshold, iou_threshold, pre_nms_top_k, max_detections, class_agnostic};
   const int64_t images = boxes.size(0), n = boxes.size(1), c = scores.size(2);
   const at::Tensor b = boxes.contiguous(), s = scores.contiguous();
   const at::Tensor q = iou.has_value() ? iou->contiguous() : at::Tensor();
@@ -298,16 +299,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
     const std::optional<at::Tensor>& batch_index, const std::optional<at::Tensor>& level_index, int64_t levels,
     int64_t num_images, double alpha, double score_threshold, double iou_threshold, int64_t pre_nms_top_k,
     int64_t max_detections, bool class_agnostic, bool logits) {
-  check_rescored_flat(boxes, scores, labels, iou, batch_index, level_index, levels, num_images, alpha,
-                      score_threshold, iou_threshold, max_detections);
+  check_rescored_flat(boxes, scores, labels, iou, batch_index, level_index, levels, num_images, alpha, score_threshold,
+                      iou_threshold, max_detections);
   check_levels(level_index, levels);
-  const RescoreParams p{rescore_alpha(iou, alpha), score_threshold, iou_threshold, pre_nms_top_k, max_detections,
-                        class_agnostic};
+  const RescoreParams p{
+      rescore_alpha(iou, alpha), score_threshold, iou_threshold, pre_nms_top_k, max_detections, class_agnostic};
   const int64_t m = boxes.size(0);
   const at::Tensor b = boxes.contiguous(), s = scores.contiguous(), lab = labels.to(at::kLong).contiguous();
   const at::Tensor q = iou.has_value() ? iou->contiguous() : at::Tensor();
-  const at::Tensor img_t = batch_index.has_value() ? batch_index->to(at::kLong).contiguous()
-                                                   : at::zeros({m}, lab.options());
+  const at::Tensor img_t =
+      batch_index.has_value() ? batch_index->to(at::kLong).contiguous() : at::zeros({m}, lab.options());
   const at::Tensor lv = level_index.has_value() ? level_index->to(at::kLong).contiguous() : at::Tensor();
   PaddedDetections out(num_images, max_detections, b.options());
   // Elements bucketed by image (a stable counting sort), then images in parallel.

@@ -109,10 +109,9 @@ class TorchTopk {
 // to the GT's `topk` pick slots (anchor -1 past its picks).
 template <typename T, typename S>
 MUTUALOPS_CPU_CLONES void pick_topk(const TaskAlignedView<T, S>& v, const T* __restrict__ anchor_x,
-                                     const T* __restrict__ anchor_y, char* __restrict__ inside, int64_t row,
-                                     int64_t topk, TorchTopk<T>& topk_of,
-               std::vector<Candidate<T>>& cands, std::vector<char>& keep, int64_t* pick_anchor, T* pick_alignment,
-               T* pick_ciou) {
+                                    const T* __restrict__ anchor_y, char* __restrict__ inside, int64_t row,
+                                    int64_t topk, TorchTopk<T>& topk_of, std::vector<Candidate<T>>& cands,
+                                    std::vector<char>& keep, int64_t* pick_anchor, T* pick_alignment, T* pick_ciou) {
   // A vectorised pass over all anchors finds the few inside the region first.
   const Box<T> region = load_box<T>(v.regions + 4 * row);
   for (int64_t a = 0; a < v.n; ++a) inside[a] = tal_inside(anchor_x[a], anchor_y[a], region);
@@ -147,9 +146,19 @@ void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams&
   const T* anchors = in.anchors.data_ptr<T>();
   std::vector<T> anchor_x(n), anchor_y(n);
   for (int64_t a = 0; a < n; ++a) anchor_x[a] = anchors[2 * a], anchor_y[a] = anchors[2 * a + 1];
-  const TaskAlignedView<T, S> v{in.scores.data_ptr<S>(), in.boxes.data_ptr<T>(), anchors,
-                                in.labels.data_ptr<int64_t>(), gt, regions.data(), angles.data(), in.valid.data_ptr<bool>(),
-                                n, gmax, p.classes, static_cast<T>(p.alpha), static_cast<T>(p.beta)};
+  const TaskAlignedView<T, S> v{in.scores.data_ptr<S>(),
+                                in.boxes.data_ptr<T>(),
+                                anchors,
+                                in.labels.data_ptr<int64_t>(),
+                                gt,
+                                regions.data(),
+                                angles.data(),
+                                in.valid.data_ptr<bool>(),
+                                n,
+                                gmax,
+                                p.classes,
+                                static_cast<T>(p.alpha),
+                                static_cast<T>(p.beta)};
 
   std::vector<int64_t> pick_anchor(rows * p.topk, -1);
   std::vector<T> pick_alignment(rows * p.topk), pick_ciou(rows * p.topk);
@@ -278,8 +287,6 @@ TaskAlignedResult assign_task_aligned_cpu(const at::Tensor& pd_scores, const at:
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mutualops, CPU, m) {
-  m.impl("assign_task_aligned", &assign_task_aligned_cpu);
-}
+TORCH_LIBRARY_IMPL(mutualops, CPU, m) { m.impl("assign_task_aligned", &assign_task_aligned_cpu); }
 
 }  // namespace mutualops

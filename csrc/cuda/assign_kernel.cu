@@ -75,11 +75,11 @@ constexpr int kAnchorThreads = 256;
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kAnchorThreads)
-anchor_match_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ gts,
-                    const int64_t* __restrict__ counts, const bool* __restrict__ ignored, int64_t n, int64_t gmax,
-                    double pos_iou, double neg_iou, const at::opmath_type<scalar_t>* __restrict__ gt_best,
-                    bool torchvision, double min_pos_iou, int64_t* __restrict__ matched,
-                    scalar_t* __restrict__ best_out) {
+    anchor_match_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ gts,
+                        const int64_t* __restrict__ counts, const bool* __restrict__ ignored, int64_t n, int64_t gmax,
+                        double pos_iou, double neg_iou, const at::opmath_type<scalar_t>* __restrict__ gt_best,
+                        bool torchvision, double min_pos_iou, int64_t* __restrict__ matched,
+                        scalar_t* __restrict__ best_out) {
   using T = at::opmath_type<scalar_t>;
   __shared__ Box<T> tile[kAnchorThreads];
   __shared__ T tile_best[kAnchorThreads];
@@ -119,7 +119,10 @@ anchor_match_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __rest
     const bool is_ignored = ignored[t];
     // No GT: IoU 0 (as on the CPU); an ignored anchor reports -1.
     best_out[t] = static_cast<scalar_t>(count == 0 && !is_ignored ? T(0) : best);
-    int64_t code = is_ignored ? kIgnore : (count == 0 ? kNegative : max_iou_code(best, arg, static_cast<T>(pos_iou), static_cast<T>(neg_iou)));
+    int64_t code =
+        is_ignored
+            ? kIgnore
+            : (count == 0 ? kNegative : max_iou_code(best, arg, static_cast<T>(pos_iou), static_cast<T>(neg_iou)));
     if (!is_ignored && last >= 0) code = torchvision ? arg : last;
     matched[t] = code;
   }
@@ -133,9 +136,10 @@ constexpr int kGtBestThreads = 256;
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kGtBestThreads)
-gt_best_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ gts,
-               const int64_t* __restrict__ counts, const bool* __restrict__ ignored, int64_t images, int64_t n,
-               int64_t gmax, at::opmath_type<scalar_t>* __restrict__ gt_best, int64_t* __restrict__ gt_first_anchor) {
+    gt_best_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ gts,
+                   const int64_t* __restrict__ counts, const bool* __restrict__ ignored, int64_t images, int64_t n,
+                   int64_t gmax, at::opmath_type<scalar_t>* __restrict__ gt_best,
+                   int64_t* __restrict__ gt_first_anchor) {
   using T = at::opmath_type<scalar_t>;
   __shared__ T block_best[kGtBestThreads];
   __shared__ int64_t block_first[kGtBestThreads];
@@ -179,8 +183,8 @@ gt_best_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict_
 // mmdetection without gt_max_assign_all: each GT, in order, takes its first best anchor.
 template <typename T>
 __global__ void first_best_anchor_kernel(const T* __restrict__ gt_best, const int64_t* __restrict__ first,
-                                         const int64_t* __restrict__ counts, int64_t images, int64_t n,
-                                         int64_t gmax, double min_pos_iou, int64_t* __restrict__ matched) {
+                                         const int64_t* __restrict__ counts, int64_t images, int64_t n, int64_t gmax,
+                                         double min_pos_iou, int64_t* __restrict__ matched) {
   for (int64_t image = grid_start(); image < images; image += grid_stride()) {
     const int64_t count = real_count(counts, image, gmax);
     for (int64_t g = 0; g < count; ++g) {
@@ -223,8 +227,8 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cuda(const at::Tensor& anchors
                                                        const at::Tensor& num_gt,
                                                        const std::optional<at::Tensor>& ignore_boxes,
                                                        const std::optional<at::Tensor>& num_ignore, double pos_iou,
-                                                       double neg_iou, c10::string_view low_quality,
-                                                       double min_pos_iou, bool gt_max_assign_all, double ignore_iof) {
+                                                       double neg_iou, c10::string_view low_quality, double min_pos_iou,
+                                                       bool gt_max_assign_all, double ignore_iof) {
   check_assign_max_iou(anchors, gt_boxes, num_gt, ignore_boxes, num_ignore);
   const LowQuality lq = parse_low_quality(low_quality);
   const c10::cuda::CUDAGuard guard(anchors.device());
@@ -268,8 +272,8 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cuda(const at::Tensor& anchors
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (lq == LowQuality::kMmdet && !gt_max_assign_all && gmax > 0) {
       first_best_anchor_kernel<T><<<1, 32, 0, stream>>>(gt_best.data_ptr<T>(), gt_first.data_ptr<int64_t>(),
-                                                     counts.data_ptr<int64_t>(), images, n, gmax, min_pos_iou,
-                                                     matched.data_ptr<int64_t>());
+                                                        counts.data_ptr<int64_t>(), images, n, gmax, min_pos_iou,
+                                                        matched.data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
@@ -295,8 +299,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mutual_targets_cuda(
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "mutual_targets_cuda", [&] {
       const auto args = mutual_target_args<scalar_t>(m, gts, labels, pred, logits, pri, sc, coding, gamma_cls,
                                                      gamma_loc, decoded, iou_target, cls_target, raw_weight);
-      mutual_targets_kernel<scalar_t><<<grid_for(images * n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          args, images * n);
+      mutual_targets_kernel<scalar_t>
+          <<<grid_for(images * n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(args, images * n);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

@@ -12,9 +12,8 @@ namespace mutualops {
 namespace {
 
 template <typename scalar_t, IouMode M>
-__global__ void pairwise_kernel(const scalar_t* __restrict__ boxes1,
-                                const scalar_t* __restrict__ boxes2, scalar_t* __restrict__ out,
-                                int64_t n, int64_t m, int64_t total) {
+__global__ void pairwise_kernel(const scalar_t* __restrict__ boxes1, const scalar_t* __restrict__ boxes2,
+                                scalar_t* __restrict__ out, int64_t n, int64_t m, int64_t total) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t idx = grid_start(); idx < total; idx += grid_stride()) {
     const int64_t col = idx % m;
@@ -22,28 +21,23 @@ __global__ void pairwise_kernel(const scalar_t* __restrict__ boxes1,
     const int64_t b = row / n;
     const Box<acc_t> a = load_box<acc_t>(boxes1 + 4 * row);
     const Box<acc_t> c = load_box<acc_t>(boxes2 + 4 * (b * m + col));
-    out[pair_offset(b, row - b * n, col, n, m)] =
-        static_cast<scalar_t>(box_overlap<M>(a, c));
+    out[pair_offset(b, row - b * n, col, n, m)] = static_cast<scalar_t>(box_overlap<M>(a, c));
   }
 }
 
 template <typename scalar_t>
-__global__ void aligned_kernel(const scalar_t* __restrict__ boxes1,
-                               const scalar_t* __restrict__ boxes2, scalar_t* __restrict__ out,
-                               int64_t n, IouMode mode) {
+__global__ void aligned_kernel(const scalar_t* __restrict__ boxes1, const scalar_t* __restrict__ boxes2,
+                               scalar_t* __restrict__ out, int64_t n, IouMode mode) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t i = grid_start(); i < n; i += grid_stride()) {
-    out[i] = static_cast<scalar_t>(
-        box_overlap(load_box<acc_t>(boxes1 + 4 * i), load_box<acc_t>(boxes2 + 4 * i), mode));
+    out[i] = static_cast<scalar_t>(box_overlap(load_box<acc_t>(boxes1 + 4 * i), load_box<acc_t>(boxes2 + 4 * i), mode));
   }
 }
 
 template <typename scalar_t>
-__global__ void aligned_backward_kernel(const scalar_t* __restrict__ grad,
-                                        const scalar_t* __restrict__ boxes1,
-                                        const scalar_t* __restrict__ boxes2,
-                                        scalar_t* __restrict__ grad1, scalar_t* __restrict__ grad2,
-                                        int64_t n, IouMode mode) {
+__global__ void aligned_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ boxes1,
+                                        const scalar_t* __restrict__ boxes2, scalar_t* __restrict__ grad1,
+                                        scalar_t* __restrict__ grad2, int64_t n, IouMode mode) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t i = grid_start(); i < n; i += grid_stride()) {
     Box<acc_t> ga{0, 0, 0, 0}, gb{0, 0, 0, 0};
@@ -60,24 +54,22 @@ at::Tensor box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10:
   const c10::cuda::CUDAGuard guard(boxes1.device());
   const at::Tensor b1 = boxes1.contiguous();
   const at::Tensor b2 = boxes2.contiguous();
-  at::Tensor out = boxes1.dim() == 2 ? at::empty({bnm[1], bnm[2]}, b1.options())
-                                     : at::empty({bnm[0], bnm[1], bnm[2]}, b1.options());
+  at::Tensor out =
+      boxes1.dim() == 2 ? at::empty({bnm[1], bnm[2]}, b1.options()) : at::empty({bnm[0], bnm[1], bnm[2]}, b1.options());
   const int64_t total = out.numel();
   if (total == 0) return out;
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_cuda", [&] {
     dispatch_iou_mode(iou_mode, [&](auto tag) {
       pairwise_kernel<scalar_t, decltype(tag)::value><<<grid_for(total), kThreads, 0, stream>>>(
-          b1.data_ptr<scalar_t>(), b2.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), bnm[1],
-          bnm[2], total);
+          b1.data_ptr<scalar_t>(), b2.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), bnm[1], bnm[2], total);
     });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
-at::Tensor box_iou_aligned_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2,
-                                c10::string_view mode) {
+at::Tensor box_iou_aligned_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view mode) {
   check_aligned(boxes1, boxes2);
   const IouMode iou_mode = parse_iou_mode(mode);
   const c10::cuda::CUDAGuard guard(boxes1.device());
@@ -88,20 +80,18 @@ at::Tensor box_iou_aligned_cuda(const at::Tensor& boxes1, const at::Tensor& boxe
   if (n == 0) return out;
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_aligned_cuda", [&] {
-    aligned_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
-        b1.data_ptr<scalar_t>(), b2.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n, iou_mode);
+    aligned_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(b1.data_ptr<scalar_t>(), b2.data_ptr<scalar_t>(),
+                                                                   out.data_ptr<scalar_t>(), n, iou_mode);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> box_iou_aligned_backward_cuda(const at::Tensor& grad,
-                                                                 const at::Tensor& boxes1,
-                                                                 const at::Tensor& boxes2,
-                                                                 c10::string_view mode) {
+std::tuple<at::Tensor, at::Tensor> box_iou_aligned_backward_cuda(const at::Tensor& grad, const at::Tensor& boxes1,
+                                                                 const at::Tensor& boxes2, c10::string_view mode) {
   check_aligned(boxes1, boxes2);
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == boxes1.size(0),
-              "grad must have shape [N] matching boxes1, got ", grad.sizes());
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == boxes1.size(0), "grad must have shape [N] matching boxes1, got ",
+              grad.sizes());
   const IouMode iou_mode = parse_iou_mode(mode);
   const c10::cuda::CUDAGuard guard(boxes1.device());
   const at::Tensor b1 = boxes1.contiguous();
@@ -113,9 +103,9 @@ std::tuple<at::Tensor, at::Tensor> box_iou_aligned_backward_cuda(const at::Tenso
   if (n == 0) return {g1, g2};
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_aligned_backward_cuda", [&] {
-    aligned_backward_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
-        g.data_ptr<scalar_t>(), b1.data_ptr<scalar_t>(), b2.data_ptr<scalar_t>(),
-        g1.data_ptr<scalar_t>(), g2.data_ptr<scalar_t>(), n, iou_mode);
+    aligned_backward_kernel<scalar_t>
+        <<<grid_for(n), kThreads, 0, stream>>>(g.data_ptr<scalar_t>(), b1.data_ptr<scalar_t>(), b2.data_ptr<scalar_t>(),
+                                               g1.data_ptr<scalar_t>(), g2.data_ptr<scalar_t>(), n, iou_mode);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {g1, g2};

@@ -96,9 +96,9 @@ __global__ void nms_mask_kernel(const T* __restrict__ boxes, const int64_t* __re
 constexpr int kReduceThreads = 512;
 
 __global__ void __launch_bounds__(kReduceThreads)
-nms_reduce_kernel(const unsigned long long* __restrict__ mask, const int64_t* __restrict__ run_end,
-                  const int64_t* __restrict__ key, int64_t m, int64_t col_blocks,
-                  unsigned long long* __restrict__ removed_global, bool* __restrict__ keep) {
+    nms_reduce_kernel(const unsigned long long* __restrict__ mask, const int64_t* __restrict__ run_end,
+                      const int64_t* __restrict__ key, int64_t m, int64_t col_blocks,
+                      unsigned long long* __restrict__ removed_global, bool* __restrict__ keep) {
   extern __shared__ unsigned long long removed_shared[];
   __shared__ unsigned long long diagonal[kMaskBits];
   __shared__ bool valid[kMaskBits];
@@ -164,15 +164,15 @@ at::Tensor greedy_nms_sorted(const at::Tensor& boxes, const at::Tensor& key, dou
   const auto stream = at::cuda::getCurrentCUDAStream();
   at::Tensor run_end = at::empty({images, m}, key.options());
   run_end_kernel<<<grid_for(images * m), kThreads, 0, stream>>>(key.data_ptr<int64_t>(), images, m,
-                                                               run_end.data_ptr<int64_t>());
+                                                                run_end.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   const int64_t col_blocks = (m + kMaskBits - 1) / kMaskBits;
   at::Tensor mask = at::empty({images, m, col_blocks}, key.options());
   const dim3 grid(col_blocks, col_blocks, images);
-  nms_mask_kernel<T><<<grid, kMaskBits, 0, stream>>>(
-      boxes.data_ptr<T>(), key.data_ptr<int64_t>(), m, col_blocks, nms_threshold<T>(iou_threshold),
-      reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>()));
+  nms_mask_kernel<T><<<grid, kMaskBits, 0, stream>>>(boxes.data_ptr<T>(), key.data_ptr<int64_t>(), m, col_blocks,
+                                                     nms_threshold<T>(iou_threshold),
+                                                     reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   const bool in_shared = col_blocks <= kSharedRemovedWords;
@@ -205,8 +205,8 @@ at::Tensor batched_nms_typed(const at::Tensor& boxes, const at::Tensor& scores, 
   const int64_t m = candidates.size(0);
   if (m == 0) return candidates;
   const at::Tensor order = candidates.unsqueeze(0);
-  const at::Tensor perm = rank_rows(scores.index_select(0, candidates).unsqueeze(0), order,
-                                    idxs.index_select(0, candidates).unsqueeze(0));
+  const at::Tensor perm =
+      rank_rows(scores.index_select(0, candidates).unsqueeze(0), order, idxs.index_select(0, candidates).unsqueeze(0));
   const at::Tensor sorted = order.gather(1, perm).squeeze(0);
   const at::Tensor key = idxs.index_select(0, sorted).unsqueeze(0).contiguous();
   const at::Tensor sorted_boxes =
@@ -214,8 +214,7 @@ at::Tensor batched_nms_typed(const at::Tensor& boxes, const at::Tensor& scores, 
   const at::Tensor keep = greedy_nms_sorted<acc_t>(sorted_boxes, key, iou_threshold).squeeze(0);
   // Output order: score descending, ties to the lower index.
   const at::Tensor kept = sorted.masked_select(keep).unsqueeze(0);
-  return kept.gather(1, rank_rows(scores.index_select(0, kept.squeeze(0)).unsqueeze(0), kept, std::nullopt))
-      .squeeze(0);
+  return kept.gather(1, rank_rows(scores.index_select(0, kept.squeeze(0)).unsqueeze(0), kept, std::nullopt)).squeeze(0);
 }
 
 at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
@@ -224,9 +223,8 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, c
   const c10::cuda::CUDAGuard guard(boxes.device());
   const at::Tensor b = boxes.contiguous(), s = scores.contiguous(), k = idxs.to(at::kLong).contiguous();
   at::Tensor keep;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "batched_nms_cuda", [&] {
-    keep = batched_nms_typed<scalar_t>(b, s, k, iou_threshold);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "batched_nms_cuda",
+                                  [&] { keep = batched_nms_typed<scalar_t>(b, s, k, iou_threshold); });
   return keep;
 }
 
@@ -238,8 +236,9 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, c
 template <typename scalar_t, typename acc_t>
 __global__ void candidate_scores_kernel(const scalar_t* __restrict__ boxes, const scalar_t* __restrict__ cls,
                                         const scalar_t* __restrict__ iou, const int64_t* __restrict__ batch_index,
-                                        const int64_t* __restrict__ labels, int64_t images, int64_t points, int64_t classes, bool dense, bool logits,
-                                        acc_t alpha, acc_t score_threshold, acc_t* __restrict__ out) {
+                                        const int64_t* __restrict__ labels, int64_t images, int64_t points,
+                                        int64_t classes, bool dense, bool logits, acc_t alpha, acc_t score_threshold,
+                                        acc_t* __restrict__ out) {
   const int64_t per_image = points * classes;
   for (int64_t t = grid_start(); t < images * per_image; t += grid_stride()) {
     const int64_t image = t / per_image, p = t % per_image;
@@ -251,8 +250,7 @@ __global__ void candidate_scores_kernel(const scalar_t* __restrict__ boxes, cons
     const acc_t s = rescore(probability(static_cast<acc_t>(cls[cls_at]), logits), quality, alpha);
     // A negative (flat) label marks a padding candidate, as in the padded outputs: never kept.
     const bool ok = (dense || batch_index == nullptr || batch_index[p] == image) &&
-                    (labels == nullptr || labels[p] >= 0) && s > score_threshold &&
-                    isfinite(s) && finite_box(b);
+                    (labels == nullptr || labels[p] >= 0) && s > score_threshold && isfinite(s) && finite_box(b);
     out[t] = ok ? s : -INFINITY;
   }
 }
@@ -261,8 +259,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
     const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& iou,
     const std::optional<at::Tensor>& labels, const std::optional<at::Tensor>& batch_index,
     const std::optional<at::Tensor>& level_index, int64_t num_levels, int64_t images, bool dense, double alpha,
-    double score_threshold, double iou_threshold, int64_t pre_nms_top_k, int64_t max_detections,
-    bool class_agnostic, bool logits) {
+    double score_threshold, double iou_threshold, int64_t pre_nms_top_k, int64_t max_detections, bool class_agnostic,
+    bool logits) {
   const c10::cuda::CUDAGuard guard(boxes.device());
   const at::Tensor b = boxes.contiguous(), s = scores.contiguous();
   const at::Tensor q = iou.has_value() ? iou->contiguous() : at::Tensor();
@@ -312,9 +310,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
     const at::Tensor perm = rank_rows(slot_score, slot_id, key);
     const at::Tensor sorted_key = key.gather(1, perm).contiguous();
     const at::Tensor sorted_point = slot_point.gather(1, perm);
-    const at::Tensor image_offset = dense ? at::arange(images, longs).mul_(points).unsqueeze(1) : at::zeros({images, 1}, longs);
+    const at::Tensor image_offset =
+        dense ? at::arange(images, longs).mul_(points).unsqueeze(1) : at::zeros({images, 1}, longs);
     const at::Tensor box_row = (sorted_point + image_offset).reshape(-1);
-    const at::Tensor sorted_boxes = b.reshape({-1, 4}).index_select(0, box_row).to(accs.dtype()).view({images, -1, 4}).contiguous();
+    const at::Tensor sorted_boxes =
+        b.reshape({-1, 4}).index_select(0, box_row).to(accs.dtype()).view({images, -1, 4}).contiguous();
     const at::Tensor keep = greedy_nms_sorted<acc_t>(sorted_boxes, sorted_key, iou_threshold);
     // Survivors by (score descending, candidate index); the first max_detections.
     const at::Tensor kept_score = slot_score.gather(1, perm).masked_fill(keep.logical_not(), -INFINITY);
@@ -336,8 +336,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
     at::Tensor out_boxes = b.new_zeros({images, max_detections, 4});
     out_boxes.narrow(1, 0, take).copy_(det_boxes);
     const at::Tensor source = dense ? det_point : slot_id.gather(1, pick);
-    result = {out_boxes, pad(slot_score.gather(1, pick).to(b.scalar_type()), 0),
-              pad(slot_label.gather(1, pick), -1), pad(source, -1), counts};
+    result = {out_boxes, pad(slot_score.gather(1, pick).to(b.scalar_type()), 0), pad(slot_label.gather(1, pick), -1),
+              pad(source, -1), counts};
   });
   return result;
 }

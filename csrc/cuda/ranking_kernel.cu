@@ -24,34 +24,30 @@ __global__ void run_starts_kernel(const int64_t* __restrict__ group, const doubl
 }
 
 // run_start[r] = the first position of run r, from the inclusive count of runs.
-__global__ void run_start_positions_kernel(const int64_t* __restrict__ new_run,
-                                           const int64_t* __restrict__ runs_so_far, int64_t n,
-                                           int64_t* __restrict__ run_start) {
+__global__ void run_start_positions_kernel(const int64_t* __restrict__ new_run, const int64_t* __restrict__ runs_so_far,
+                                           int64_t n, int64_t* __restrict__ run_start) {
   for (int64_t p = grid_start(); p < n; p += grid_stride()) {
     if (new_run[p]) run_start[runs_so_far[p] - 1] = p;
   }
 }
 
 __global__ void assign_ranks_kernel(const int64_t* __restrict__ perm, const int64_t* __restrict__ group,
-                                    const int64_t* __restrict__ group_start,
-                                    const int64_t* __restrict__ runs_so_far,
-                                    const int64_t* __restrict__ run_start,
-                                    const int64_t* __restrict__ nan_count, int64_t n, TieMethod method,
-                                    double* __restrict__ out) {
+                                    const int64_t* __restrict__ group_start, const int64_t* __restrict__ runs_so_far,
+                                    const int64_t* __restrict__ run_start, const int64_t* __restrict__ nan_count,
+                                    int64_t n, TieMethod method, double* __restrict__ out) {
   for (int64_t p = grid_start(); p < n; p += grid_stride()) {
     const int64_t gb = group_start[group[p]];
     // A run ends where the next begins; run_start[number of runs] is n.
     const int64_t run = runs_so_far[p] - 1;
     const int64_t dense = runs_so_far[p] - runs_so_far[gb];
-    out[perm[p]] = nan_count[group[p]] > 0
-                       ? NAN
-                       : tie_rank(method, p - gb, run_start[run] - gb, run_start[run + 1] - gb, dense);
+    out[perm[p]] =
+        nan_count[group[p]] > 0 ? NAN : tie_rank(method, p - gb, run_start[run] - gb, run_start[run + 1] - gb, dense);
   }
 }
 
 __global__ void centred_rank_sums_kernel(const int64_t* __restrict__ ids, const double* __restrict__ rx,
-                                         const double* __restrict__ ry, const int64_t* __restrict__ sizes,
-                                         int64_t n, int64_t num_groups, double* __restrict__ sums) {
+                                         const double* __restrict__ ry, const int64_t* __restrict__ sizes, int64_t n,
+                                         int64_t num_groups, double* __restrict__ sums) {
   for (int64_t p = grid_start(); p < n; p += grid_stride()) {
     const int64_t g = ids[p];
     const double cx = centred_rank(rx[p], sizes[g]), cy = centred_rank(ry[p], sizes[g]);
@@ -81,8 +77,7 @@ at::Tensor rank_groups(const at::Tensor& values, const at::Tensor& ids, int64_t 
   const at::Tensor group_sorted = std::get<0>(by_group);
   const at::Tensor perm = perm_v.index_select(0, std::get<1>(by_group));
   const at::Tensor value_sorted = values.index_select(0, perm);
-  const at::Tensor nan_count =
-      at::zeros({num_groups}, ids.options()).index_add_(0, ids, values.isnan().to(at::kLong));
+  const at::Tensor nan_count = at::zeros({num_groups}, ids.options()).index_add_(0, ids, values.isnan().to(at::kLong));
 
   // Run boundaries by a scan of run starts and a scatter, not by min/max
   // scans of positions: torch's cummax/cummin took most of the time.
@@ -92,8 +87,7 @@ at::Tensor rank_groups(const at::Tensor& values, const at::Tensor& ids, int64_t 
   const auto stream = at::cuda::getCurrentCUDAStream();
   run_starts_kernel<<<grid_for(n), kThreads, 0, stream>>>(group_sorted.data_ptr<int64_t>(),
                                                           value_sorted.data_ptr<double>(), n,
-                                                          new_run.data_ptr<int64_t>(),
-                                                          group_start.data_ptr<int64_t>());
+                                                          new_run.data_ptr<int64_t>(), group_start.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const at::Tensor runs_so_far = new_run.cumsum(0);
   at::Tensor run_start = at::full({n + 1}, n, longs);
@@ -133,9 +127,9 @@ at::Tensor spearman_cuda(const at::Tensor& x, const at::Tensor& y, const std::op
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t n = x.size(0);
   if (n > 0) {
-    centred_rank_sums_kernel<<<grid_for(n), kThreads, 0, stream>>>(
-        ids.data_ptr<int64_t>(), rx.data_ptr<double>(), ry.data_ptr<double>(), sizes.data_ptr<int64_t>(), n,
-        count, sums.data_ptr<double>());
+    centred_rank_sums_kernel<<<grid_for(n), kThreads, 0, stream>>>(ids.data_ptr<int64_t>(), rx.data_ptr<double>(),
+                                                                   ry.data_ptr<double>(), sizes.data_ptr<int64_t>(), n,
+                                                                   count, sums.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   correlation_kernel<<<grid_for(count), kThreads, 0, stream>>>(sizes.data_ptr<int64_t>(), sums.data_ptr<double>(),

@@ -112,10 +112,10 @@ __global__ void count_kernel(const int64_t* __restrict__ pick_anchor, int64_t sl
 // Pass 2, per anchor: its GT (-1 for background) and that pair's alignment
 // and CIoU.
 template <typename T, typename S>
-__global__ void resolve_kernel(TaskAlignedView<T, S> v, int64_t images, int64_t topk,
-                               const int32_t* __restrict__ picks, const int64_t* __restrict__ entry,
-                               const T* __restrict__ pick_alignment, const T* __restrict__ pick_ciou,
-                               int64_t* __restrict__ gt_of, T* __restrict__ alignment, T* __restrict__ ciou) {
+__global__ void resolve_kernel(TaskAlignedView<T, S> v, int64_t images, int64_t topk, const int32_t* __restrict__ picks,
+                               const int64_t* __restrict__ entry, const T* __restrict__ pick_alignment,
+                               const T* __restrict__ pick_ciou, int64_t* __restrict__ gt_of, T* __restrict__ alignment,
+                               T* __restrict__ ciou) {
   for (int64_t i = grid_start(); i < images * v.n; i += grid_stride()) {
     gt_of[i] = -1;
     alignment[i] = T(0);
@@ -216,10 +216,19 @@ void task_aligned_cuda_impl(const TaskAlignedInputs& in, const TaskAlignedParams
   regions_kernel<T><<<grid_for(rows), kThreads, 0, stream>>>(in.gt.data_ptr<T>(), rows, static_cast<T>(p.min_side),
                                                              regions.data_ptr<T>(), angles.data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const TaskAlignedView<T, S> v{in.scores.data_ptr<S>(), in.boxes.data_ptr<T>(), in.anchors.data_ptr<T>(),
-                                in.labels.data_ptr<int64_t>(), in.gt.data_ptr<T>(), regions.data_ptr<T>(),
-                                angles.data_ptr<T>(), in.valid.data_ptr<bool>(), n, gmax, p.classes,
-                                static_cast<T>(p.alpha), static_cast<T>(p.beta)};
+  const TaskAlignedView<T, S> v{in.scores.data_ptr<S>(),
+                                in.boxes.data_ptr<T>(),
+                                in.anchors.data_ptr<T>(),
+                                in.labels.data_ptr<int64_t>(),
+                                in.gt.data_ptr<T>(),
+                                regions.data_ptr<T>(),
+                                angles.data_ptr<T>(),
+                                in.valid.data_ptr<bool>(),
+                                n,
+                                gmax,
+                                p.classes,
+                                static_cast<T>(p.alpha),
+                                static_cast<T>(p.beta)};
 
   const int64_t slots = rows * p.topk;
   at::Tensor pick_anchor = at::full({slots}, -1, opts.dtype(at::kLong));
@@ -228,7 +237,8 @@ void task_aligned_cuda_impl(const TaskAlignedInputs& in, const TaskAlignedParams
                                                                 pick_alignment.data_ptr<T>(), pick_ciou.data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-  at::Tensor picks = at::zeros({images * n}, opts.dtype(at::kInt)), entry = at::empty({images * n}, opts.dtype(at::kLong));
+  at::Tensor picks = at::zeros({images * n}, opts.dtype(at::kInt)),
+             entry = at::empty({images * n}, opts.dtype(at::kLong));
   count_kernel<<<grid_for(slots), kThreads, 0, stream>>>(pick_anchor.data_ptr<int64_t>(), slots, gmax * p.topk, n,
                                                          picks.data_ptr<int32_t>(), entry.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -289,8 +299,6 @@ TaskAlignedResult assign_task_aligned_cuda(const at::Tensor& pd_scores, const at
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mutualops, CUDA, m) {
-  m.impl("assign_task_aligned", &assign_task_aligned_cuda);
-}
+TORCH_LIBRARY_IMPL(mutualops, CUDA, m) { m.impl("assign_task_aligned", &assign_task_aligned_cuda); }
 
 }  // namespace mutualops

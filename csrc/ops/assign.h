@@ -114,12 +114,16 @@ inline void check_mutual_targets(const at::Tensor& matched, const at::Tensor& gt
                     priors.sizes());
   TORCH_CHECK_VALUE(!scale.has_value() || (scale->dim() == 1 && scale->size(0) == n), "scale must have shape [P]");
   for (const at::Tensor* t : {&gt_boxes, &cls_logits, &priors}) {
-    TORCH_CHECK_TYPE(t->scalar_type() == box_pred.scalar_type(), "gt_boxes, cls_logits and priors must have the dtype of box_pred");
+    TORCH_CHECK_TYPE(t->scalar_type() == box_pred.scalar_type(),
+                     "gt_boxes, cls_logits and priors must have the dtype of box_pred");
   }
   TORCH_CHECK_TYPE(at::isIntegralType(gt_labels.scalar_type(), false), "gt_labels must be an integer tensor, got ",
                    gt_labels.scalar_type());
-  for (auto [t, name] : {std::pair{&matched, "matched"}, {&gt_boxes, "gt_boxes"}, {&gt_labels, "gt_labels"},
-                         {&cls_logits, "cls_logits"}, {&priors, "priors"}}) {
+  for (auto [t, name] : {std::pair{&matched, "matched"},
+                         {&gt_boxes, "gt_boxes"},
+                         {&gt_labels, "gt_labels"},
+                         {&cls_logits, "cls_logits"},
+                         {&priors, "priors"}}) {
     TORCH_CHECK_VALUE(t->device() == box_pred.device(), name, " must be on the device of box_pred (", box_pred.device(),
                       "), got ", t->device());
   }
@@ -133,11 +137,23 @@ MutualTargetArgs<S> mutual_target_args(const at::Tensor& matched, const at::Tens
                                        const at::Tensor& scale, BoxCoding coding, double gamma_cls, double gamma_loc,
                                        at::Tensor& decoded, at::Tensor& iou_target, at::Tensor& cls_target,
                                        at::Tensor& raw_weight) {
-  return MutualTargetArgs<S>{matched.data_ptr<int64_t>(), gt_boxes.data_ptr<S>(), labels.data_ptr<int64_t>(),
-                             pred.data_ptr<S>(), logits.data_ptr<S>(), priors.data_ptr<S>(),
-                             scale.defined() ? scale.data_ptr<S>() : nullptr, matched.size(1), gt_boxes.size(1),
-                             logits.size(2), coding, gamma_cls, gamma_loc, decoded.data_ptr<S>(),
-                             iou_target.data_ptr<S>(), cls_target.data_ptr<S>(), raw_weight.data_ptr<S>()};
+  return MutualTargetArgs<S>{matched.data_ptr<int64_t>(),
+                             gt_boxes.data_ptr<S>(),
+                             labels.data_ptr<int64_t>(),
+                             pred.data_ptr<S>(),
+                             logits.data_ptr<S>(),
+                             priors.data_ptr<S>(),
+                             scale.defined() ? scale.data_ptr<S>() : nullptr,
+                             matched.size(1),
+                             gt_boxes.size(1),
+                             logits.size(2),
+                             coding,
+                             gamma_cls,
+                             gamma_loc,
+                             decoded.data_ptr<S>(),
+                             iou_target.data_ptr<S>(),
+                             cls_target.data_ptr<S>(),
+                             raw_weight.data_ptr<S>()};
 }
 
 // Normalises box-loss weights over the positives of the batch so that they

@@ -40,11 +40,10 @@ void dispatch_iou_mode(IouMode mode, F&& f) {
 }
 
 inline void check_boxes(const at::Tensor& boxes, const char* name) {
-  TORCH_CHECK_TYPE(at::isFloatingType(boxes.scalar_type()), name,
-              " must be a floating-point tensor, got ", boxes.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(boxes.scalar_type()), name, " must be a floating-point tensor, got ",
+                   boxes.scalar_type());
   TORCH_CHECK_VALUE(boxes.dim() >= 1 && boxes.size(-1) == 4, name,
-              " must have 4 coordinates (x1, y1, x2, y2) in its last dimension, got shape ",
-              boxes.sizes());
+                    " must have 4 coordinates (x1, y1, x2, y2) in its last dimension, got shape ", boxes.sizes());
 }
 
 // Validates a pairwise call and returns (B, N, M); B is 1 for 2-D inputs.
@@ -52,17 +51,15 @@ inline std::array<int64_t, 3> check_pairwise(const at::Tensor& boxes1, const at:
   check_boxes(boxes1, "boxes1");
   check_boxes(boxes2, "boxes2");
   TORCH_CHECK_VALUE(boxes1.dim() == boxes2.dim() && (boxes1.dim() == 2 || boxes1.dim() == 3),
-              "boxes1 and boxes2 must both be [N,4]/[M,4] or both [B,N,4]/[B,M,4], got ",
-              boxes1.sizes(), " and ", boxes2.sizes());
-  TORCH_CHECK_TYPE(boxes1.scalar_type() == boxes2.scalar_type(),
-              "boxes1 and boxes2 must have the same dtype, got ", boxes1.scalar_type(), " and ",
-              boxes2.scalar_type());
-  TORCH_CHECK_VALUE(boxes1.device() == boxes2.device(),
-              "boxes1 and boxes2 must be on the same device, got ", boxes1.device(), " and ",
-              boxes2.device());
+                    "boxes1 and boxes2 must both be [N,4]/[M,4] or both [B,N,4]/[B,M,4], got ", boxes1.sizes(), " and ",
+                    boxes2.sizes());
+  TORCH_CHECK_TYPE(boxes1.scalar_type() == boxes2.scalar_type(), "boxes1 and boxes2 must have the same dtype, got ",
+                   boxes1.scalar_type(), " and ", boxes2.scalar_type());
+  TORCH_CHECK_VALUE(boxes1.device() == boxes2.device(), "boxes1 and boxes2 must be on the same device, got ",
+                    boxes1.device(), " and ", boxes2.device());
   if (boxes1.dim() == 2) return {1, boxes1.size(0), boxes2.size(0)};
   TORCH_CHECK_VALUE(boxes1.size(0) == boxes2.size(0), "boxes1 and boxes2 must have the same batch size, got ",
-              boxes1.size(0), " and ", boxes2.size(0));
+                    boxes1.size(0), " and ", boxes2.size(0));
   return {boxes1.size(0), boxes1.size(1), boxes2.size(1)};
 }
 
@@ -70,10 +67,9 @@ inline void check_aligned(const at::Tensor& boxes1, const at::Tensor& boxes2) {
   check_boxes(boxes1, "boxes1");
   check_boxes(boxes2, "boxes2");
   TORCH_CHECK_VALUE(boxes1.dim() == 2 && boxes1.sizes() == boxes2.sizes(),
-              "boxes1 and boxes2 must both be [N,4] with the same N, got ", boxes1.sizes(), " and ",
-              boxes2.sizes());
-  TORCH_CHECK_TYPE(boxes1.scalar_type() == boxes2.scalar_type(),
-              "boxes1 and boxes2 must have the same dtype");
+                    "boxes1 and boxes2 must both be [N,4] with the same N, got ", boxes1.sizes(), " and ",
+                    boxes2.sizes());
+  TORCH_CHECK_TYPE(boxes1.scalar_type() == boxes2.scalar_type(), "boxes1 and boxes2 must have the same dtype");
   TORCH_CHECK_VALUE(boxes1.device() == boxes2.device(), "boxes1 and boxes2 must be on the same device");
 }
 

@@ -13,8 +13,8 @@ inline void check_nms_args(const at::Tensor& boxes, const at::Tensor& scores, co
   TORCH_CHECK_TYPE(at::isFloatingType(boxes.scalar_type()), "boxes must be a floating-point tensor, got ",
                    boxes.scalar_type());
   TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, "boxes must have shape [N, 4], got ", boxes.sizes());
-  TORCH_CHECK_VALUE(scores.dim() == 1 && scores.size(0) == boxes.size(0), "scores must have shape [",
-                    boxes.size(0), "], got ", scores.sizes());
+  TORCH_CHECK_VALUE(scores.dim() == 1 && scores.size(0) == boxes.size(0), "scores must have shape [", boxes.size(0),
+                    "], got ", scores.sizes());
   TORCH_CHECK_VALUE(idxs.dim() == 1 && idxs.size(0) == boxes.size(0), "idxs must have shape [", boxes.size(0),
                     "], got ", idxs.sizes());
   TORCH_CHECK_TYPE(scores.scalar_type() == boxes.scalar_type(), "scores must have the dtype of boxes");
@@ -32,8 +32,7 @@ inline double rescore_alpha(const std::optional<at::Tensor>& iou, double alpha) 
   return iou.has_value() ? alpha : 0.0;
 }
 
-inline void check_rescore_params(double alpha, double score_threshold, double iou_threshold,
-                                 int64_t max_detections) {
+inline void check_rescore_params(double alpha, double score_threshold, double iou_threshold, int64_t max_detections) {
   TORCH_CHECK_VALUE(alpha >= 0.0 && alpha <= 1.0, "alpha must be in [0, 1], got ", alpha);
   TORCH_CHECK_VALUE(score_threshold >= 0.0 && score_threshold <= 1.0, "score_threshold must be in [0, 1], got ",
                     score_threshold);
@@ -53,7 +52,8 @@ inline void check_optional_index(const std::optional<at::Tensor>& t, int64_t n, 
 
 inline void check_rescored_dense(const at::Tensor& boxes, const at::Tensor& scores,
                                  const std::optional<at::Tensor>& iou, const std::optional<at::Tensor>& level_index,
-                                 int64_t num_levels, double alpha, double score_threshold, double iou_threshold, int64_t max_detections) {
+                                 int64_t num_levels, double alpha, double score_threshold, double iou_threshold,
+                                 int64_t max_detections) {
   TORCH_CHECK_TYPE(at::isFloatingType(boxes.scalar_type()), "boxes must be a floating-point tensor");
   TORCH_CHECK_VALUE(boxes.dim() == 3 && boxes.size(2) == 4, "boxes must have shape [B, N, 4], got ", boxes.sizes());
   TORCH_CHECK_VALUE(scores.dim() == 3 && scores.size(0) == boxes.size(0) && scores.size(1) == boxes.size(1),
@@ -73,14 +73,12 @@ inline void check_rescored_dense(const at::Tensor& boxes, const at::Tensor& scor
 
 inline void check_rescored_flat(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& labels,
                                 const std::optional<at::Tensor>& iou, const std::optional<at::Tensor>& batch_index,
-                                const std::optional<at::Tensor>& level_index, int64_t num_levels,
-                                int64_t num_images, double alpha,
-                                double score_threshold, double iou_threshold, int64_t max_detections) {
+                                const std::optional<at::Tensor>& level_index, int64_t num_levels, int64_t num_images,
+                                double alpha, double score_threshold, double iou_threshold, int64_t max_detections) {
   TORCH_CHECK_TYPE(at::isFloatingType(boxes.scalar_type()), "boxes must be a floating-point tensor");
   TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, "boxes must have shape [M, 4], got ", boxes.sizes());
   const int64_t m = boxes.size(0);
-  TORCH_CHECK_VALUE(scores.dim() == 1 && scores.size(0) == m, "scores must have shape [", m, "], got ",
-                    scores.sizes());
+  TORCH_CHECK_VALUE(scores.dim() == 1 && scores.size(0) == m, "scores must have shape [", m, "], got ", scores.sizes());
   TORCH_CHECK_TYPE(scores.scalar_type() == boxes.scalar_type(), "scores must have the dtype of boxes");
   if (iou.has_value()) {
     TORCH_CHECK_VALUE(iou->dim() == 1 && iou->size(0) == m, "iou must have shape [", m, "], got ", iou->sizes());

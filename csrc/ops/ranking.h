@@ -24,8 +24,7 @@ inline void check_values(const at::Tensor& x, const char* name) {
 
 // Group ids as contiguous int64 (zeros when absent) and the number of groups.
 // Validates ids: the one host synchronisation, which also sizes the output.
-inline std::pair<at::Tensor, int64_t> resolve_groups(const at::Tensor& x,
-                                                     const std::optional<at::Tensor>& groups,
+inline std::pair<at::Tensor, int64_t> resolve_groups(const at::Tensor& x, const std::optional<at::Tensor>& groups,
                                                      std::optional<int64_t> num_groups) {
   const int64_t n = x.size(0);
   if (!groups.has_value()) {
@@ -33,8 +32,8 @@ inline std::pair<at::Tensor, int64_t> resolve_groups(const at::Tensor& x,
     return {at::zeros({n}, x.options().dtype(at::kLong)), 1};
   }
   const at::Tensor& g = *groups;
-  TORCH_CHECK_TYPE(at::isIntegralType(g.scalar_type(), /*includeBool=*/false),
-                   "groups must be an integer tensor, got ", g.scalar_type());
+  TORCH_CHECK_TYPE(at::isIntegralType(g.scalar_type(), /*includeBool=*/false), "groups must be an integer tensor, got ",
+                   g.scalar_type());
   TORCH_CHECK_VALUE(g.dim() == 1 && g.size(0) == n, "groups must have shape [", n, "], got ", g.sizes());
   TORCH_CHECK_VALUE(g.device() == x.device(), "groups must be on ", x.device(), ", got ", g.device());
   at::Tensor ids = g.to(at::kLong).contiguous();

@@ -30,8 +30,8 @@ inline at::Tensor per_gt(const at::Tensor& t, int64_t images, int64_t gmax, cons
 inline void check_task_aligned(const at::Tensor& scores, const at::Tensor& boxes, const at::Tensor& anchors,
                                const at::Tensor& labels, const at::Tensor& gt, const at::Tensor& mask,
                                const TaskAlignedParams& p) {
-  for (auto [t, name] : {std::pair{&scores, "pd_scores"}, {&boxes, "pd_bboxes"}, {&anchors, "anc_points"},
-                         {&gt, "gt_bboxes"}}) {
+  for (auto [t, name] :
+       {std::pair{&scores, "pd_scores"}, {&boxes, "pd_bboxes"}, {&anchors, "anc_points"}, {&gt, "gt_bboxes"}}) {
     TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()) && t->scalar_type() != at::kFloat8_e4m3fn &&
                          t->scalar_type() != at::kFloat8_e5m2,
                      name, " must be float16, bfloat16, float32 or float64, got ", t->scalar_type());
@@ -49,8 +49,8 @@ inline void check_task_aligned(const at::Tensor& scores, const at::Tensor& boxes
                     " classes in its last dimension but num_classes is ", p.classes);
   TORCH_CHECK_VALUE(boxes.dim() == 3 && boxes.size(0) == images && boxes.size(1) == n && boxes.size(2) == 4,
                     "pd_bboxes must have shape [", images, ", ", n, ", 4], got ", boxes.sizes());
-  TORCH_CHECK_VALUE(anchors.dim() == 2 && anchors.size(0) == n && anchors.size(1) == 2,
-                    "anc_points must have shape [", n, ", 2], got ", anchors.sizes());
+  TORCH_CHECK_VALUE(anchors.dim() == 2 && anchors.size(0) == n && anchors.size(1) == 2, "anc_points must have shape [",
+                    n, ", 2], got ", anchors.sizes());
   TORCH_CHECK_VALUE(gt.dim() == 3 && gt.size(0) == images && gt.size(2) == 4, "gt_bboxes must have shape [", images,
                     ", G, 4], got ", gt.sizes());
   per_gt(labels, images, gt.size(1), "gt_labels");
@@ -82,9 +82,8 @@ struct TaskAlignedInputs {
 };
 
 inline TaskAlignedInputs prepare_task_aligned(const at::Tensor& scores, const at::Tensor& boxes,
-                                              const at::Tensor& anchors, const at::Tensor& labels,
-                                              const at::Tensor& gt, const at::Tensor& mask, at::ScalarType math,
-                                              int64_t classes) {
+                                              const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& gt,
+                                              const at::Tensor& mask, at::ScalarType math, int64_t classes) {
   const int64_t images = scores.size(0), gmax = gt.size(1);
   TaskAlignedInputs in;
   in.scores = scores.contiguous();
@@ -107,13 +106,14 @@ inline TaskAlignedInputs prepare_task_aligned(const at::Tensor& scores, const at
     const auto [lo, hi] = at::aminmax(t);
     return (lo >= 0).logical_and(hi < INFINITY);
   };
-  const at::Tensor flags =
-      at::stack({real_labels.eq(real_labels.trunc()).all().logical_and(real_labels.ge(0).all()),
-                 real_labels.lt(static_cast<double>(classes)).all(), finite(real_gt),
-                 real_gt.select(2, 2).ge(real_gt.select(2, 0)).all().logical_and(
-                     real_gt.select(2, 3).ge(real_gt.select(2, 1)).all()),
-                 finite(in.anchors), finite(in.boxes), non_negative(in.scores)})
-          .cpu();
+  const at::Tensor flags = at::stack({real_labels.eq(real_labels.trunc()).all().logical_and(real_labels.ge(0).all()),
+                                      real_labels.lt(static_cast<double>(classes)).all(), finite(real_gt),
+                                      real_gt.select(2, 2)
+                                          .ge(real_gt.select(2, 0))
+                                          .all()
+                                          .logical_and(real_gt.select(2, 3).ge(real_gt.select(2, 1)).all()),
+                                      finite(in.anchors), finite(in.boxes), non_negative(in.scores)})
+                               .cpu();
   const bool* ok = flags.data_ptr<bool>();
   TORCH_CHECK_VALUE(ok[0], "gt_labels must hold non-negative whole class indices on the real GT rows (mask_gt != 0)");
   TORCH_CHECK_VALUE(ok[1], "gt_labels must be < num_classes (", classes, ") on the real GT rows (mask_gt != 0)");

@@ -319,8 +319,8 @@ def quality_focal_loss(logits, soft_targets, beta=2.0):
 
 
 def centerness(points, gt):
-    l, t = points[:, 0] - gt[:, 0], points[:, 1] - gt[:, 1]
-    r, b = gt[:, 2] - points[:, 0], gt[:, 3] - points[:, 1]
-    lr = torch.stack([l, r], 1).clamp(min=1e-6)
-    tb = torch.stack([t, b], 1).clamp(min=1e-6)
+    left, top = points[:, 0] - gt[:, 0], points[:, 1] - gt[:, 1]
+    right, bottom = gt[:, 2] - points[:, 0], gt[:, 3] - points[:, 1]
+    lr = torch.stack([left, right], 1).clamp(min=1e-6)
+    tb = torch.stack([top, bottom], 1).clamp(min=1e-6)
     return torch.sqrt(lr.min(1).values / lr.max(1).values * tb.min(1).values / tb.max(1).values)

@@ -20,9 +20,7 @@ static void check(bool ok, const char* what) {
   }
 }
 
-static bool near(double a, double b, double tol) {
-  return std::fabs(a - b) <= tol * (1.0 + std::fabs(b));
-}
+static bool near(double a, double b, double tol) { return std::fabs(a - b) <= tol * (1.0 + std::fabs(b)); }
 
 static void test_values() {
   const Box<double> a{0, 0, 2, 2}, b{1, 1, 3, 3};
@@ -56,8 +54,7 @@ static void test_offsets() {
 }
 
 static double overlap_at(const double* c, IouMode mode) {
-  return mutualops::box_overlap(Box<double>{c[0], c[1], c[2], c[3]}, Box<double>{c[4], c[5], c[6], c[7]},
-                                mode);
+  return mutualops::box_overlap(Box<double>{c[0], c[1], c[2], c[3]}, Box<double>{c[4], c[5], c[6], c[7]}, mode);
 }
 
 static void test_gradient() {
@@ -69,8 +66,8 @@ static void test_gradient() {
   for (const auto& c : cases) {
     for (IouMode mode : modes) {
       Box<double> ga{0, 0, 0, 0}, gb{0, 0, 0, 0};
-      mutualops::box_overlap_backward(Box<double>{c[0], c[1], c[2], c[3]},
-                                      Box<double>{c[4], c[5], c[6], c[7]}, mode, 1.0, &ga, &gb);
+      mutualops::box_overlap_backward(Box<double>{c[0], c[1], c[2], c[3]}, Box<double>{c[4], c[5], c[6], c[7]}, mode,
+                                      1.0, &ga, &gb);
       const double analytic[8] = {ga.x1, ga.y1, ga.x2, ga.y2, gb.x1, gb.y1, gb.x2, gb.y2};
       bool ok = true;
       for (int k = 0; k < 8; ++k) {

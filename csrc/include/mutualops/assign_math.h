@@ -24,8 +24,7 @@ constexpr int64_t kIgnore = -2;
 // Written with bitwise operators and no early return, so that CPU loops over
 // GTs vectorize.
 template <typename T>
-MUTUALOPS_HD bool fcos_point_matches(T x, T y, const Box<T>& g, T stride, T radius, T lower, T upper,
-                                     bool inclusive) {
+MUTUALOPS_HD bool fcos_point_matches(T x, T y, const Box<T>& g, T stride, T radius, T lower, T upper, bool inclusive) {
   const T l = x - g.x1, t = y - g.y1, r = g.x2 - x, b = g.y2 - y;
   const bool inside = min2(min2(l, t), min2(r, b)) > T(0);
   const T dx = x - (g.x1 + g.x2) / T(2), dy = y - (g.y1 + g.y2) / T(2);
@@ -102,13 +101,13 @@ enum class BoxCoding : int { kDistance = 0, kDelta = 1 };
 // i = image * n + prior p. S is the storage type.
 template <typename S>
 struct MutualTargetArgs {
-  const int64_t* matched;  // [B, n]
-  const S* gt_boxes;       // [B, gmax, 4]
+  const int64_t* matched;    // [B, n]
+  const S* gt_boxes;         // [B, gmax, 4]
   const int64_t* gt_labels;  // [B, gmax]
-  const S* box_pred;       // [B, n, 4]
-  const S* cls_logits;     // [B, n, classes]
-  const S* priors;         // points [n, 2] or anchors [n, 4]
-  const S* scale;          // [n] or null
+  const S* box_pred;         // [B, n, 4]
+  const S* cls_logits;       // [B, n, classes]
+  const S* priors;           // points [n, 2] or anchors [n, 4]
+  const S* scale;            // [n] or null
   int64_t n, gmax, classes;
   BoxCoding coding;
   double gamma_cls, gamma_loc;
@@ -126,8 +125,8 @@ MUTUALOPS_HD void mutual_targets_at(const MutualTargetArgs<S>& a, int64_t i) {
   const S* d = a.box_pred + 4 * i;
   const T delta[4] = {static_cast<T>(d[0]), static_cast<T>(d[1]), static_cast<T>(d[2]), static_cast<T>(d[3])};
   const Box<T> box = a.coding == BoxCoding::kDistance
-                         ? decode_distance(static_cast<T>(a.priors[2 * p]), static_cast<T>(a.priors[2 * p + 1]),
-                                           delta, a.scale ? static_cast<T>(a.scale[p]) : T(1))
+                         ? decode_distance(static_cast<T>(a.priors[2 * p]), static_cast<T>(a.priors[2 * p + 1]), delta,
+                                           a.scale ? static_cast<T>(a.scale[p]) : T(1))
                          : decode_delta(load_box<T>(a.priors + 4 * p), delta);
   store_box(box, a.decoded + 4 * i);
   const int64_t g = a.matched[i];
@@ -136,8 +135,8 @@ MUTUALOPS_HD void mutual_targets_at(const MutualTargetArgs<S>& a, int64_t i) {
   const T q = box_iou(box, load_box<T>(a.gt_boxes + 4 * (image * a.gmax + g)));
   a.iou_target[i] = static_cast<S>(q);
   a.cls_target[i * a.classes + label] = static_cast<S>(soft_class_target(q, static_cast<T>(a.gamma_cls)));
-  a.raw_weight[i] = static_cast<S>(
-      box_loss_weight(static_cast<T>(a.cls_logits[i * a.classes + label]), static_cast<T>(a.gamma_loc)));
+  a.raw_weight[i] =
+      static_cast<S>(box_loss_weight(static_cast<T>(a.cls_logits[i * a.classes + label]), static_cast<T>(a.gamma_loc)));
 }
 
 }  // namespace mutualops

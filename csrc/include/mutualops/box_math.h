@@ -31,8 +31,7 @@ struct Box {
 // Reads four consecutive coordinates of any storage type into the math type.
 template <typename T, typename S>
 MUTUALOPS_HD Box<T> load_box(const S* p) {
-  return Box<T>{static_cast<T>(p[0]), static_cast<T>(p[1]), static_cast<T>(p[2]),
-                static_cast<T>(p[3])};
+  return Box<T>{static_cast<T>(p[0]), static_cast<T>(p[1]), static_cast<T>(p[2]), static_cast<T>(p[3])};
 }
 
 template <typename T, typename S>
@@ -96,13 +95,9 @@ MUTUALOPS_HD T enclosing_extent(T a1, T a2, T b1, T b2) {
   return clamp_min0(max2(max2(a2, b2), max2(a1, b1)) - min2(min2(a1, b1), min2(a2, b2)));
 }
 
-MUTUALOPS_HD float atan_of(float x) {
-  return atanf(x);
-}
+MUTUALOPS_HD float atan_of(float x) { return atanf(x); }
 
-MUTUALOPS_HD double atan_of(double x) {
-  return atan(x);
-}
+MUTUALOPS_HD double atan_of(double x) { return atan(x); }
 
 // atan(w / h), the CIoU aspect angle, defined as pi/2 (or 0 for a point) when
 // h is 0 instead of dividing by zero.
@@ -217,8 +212,7 @@ MUTUALOPS_HD void select_backward(T p, T q, bool larger, T g, T* g_p, T* g_q) {
 // Gradient of enclosing_extent, through its nesting: hi = max(max(a2, b2),
 // max(a1, b1)) gets +g, lo = min(min(a1, b1), min(a2, b2)) gets -g.
 template <typename T>
-MUTUALOPS_HD void enclosing_extent_backward(T a1, T a2, T b1, T b2, T g, T* g_a1, T* g_a2, T* g_b1,
-                                            T* g_b2) {
+MUTUALOPS_HD void enclosing_extent_backward(T a1, T a2, T b1, T b2, T g, T* g_a1, T* g_a2, T* g_b1, T* g_b2) {
   if (g == T(0) || !(enclosing_extent(a1, a2, b1, b2) > T(0))) return;
   T g_far = T(0), g_near = T(0), g_low = T(0), g_high = T(0);
   select_backward(max2(a2, b2), max2(a1, b1), true, g, &g_far, &g_near);
@@ -233,8 +227,8 @@ MUTUALOPS_HD void enclosing_extent_backward(T a1, T a2, T b1, T b2, T g, T* g_a1
 // to g_a and likewise for b. As in torchvision's CIoU, the trade-off weight
 // alpha is a constant (no gradient through it).
 template <typename T>
-MUTUALOPS_HD void box_overlap_backward(const Box<T>& a, const Box<T>& b, IouMode mode, T grad,
-                                       Box<T>* g_a, Box<T>* g_b) {
+MUTUALOPS_HD void box_overlap_backward(const Box<T>& a, const Box<T>& b, IouMode mode, T grad, Box<T>* g_a,
+                                       Box<T>* g_b) {
   const T wa = box_width(a), ha = box_height(a);
   const T wb = box_width(b), hb = box_height(b);
   const T area_a = wa * ha, area_b = wb * hb;
@@ -245,8 +239,8 @@ MUTUALOPS_HD void box_overlap_backward(const Box<T>& a, const Box<T>& b, IouMode
   const T uni = area_a + area_b - inter;
 
   // Partial derivatives of the output with respect to the intermediates.
-  T g_inter = T(0), g_area_a = T(0), g_area_b = T(0), g_wa = T(0), g_ha = T(0), g_wb = T(0),
-    g_hb = T(0), g_cw = T(0), g_ch = T(0);
+  T g_inter = T(0), g_area_a = T(0), g_area_b = T(0), g_wa = T(0), g_ha = T(0), g_wb = T(0), g_hb = T(0), g_cw = T(0),
+    g_ch = T(0);
 
   if (mode == IouMode::kIof) {
     if (area_a > T(0)) {

@@ -16,8 +16,7 @@ enum class TieMethod : int { kAverage = 0, kMin = 1, kMax = 2, kDense = 3, kOrdi
 // 1-based rank of the element at 0-based position `pos` of its group's sorted
 // order, whose run of equal values spans positions [run_begin, run_end) and
 // which holds the `dense`-th distinct value of the group (0-based).
-MUTUALOPS_HD double tie_rank(TieMethod method, int64_t pos, int64_t run_begin, int64_t run_end,
-                             int64_t dense) {
+MUTUALOPS_HD double tie_rank(TieMethod method, int64_t pos, int64_t run_begin, int64_t run_end, int64_t dense) {
   switch (method) {
     case TieMethod::kMin:
       return double(run_begin + 1);
@@ -35,9 +34,7 @@ MUTUALOPS_HD double tie_rank(TieMethod method, int64_t pos, int64_t run_begin, i
 // Average ranks of a group of n elements always sum to n (n + 1) / 2: their
 // mean is known, so the correlation is accumulated from centred ranks in one
 // pass with no cancellation.
-MUTUALOPS_HD double centred_rank(double rank, int64_t n) {
-  return rank - double(n + 1) / 2.0;
-}
+MUTUALOPS_HD double centred_rank(double rank, int64_t n) { return rank - double(n + 1) / 2.0; }
 
 // Pearson correlation of the (centred) ranks from their sums: NaN for fewer
 // than two elements or a constant input, clipped to [-1, 1] like numpy's

@@ -52,8 +52,8 @@ MUTUALOPS_HD T tal_complete_iou(const Box<T>& gt, T gt_angle, const Box<T>& pred
   const T eps = T(1e-7);
   const T w1 = gt.x2 - gt.x1, h1 = gt.y2 - gt.y1 + eps;
   const T w2 = pred.x2 - pred.x1, h2 = pred.y2 - pred.y1 + eps;
-  const T inter = clamp_min0(min2(gt.x2, pred.x2) - max2(gt.x1, pred.x1)) *
-                  clamp_min0(min2(gt.y2, pred.y2) - max2(gt.y1, pred.y1));
+  const T inter =
+      clamp_min0(min2(gt.x2, pred.x2) - max2(gt.x1, pred.x1)) * clamp_min0(min2(gt.y2, pred.y2) - max2(gt.y1, pred.y1));
   const T uni = w1 * h1 + w2 * h2 - inter + eps;
   const T iou = inter / uni;
   const T cw = max2(gt.x2, pred.x2) - min2(gt.x1, pred.x1);
@@ -98,14 +98,14 @@ MUTUALOPS_HD T tal_normalised(T alignment, T gt_best_ciou, T gt_best_alignment, 
 // in their own storage type S, everything else in the math type T).
 template <typename T, typename S>
 struct TaskAlignedView {
-  const S* scores;         // [B, A, C]
-  const T* boxes;          // [B, A, 4] predicted
-  const T* anchors;        // [A, 2]
-  const int64_t* labels;   // [B, G]
-  const T* gt;             // [B, G, 4]
-  const T* regions;        // [B, G, 4] candidate regions
-  const T* gt_angles;      // [B, G] tal_aspect_angle of each GT
-  const bool* valid;       // [B, G] real GT rows
+  const S* scores;        // [B, A, C]
+  const T* boxes;         // [B, A, 4] predicted
+  const T* anchors;       // [A, 2]
+  const int64_t* labels;  // [B, G]
+  const T* gt;            // [B, G, 4]
+  const T* regions;       // [B, G, 4] candidate regions
+  const T* gt_angles;     // [B, G] tal_aspect_angle of each GT
+  const bool* valid;      // [B, G] real GT rows
   int64_t n, gmax, classes;
   T alpha, beta;
 };
