@@ -207,7 +207,9 @@ def rescored_nms(boxes, scores, iou=None, *, labels=None, batch_index=None, num_
         cand = dict(boxes=boxes, scores=_rescore(scores, q, alpha), labels=labels.long(), images=images,
                     order=torch.arange(m, device=boxes.device), source=torch.arange(m, device=boxes.device),
                     levels=level_index.long() if level_index is not None else None)
-        num_images = num_images if num_images is not None else (int(images.max()) + 1 if m else 1)
+        # As the wrapper: max(batch_index) + 1 images (none for an empty batch_index), one without batch_index.
+        num_images = num_images if num_images is not None else (
+            int(images.max()) + 1 if m else (1 if batch_index is None else 0))
     results = []
     for img in range(num_images):
         s = cand["scores"]
@@ -288,7 +290,7 @@ def assign_max_iou(anchors, gt_boxes, num_gt, pos_iou_threshold=0.5, neg_iou_thr
             iof = box_iou(anchors, ignore_boxes[b, : int(num_ignore[b])], "iof")
             ignored = iof.max(dim=1).values > ignore_iof_threshold
         g = gt_boxes[b, : int(num_gt[b])]
-        if g.shape[0] == 0:
+        if g.shape[0] == 0 or n == 0:  # no GT (or no anchor: nothing to reduce over)
             matched[b] = torch.where(ignored, -2, -1)
             max_iou[b] = torch.where(ignored, -1.0, 0.0).to(anchors.dtype)
             continue
@@ -332,13 +334,20 @@ def mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls_logits, priors, s
         decoded = torch.stack([pcx - 0.5 * pw, pcy - 0.5 * ph, pcx + 0.5 * pw, pcy + 0.5 * ph], dim=-1)
     positive = matched >= 0
     gt_index = matched.clamp(min=0)
+    # Background anchors read GT row 0 and its class, which need not exist (no GT rows, no classes): a spare
+    # zero row and class column give them something to read; positives never reach either.
+    b_ = gt_boxes.shape[0]
+    gt_boxes = torch.cat([gt_boxes, gt_boxes.new_zeros(b_, 1, 4)], 1)
+    gt_labels = torch.cat([gt_labels.long(), torch.zeros(b_, 1, dtype=torch.long, device=gt_labels.device)], 1)
+    spare_class = torch.cat([cls_logits, cls_logits.new_zeros(*cls_logits.shape[:2], 1)], 2)
     gt = torch.gather(gt_boxes, 1, gt_index[..., None].expand(-1, -1, 4))
-    labels = torch.gather(gt_labels.long(), 1, gt_index)
+    labels = torch.where(positive, torch.gather(gt_labels, 1, gt_index), 0)  # background reads no label
     q = torch.where(positive, box_iou_aligned(decoded, gt), torch.zeros_like(decoded[..., 0]))
-    cls_target = torch.zeros_like(cls_logits)
+    cls_target = torch.zeros_like(spare_class)
     soft = q**gamma_cls
     cls_target.scatter_(2, labels[..., None], torch.where(positive, soft, torch.zeros_like(soft))[..., None])
-    p = torch.sigmoid(torch.gather(cls_logits, 2, labels[..., None])[..., 0])
+    cls_target = cls_target[..., :-1]
+    p = torch.sigmoid(torch.gather(spare_class, 2, labels[..., None])[..., 0])
     raw = torch.where(positive, p**gamma_loc, torch.zeros_like(p))
     total = raw.sum()
     weight = raw * positive.sum() / total if total > 0 else torch.zeros_like(raw)
@@ -405,6 +414,7 @@ def assign_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
     gt_idx = pos.to(torch.uint8).argmax(1)
     al, ov = alignment * pos, ciou * pos
     norm = (al * ov.amax(2, keepdim=True) / (al.amax(2, keepdim=True) + eps)).amax(1)
+    norm = torch.where(fg, norm, torch.zeros((), dtype=dt, device=dev))  # 0 off the positives (0 / 0 with eps=0)
     out_labels = labels.gather(1, gt_idx).clamp(min=0)
     out_boxes = gt_bboxes.gather(1, gt_idx[..., None].expand(b, n, 4))
     scores = torch.zeros((b, n, c), dtype=dt, device=dev).scatter_(2, out_labels.clamp(max=c - 1)[..., None],
