@@ -35,9 +35,10 @@ def _finite_overlap(a, b, mode):
     ih = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
     inter = iw * ih
 
-    def safe_div(num, den):
+    def safe_div(num, den):  # 0 where den <= 0; a NaN den (an overflowing area) stays NaN, as in the kernels
         pos = den > 0
-        return torch.where(pos, num / torch.where(pos, den, torch.ones_like(den)), torch.zeros_like(num))
+        return torch.where(pos, num / torch.where(pos, den, torch.ones_like(den)),
+                           torch.where(den <= 0, torch.zeros_like(num), den))
 
     if mode == "iof":
         return safe_div(inter, area_a)
@@ -194,7 +195,8 @@ def rescored_nms(boxes, scores, iou=None, *, labels=None, batch_index=None, num_
         points = torch.arange(n, device=boxes.device).repeat_interleave(c)
         images = torch.arange(b_, device=boxes.device).repeat_interleave(n * c)
         cand = dict(
-            boxes=boxes[images, points.repeat(b_)], scores=flat_scores, labels=torch.arange(c, device=boxes.device).repeat(b_ * n),
+            boxes=boxes[images, points.repeat(b_)], scores=flat_scores,
+            labels=torch.arange(c, device=boxes.device).repeat(b_ * n),
             images=images, order=torch.arange(n * c, device=boxes.device).repeat(b_), source=points.repeat(b_),
             levels=(level_index.long().repeat_interleave(c).repeat(b_) if level_index is not None else None),
         )
@@ -203,8 +205,9 @@ def rescored_nms(boxes, scores, iou=None, *, labels=None, batch_index=None, num_
         m = boxes.shape[0]
         q = torch.ones_like(scores) if iou is None else iou
         images = torch.zeros(m, dtype=torch.long, device=boxes.device) if batch_index is None else batch_index.long()
-        scores = torch.where(labels >= 0, scores, torch.full_like(scores, -math.inf))
-        cand = dict(boxes=boxes, scores=_rescore(scores, q, alpha), labels=labels.long(), images=images,
+        rescored = _rescore(scores, q, alpha)
+        rescored = torch.where(labels >= 0, rescored, torch.full_like(rescored, -math.inf))  # padding candidates
+        cand = dict(boxes=boxes, scores=rescored, labels=labels.long(), images=images,
                     order=torch.arange(m, device=boxes.device), source=torch.arange(m, device=boxes.device),
                     levels=level_index.long() if level_index is not None else None)
         # As the wrapper: max(batch_index) + 1 images (none for an empty batch_index), one without batch_index.
@@ -264,11 +267,12 @@ def assign_fcos(points, gt_boxes, num_gt, strides, regress_ranges, center_sampli
         d = dist.max(dim=2).values
         lo, hi = regress_ranges[:, 0:1], regress_ranges[:, 1:2]
         match &= ((d >= lo) & (d <= hi)) if inclusive else ((d > lo) & (d < hi))
-        if torchvision_compat:
-            key = -(1e8 - ((g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1])).float())
+        if torchvision_compat:  # in the kernels' math type: float32, or float64 for float64 boxes
+            gm = g.to(_math_dtype(g))
+            key = -(1e8 - (gm[:, 2] - gm[:, 0]) * (gm[:, 3] - gm[:, 1]))
         else:
             key = (g[:, 2] - g[:, 0]).clamp(min=0) * (g[:, 3] - g[:, 1]).clamp(min=0)
-        keys = torch.where(match, key[None, :].to(dist.dtype), torch.full_like(d, math.inf))
+        keys = torch.where(match, key[None, :], torch.full((), math.inf, dtype=key.dtype, device=key.device))
         best, arg = keys.min(dim=1)
         ok = best < math.inf
         if torchvision_compat:

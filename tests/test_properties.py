@@ -25,7 +25,9 @@ from mutualops._validate import promote
 
 ALLOWED = (TypeError, ValueError, IndexError)
 # Small example counts: the whole file runs in well under two minutes on two CPU cores.
-SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+# derandomize: every run draws the same examples, so a red CI run is reproducible, never a flake; set it to
+# False locally to explore new ones.
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 WRONG = [torch.int32, torch.int64, torch.bool, torch.complex64]
 SPECIAL = [math.nan, math.inf, -math.inf, 1e30, -1e30, 0.0, -0.0, -7.5]
@@ -210,7 +212,7 @@ def test_box_iou_aligned_and_loss(data):
         assert_same(out, expected, dtype=torch.bfloat16 if out.dtype in FLOATS[:2] else None, what="iou_loss")
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(data=st.data())
 def test_box_iou_gradients_match_reference_autograd(data):
     # The backward kernels (box_iou_aligned_backward, also behind pairwise box_iou) against torch's autograd of the
@@ -476,10 +478,6 @@ def test_mutual_targets(data):
     else:
         priors = draw(boxes((n,), dtype, hostile=hostile))
         box_pred = draw(values((b, n, 4), dtype, -1, 1, hostile=hostile))
-        # C++ bug, left out: delta decoding clamps a NaN dw/dh to log(1000/16) (fmin drops the NaN), so the
-        # decoded box is finite where the reference's is NaN. Only the size deltas are kept free of NaN.
-        if box_pred.is_floating_point():
-            box_pred[..., 2:] = box_pred[..., 2:].nan_to_num(0.0, math.inf, -math.inf)
     logits = draw(layout(draw(values((b, n, c), draw(st.sampled_from([dtype] * 5 + WRONG)), -4, 4,
                                      hostile=hostile))))
     scale = draw(values((n,), dtype, 1, 16, hostile=hostile)) if draw(st.booleans()) else None
@@ -499,7 +497,7 @@ def test_mutual_targets(data):
         assert torch.equal(out.positive, matched >= 0)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(data=st.data())
 def test_assign_and_label(data):
     # The composition of the three ops above: the same result as the references composed.
@@ -519,7 +517,7 @@ def test_assign_and_label(data):
     else:
         priors = draw(boxes((p,), dtype, hostile=False, scale=40.0))
         kwargs = dict(low_quality=draw(st.sampled_from(["none", "torchvision", "mmdet"])))
-        pred = draw(values((b, p, 4), dtype, -1, 1)).nan_to_num(0.0, math.inf, -math.inf)  # the fmin bug above
+        pred = draw(values((b, p, 4), dtype, -1, 1))
     out, err = attempt(lambda: mutualops.assign_and_label(priors, gt, labels, pred, logits, assigner=assigner,
                                                           assign_kwargs=kwargs),
                        "priors", "points", "anchors", "gt_boxes", "gt_labels", "box_pred", "cls_logits")
@@ -693,8 +691,7 @@ for i in range(int(sys.argv[2])):
     calls = {
         "box_iou": lambda: op.box_iou(box(n), box(g)[:, rng.choice([0, 4, 2])] if rng.random() < .3 else box(g),
                                       rng.choice(["iou", "ciou", "x"])),
-        # grad of the right length only: a wrong one raises RuntimeError (C++ bug: TORCH_CHECK, not ValueError).
-        "box_iou_aligned_backward": lambda: op.box_iou_aligned_backward(torch.rand(n),
+        "box_iou_aligned_backward": lambda: op.box_iou_aligned_backward(torch.rand(rng.choice([n, n + 1, 0])),
                                                                         box(n), box(n), "giou"),
         "batched_nms": lambda: op.batched_nms(box(n), torch.rand(n), hostile(torch.zeros(n, dtype=torch.long)),
                                               0.5),

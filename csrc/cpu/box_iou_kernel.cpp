@@ -100,9 +100,7 @@ at::Tensor box_iou_aligned_cpu(const at::Tensor& boxes1, const at::Tensor& boxes
 
 std::tuple<at::Tensor, at::Tensor> box_iou_aligned_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes1,
                                                                 const at::Tensor& boxes2, c10::string_view mode) {
-  check_aligned(boxes1, boxes2);
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == boxes1.size(0), "grad must have shape [N] matching boxes1, got ",
-              grad.sizes());
+  check_aligned_backward(grad, boxes1, boxes2);
   const IouMode iou_mode = parse_iou_mode(mode);
   const at::Tensor b1 = boxes1.contiguous();
   const at::Tensor b2 = boxes2.contiguous();

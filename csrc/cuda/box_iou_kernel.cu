@@ -89,9 +89,7 @@ at::Tensor box_iou_aligned_cuda(const at::Tensor& boxes1, const at::Tensor& boxe
 
 std::tuple<at::Tensor, at::Tensor> box_iou_aligned_backward_cuda(const at::Tensor& grad, const at::Tensor& boxes1,
                                                                  const at::Tensor& boxes2, c10::string_view mode) {
-  check_aligned(boxes1, boxes2);
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == boxes1.size(0), "grad must have shape [N] matching boxes1, got ",
-              grad.sizes());
+  check_aligned_backward(grad, boxes1, boxes2);
   const IouMode iou_mode = parse_iou_mode(mode);
   const c10::cuda::CUDAGuard guard(boxes1.device());
   const at::Tensor b1 = boxes1.contiguous();

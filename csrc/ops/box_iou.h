@@ -73,4 +73,12 @@ inline void check_aligned(const at::Tensor& boxes1, const at::Tensor& boxes2) {
   TORCH_CHECK_VALUE(boxes1.device() == boxes2.device(), "boxes1 and boxes2 must be on the same device");
 }
 
+inline void check_aligned_backward(const at::Tensor& grad, const at::Tensor& boxes1, const at::Tensor& boxes2) {
+  check_aligned(boxes1, boxes2);
+  TORCH_CHECK_TYPE(at::isFloatingType(grad.scalar_type()), "grad must be floating-point, got ", grad.scalar_type());
+  TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == boxes1.size(0), "grad must have shape [", boxes1.size(0),
+                    "] (one per pair of boxes), got ", grad.sizes());
+  TORCH_CHECK_VALUE(grad.device() == boxes1.device(), "grad must be on the device of boxes1");
+}
+
 }  // namespace mutualops

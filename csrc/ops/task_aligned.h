@@ -59,9 +59,11 @@ inline void check_task_aligned(const at::Tensor& scores, const at::Tensor& boxes
   TORCH_CHECK_VALUE(p.topk >= 1 && p.topk <= n, "topk must be in [1, ", n, "] (the number of anchors), got ", p.topk);
   TORCH_CHECK_VALUE(p.topk2 >= 1 && p.topk2 <= n, "topk2 must be in [1, ", n, "] (the number of anchors), got ",
                     p.topk2);
-  for (auto [v, name] : {std::pair{p.alpha, "alpha"}, {p.beta, "beta"}, {p.eps, "eps"}}) {
+  for (auto [v, name] : {std::pair{p.alpha, "alpha"}, {p.beta, "beta"}}) {
     TORCH_CHECK_VALUE(std::isfinite(v) && v >= 0, name, " must be finite and >= 0, got ", v);
   }
+  // eps keeps a GT whose positives all align at 0 from dividing 0 by 0 (NaN targets).
+  TORCH_CHECK_VALUE(std::isfinite(p.eps) && p.eps > 0, "eps must be finite and > 0, got ", p.eps);
   TORCH_CHECK_VALUE(std::isfinite(p.min_side) && p.min_side >= 0, "stride must be finite and >= 0, got ", p.min_side);
 }
 

@@ -74,7 +74,8 @@ MUTUALOPS_HD Box<T> decode_delta(const Box<T>& anchor, const T* d) {
   const T w = anchor.x2 - anchor.x1, h = anchor.y2 - anchor.y1;
   const T cx = anchor.x1 + T(0.5) * w, cy = anchor.y1 + T(0.5) * h;
   const T clip = T(4.135166556742356);  // log(1000 / 16)
-  const T dw = d[2] < clip ? d[2] : clip, dh = d[3] < clip ? d[3] : clip;
+  // Written so that a NaN delta stays NaN (as torch.clamp keeps it), not the clip.
+  const T dw = d[2] > clip ? clip : d[2], dh = d[3] > clip ? clip : d[3];
   const T pcx = d[0] * w + cx, pcy = d[1] * h + cy;
   const T pw = exp_of(dw) * w, ph = exp_of(dh) * h;
   return Box<T>{pcx - T(0.5) * pw, pcy - T(0.5) * ph, pcx + T(0.5) * pw, pcy + T(0.5) * ph};

@@ -137,7 +137,8 @@ MUTUALOPS_HD BoxShape<T> box_shape(const Box<T>& b) {
 template <IouMode M, typename T>
 MUTUALOPS_HD T box_overlap(const Box<T>& a, const Box<T>& b, const BoxShape<T>& sa, const BoxShape<T>& sb) {
   const T inter = intersection_area(a, b);
-  if (M == IouMode::kIof) return safe_div(inter, sa.area) + (sb.area - sb.area);  // NaN for a NaN area of b
+  // b's NaN area marks a non-finite b (an overflowing area of finite corners is inf, not NaN).
+  if (M == IouMode::kIof) return sb.area == sb.area ? safe_div(inter, sa.area) : sb.area;
   const T uni = sa.area + sb.area - inter;
   const T iou = safe_div(inter, uni);
   if (M == IouMode::kIou) return iou;
