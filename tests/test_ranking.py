@@ -214,3 +214,15 @@ def test_gt_index_helpers():
     assert metrics.gt_index_from_iou(preds[0], gts[0]).tolist() == [0, 1, -1]
     matched = torch.tensor([[0, -1, 1], [-2, 0, 0]])
     assert metrics.gt_index_from_assignment(matched, num_gt=2).tolist() == [0, -1, 1, -1, 2, 2]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rank_memory_does_not_grow_with_the_largest_group_id(device):
+    # One id of 2**31 once asked for 17 GB of per-group slots; ranks do not depend on the numbering.
+    x = torch.tensor([0.3, 0.1, 0.2, 0.5, 0.4], device=device)
+    dense = mutualops.rank(x, torch.tensor([0, 1, 0, 1, 2], device=device))
+    for huge in (2**31, 2**62, 2**63 - 2):
+        sparse = mutualops.rank(x, torch.tensor([0, huge, 0, huge, 7], device=device))
+        torch.testing.assert_close(sparse, dense)
+    with pytest.raises(ValueError, match="groups must be < 2\\^63 - 1"):
+        mutualops.rank(x, torch.tensor([0, 2**63 - 1, 0, 1, 2], device=device))

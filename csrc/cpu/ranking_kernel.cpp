@@ -73,7 +73,7 @@ int64_t group_grain(int64_t n, int64_t num_groups) {
 at::Tensor rank_cpu(const at::Tensor& x, const std::optional<at::Tensor>& groups, c10::string_view ties) {
   check_values(x, "x");
   const TieMethod method = parse_tie_method(ties);
-  auto [ids, num_groups] = resolve_groups(x, groups, std::nullopt);
+  auto [ids, num_groups] = dense_groups(resolve_groups(x, groups, std::nullopt));
   const at::Tensor xc = x.contiguous();
   const int64_t n = xc.size(0);
   at::Tensor out = at::empty({n}, xc.options().dtype(at::kDouble));

@@ -106,7 +106,7 @@ at::Tensor rank_cuda(const at::Tensor& x, const std::optional<at::Tensor>& group
   check_values(x, "x");
   const TieMethod method = parse_tie_method(ties);
   const c10::cuda::CUDAGuard guard(x.device());
-  auto [ids, num_groups] = resolve_groups(x, groups, std::nullopt);
+  auto [ids, num_groups] = dense_groups(resolve_groups(x, groups, std::nullopt));
   return rank_groups(x.to(at::kDouble).contiguous(), ids, num_groups, method);
 }
 

@@ -3,6 +3,8 @@
 // Host-side helpers shared by the CPU and CUDA ranking kernels.
 #include <ATen/ATen.h>
 
+#include <limits>
+
 #include "mutualops/rank_math.h"
 
 namespace mutualops {
@@ -43,6 +45,7 @@ inline std::pair<at::Tensor, int64_t> resolve_groups(const at::Tensor& x, const 
     auto [lo, hi] = at::aminmax(ids);
     const int64_t lo_v = lo.item<int64_t>(), hi_v = hi.item<int64_t>();
     TORCH_CHECK_VALUE(lo_v >= 0, "groups must be non-negative, got ", lo_v);
+    TORCH_CHECK_VALUE(hi_v < std::numeric_limits<int64_t>::max(), "groups must be < 2^63 - 1, got ", hi_v);
     if (num_groups.has_value()) {
       TORCH_CHECK_VALUE(hi_v < count, "groups must be < num_groups = ", count, ", got ", hi_v);
     } else {
@@ -50,6 +53,16 @@ inline std::pair<at::Tensor, int64_t> resolve_groups(const at::Tensor& x, const 
     }
   }
   return {ids, count};
+}
+
+// Ranks do not depend on how groups are numbered: ids that run past the number
+// of elements are renumbered densely, so memory stays O(n) whatever the ids
+// (one id of 2^31 once asked for 17 GB of per-group slots).
+inline std::pair<at::Tensor, int64_t> dense_groups(std::pair<at::Tensor, int64_t> groups) {
+  const auto& [ids, count] = groups;
+  if (count <= ids.numel()) return groups;
+  const auto [values, inverse, counts] = at::_unique2(ids, /*sorted=*/true, /*return_inverse=*/true);
+  return {inverse.contiguous(), values.size(0)};
 }
 
 }  // namespace mutualops
