@@ -142,32 +142,9 @@ def sweep(args, gen, match):
     for e in points_out:
         peer = f"{e['peer_ms']:.1f} | {harness.mb(e['peer_peak_bytes']):.1f}" if "peer_ms" in e else "- | -"
         print(f"{e['G']:<5} | {e['ours_ms']:.2f} | {harness.mb(e['ours_peak_bytes']):.2f} | {peer}")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing: no plot")
-        return points_out
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
-    g = [e["G"] for e in points_out]
-    ax_t.loglog(g, [e["ours_ms"] for e in points_out], "o-", label="mutualops")
-    peer_g = [e["G"] for e in points_out if "peer_ms" in e]
-    ax_t.loglog(peer_g, [e["peer_ms"] for e in points_out if "peer_ms" in e], "s-", label="torchvision")
-    ax_t.set(xlabel="GT boxes per image", ylabel="time (ms)", title="FCOS assignment, 22400 points")
-    ax_m.loglog(g, [max(harness.mb(e["ours_peak_bytes"]), 1e-3) for e in points_out], "o-", label="mutualops")
-    ax_m.loglog(peer_g, [harness.mb(e["peer_peak_bytes"]) for e in points_out if "peer_ms" in e], "s-",
-                label="torchvision")
-    ax_m.set(xlabel="GT boxes per image", ylabel="peak extra memory (MiB)", title="memory")
-    for ax in (ax_t, ax_m):
-        ax.legend()
-        ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", f"assign_sweep-{args.device}.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    print(f"plot: {path}")
+    harness.plot_sweep(points_out, os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
+                                                f"assign_sweep-{args.device}.png"),
+                       "FCOS assignment, 22400 points", "torchvision")
     return points_out
 
 

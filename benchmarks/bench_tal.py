@@ -153,33 +153,6 @@ def nms_rows(args, gen, repeats):
     return rows
 
 
-def plot(sweep, device):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing: no plot")
-        return
-    g = [e["G"] for e in sweep]
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_t.loglog(g, [e["ours_ms"] for e in sweep], "o-", label="mutualops")
-    ax_t.loglog(g, [e["peer_ms"] for e in sweep], "s-", label="Ultralytics")
-    ax_t.set(xlabel="GT boxes per image", ylabel="time (ms)", title=f"task-aligned assignment, B={IMAGES}, 8400 anchors")
-    ax_m.loglog(g, [max(harness.mb(e["ours_peak_bytes"]), 1e-3) for e in sweep], "o-", label="mutualops")
-    ax_m.loglog(g, [harness.mb(e["peer_peak_bytes"]) for e in sweep], "s-", label="Ultralytics")
-    ax_m.set(xlabel="GT boxes per image", ylabel="peak extra memory (MiB)", title="memory (outputs included)")
-    for ax in (ax_t, ax_m):
-        ax.legend()
-        ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", f"tal_sweep-{device}.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    print(f"plot: {path}")
-
-
 def main():
     args = harness.parse_args(__doc__)
     gen = torch.Generator().manual_seed(0)
@@ -187,7 +160,9 @@ def main():
     rows, sweep = assign_rows(args, gen, repeats)
     rows += nms_rows(args, gen, repeats)
     harness.print_table(f"Ultralytics YOLO paths, fp32, {args.device}, {torch.get_num_threads()} threads (median)", rows)
-    plot(sweep, args.device)
+    harness.plot_sweep(sweep, os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
+                                           f"tal_sweep-{args.device}.png"),
+                       f"task-aligned assignment, B={IMAGES}, 8400 anchors", "Ultralytics")
     harness.save_json("bench_tal", args, rows, {"sweep": sweep})
 
 

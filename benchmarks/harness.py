@@ -140,6 +140,35 @@ def print_table(title, rows):
         print(fmt.format(*line))
 
 
+def plot_sweep(points, path, title, peer_label):
+    """Time and peak extra memory against G (log-log), ours beside the peer's where measured: points are dicts
+    with G, ours_ms, ours_peak_bytes and optionally peer_ms, peer_peak_bytes."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot")
+        return
+    peer = [e for e in points if "peer_ms" in e]
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_t.loglog([e["G"] for e in points], [e["ours_ms"] for e in points], "o-", label="mutualops")
+    ax_t.loglog([e["G"] for e in peer], [e["peer_ms"] for e in peer], "s-", label=peer_label)
+    ax_t.set(xlabel="GT boxes per image", ylabel="time (ms)", title=title)
+    ax_m.loglog([e["G"] for e in points], [max(mb(e["ours_peak_bytes"]), 1e-3) for e in points], "o-",
+                label="mutualops")
+    ax_m.loglog([e["G"] for e in peer], [mb(e["peer_peak_bytes"]) for e in peer], "s-", label=peer_label)
+    ax_m.set(xlabel="GT boxes per image", ylabel="peak extra memory (MiB)", title="memory (outputs included)")
+    for ax in (ax_t, ax_m):
+        ax.legend()
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    print(f"plot: {path}")
+
+
 def save_json(name, args, rows, extra=None):
     path = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", f"{name}-{args.device}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -100,7 +100,7 @@ def _box_iou_aligned_backward_fake(grad, boxes1, boxes2, mode):
     return torch.empty_like(boxes1), torch.empty_like(boxes2)
 
 
-def _aligned_setup_context(ctx, inputs, output):
+def _save_boxes_and_mode(ctx, inputs, output):  # box_iou and box_iou_aligned: the same inputs
     boxes1, boxes2, mode = inputs
     ctx.save_for_backward(boxes1, boxes2)
     ctx.mode = mode
@@ -113,14 +113,8 @@ def _aligned_backward(ctx, grad):
 
 
 torch.library.register_autograd(
-    "mutualops::box_iou_aligned", _aligned_backward, setup_context=_aligned_setup_context
+    "mutualops::box_iou_aligned", _aligned_backward, setup_context=_save_boxes_and_mode
 )
-
-
-def _pairwise_setup_context(ctx, inputs, output):
-    boxes1, boxes2, mode = inputs
-    ctx.save_for_backward(boxes1, boxes2)
-    ctx.mode = mode
 
 
 def _pairwise_backward(ctx, grad):
@@ -134,4 +128,4 @@ def _pairwise_backward(ctx, grad):
     return grad1.reshape(pairs).sum(-2), grad2.reshape(pairs).sum(-3), None
 
 
-torch.library.register_autograd("mutualops::box_iou", _pairwise_backward, setup_context=_pairwise_setup_context)
+torch.library.register_autograd("mutualops::box_iou", _pairwise_backward, setup_context=_save_boxes_and_mode)

@@ -28,7 +28,7 @@ import traceback
 import numpy as np
 import torch
 
-from .detector.data import CocoDetection, DatasetError, ShapesDataset, collate
+from .detector.data import CocoDetection, DatasetError, ShapesDataset, collate, read_json
 from .detector.model import BACKBONES, FAMILIES, Detector, DetectorConfig
 
 logger = logging.getLogger(__name__)
@@ -114,13 +114,7 @@ def parse_args(argv=None):
 
 def read_config(path, parser):
     """The config file's options, each checked as the same flag on the command line would be."""
-    try:
-        with open(path) as f:
-            values = json.load(f)
-    except OSError as e:
-        raise UserError(f"cannot read config {path}: {e.strerror or e}") from e
-    except ValueError as e:
-        raise UserError(f"config {path} is not valid JSON: {e}") from e
+    values = read_json(path, "config")
     if not isinstance(values, dict):
         raise UserError(f"config {path} must hold a JSON object of option values")
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config", "debug")}

@@ -267,22 +267,12 @@ TaskAlignedResult assign_task_aligned_cpu(const at::Tensor& pd_scores, const at:
                                           const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
                                           int64_t topk2, int64_t num_classes, double alpha, double beta, double eps,
                                           double min_side, bool with_scores) {
-  const TaskAlignedParams p{topk, topk2, num_classes, alpha, beta, eps, min_side, with_scores};
-  check_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, p);
-  const at::ScalarType math = task_aligned_math_type(pd_scores, pd_bboxes, anc_points, gt_bboxes);
-  if (gt_bboxes.size(1) == 0) return task_aligned_without_gt(pd_scores, gt_bboxes, math, p);
-  const TaskAlignedInputs in =
-      prepare_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, math, num_classes);
-  TaskAlignedOutputs out = task_aligned_outputs(pd_scores, gt_bboxes, math, p);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scores.scalar_type(), "assign_task_aligned_cpu", [&] {
-    using S = scalar_t;
-    if (math == at::kDouble) {
-      task_aligned_cpu_impl<double, S>(in, p, out);
-    } else {
-      task_aligned_cpu_impl<float, S>(in, p, out);
-    }
-  });
-  return out.result();
+  return assign_task_aligned_host(
+      pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+      TaskAlignedParams{topk, topk2, num_classes, alpha, beta, eps, min_side, with_scores},
+      [](auto math, auto storage, const TaskAlignedInputs& in, const TaskAlignedParams& p, TaskAlignedOutputs& out) {
+        task_aligned_cpu_impl<decltype(math), decltype(storage)>(in, p, out);
+      });
 }
 
 }  // namespace

@@ -54,9 +54,36 @@ __device__ void block_best(T& value, int64_t& anchor, T* values, int64_t* anchor
   __syncthreads();
 }
 
-// Pass 1, a block per GT: k rounds, each taking the best anchor ranked after
-// the previous round's winner. A winner inside the GT's region fills the GT's
-// next pick slot.
+// A row's top k as torch.topk's CUDA kernel picks them (ties to the lower
+// index), without storing the row: k rounds of block_best over anchors
+// 0..n-1, each round taking the best anchor ranked after the previous winner.
+// value(a) is anchor a's entry; thread 0 calls on_winner(a) for each winner.
+// Every thread of the block must call it.
+template <typename T, typename Value, typename OnWinner>
+__device__ void block_topk(int64_t n, int64_t k, T* values, int64_t* anchors, Value value, OnWinner on_winner) {
+  T prev_value = T(INFINITY);
+  int64_t prev_anchor = -1;
+  for (int64_t round = 0; round < k; ++round) {
+    T best_value = T(0);
+    int64_t best_anchor = -1;
+    for (int64_t a = threadIdx.x; a < n; a += blockDim.x) {
+      const T v = value(a);
+      if (ranks_before(prev_value, prev_anchor, v, a) &&
+          (best_anchor < 0 || ranks_before(v, a, best_value, best_anchor))) {
+        best_value = v;
+        best_anchor = a;
+      }
+    }
+    block_best(best_value, best_anchor, values, anchors);
+    if (best_anchor < 0) return;
+    if (threadIdx.x == 0) on_winner(best_anchor);
+    prev_value = best_value;
+    prev_anchor = best_anchor;
+  }
+}
+
+// Pass 1, a block per GT: its top k by alignment; each winner inside the GT's
+// region fills the GT's next pick slot.
 template <typename T, typename S>
 __global__ void pick_kernel(TaskAlignedView<T, S> v, int64_t rows, int64_t topk, int64_t* __restrict__ pick_anchor,
                             T* __restrict__ pick_alignment, T* __restrict__ pick_ciou) {
@@ -67,34 +94,21 @@ __global__ void pick_kernel(TaskAlignedView<T, S> v, int64_t rows, int64_t topk,
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     if (!v.valid[row]) continue;
     const int64_t image = row / v.gmax, g = row % v.gmax;
-    T prev_value = T(INFINITY);
-    int64_t prev_anchor = -1, picked = 0;
-    for (int64_t round = 0; round < topk; ++round) {
-      T best_value = T(0);
-      int64_t best_anchor = -1;
-      for (int64_t a = threadIdx.x; a < v.n; a += blockDim.x) {
-        T al, o;
-        tal_candidate(v, image, g, a, &al, &o);
-        if (ranks_before(prev_value, prev_anchor, al, a) &&
-            (best_anchor < 0 || ranks_before(al, a, best_value, best_anchor))) {
-          best_value = al;
-          best_anchor = a;
-        }
-      }
-      block_best(best_value, best_anchor, values, anchors);
-      if (best_anchor < 0) break;
-      if (threadIdx.x == 0) {
-        T al, o;
-        if (tal_candidate(v, image, g, best_anchor, &al, &o)) {
-          const int64_t slot = row * topk + picked++;
-          pick_anchor[slot] = best_anchor;
-          pick_alignment[slot] = al;
-          pick_ciou[slot] = o;
-        }
-      }
-      prev_value = best_value;
-      prev_anchor = best_anchor;
-    }
+    int64_t picked = 0;
+    auto alignment_of = [&](int64_t a) {
+      T al, o;
+      tal_candidate(v, image, g, a, &al, &o);
+      return al;
+    };
+    auto pick = [&](int64_t a) {
+      T al, o;
+      if (!tal_candidate(v, image, g, a, &al, &o)) return;
+      const int64_t slot = row * topk + picked++;
+      pick_anchor[slot] = a;
+      pick_alignment[slot] = al;
+      pick_ciou[slot] = o;
+    };
+    block_topk<T>(v.n, topk, values, anchors, alignment_of, pick);
   }
 }
 
@@ -139,25 +153,12 @@ __global__ void second_topk_kernel(const int64_t* __restrict__ gt_of, const T* _
   __shared__ int64_t anchors[kRowThreads];
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t image = row / gmax, g = row % gmax;
-    T prev_value = T(INFINITY);
-    int64_t prev_anchor = -1;
-    for (int64_t round = 0; round < topk2; ++round) {
-      T best_value = T(0);
-      int64_t best_anchor = -1;
-      for (int64_t a = threadIdx.x; a < n; a += blockDim.x) {
-        const T value = gt_of[image * n + a] == g ? alignment[image * n + a] : T(0);
-        if (ranks_before(prev_value, prev_anchor, value, a) &&
-            (best_anchor < 0 || ranks_before(value, a, best_value, best_anchor))) {
-          best_value = value;
-          best_anchor = a;
-        }
-      }
-      block_best(best_value, best_anchor, values, anchors);
-      if (best_anchor < 0) break;
-      if (threadIdx.x == 0 && gt_of[image * n + best_anchor] == g) kept[image * n + best_anchor] = true;
-      prev_value = best_value;
-      prev_anchor = best_anchor;
-    }
+    const int64_t* owner = gt_of + image * n;
+    block_topk<T>(
+        n, topk2, values, anchors, [&](int64_t a) { return owner[a] == g ? alignment[image * n + a] : T(0); },
+        [&](int64_t a) {
+          if (owner[a] == g) kept[image * n + a] = true;
+        });
   }
 }
 
@@ -278,23 +279,13 @@ TaskAlignedResult assign_task_aligned_cuda(const at::Tensor& pd_scores, const at
                                            const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
                                            int64_t topk2, int64_t num_classes, double alpha, double beta, double eps,
                                            double min_side, bool with_scores) {
-  const TaskAlignedParams p{topk, topk2, num_classes, alpha, beta, eps, min_side, with_scores};
-  check_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, p);
   const c10::cuda::CUDAGuard guard(pd_scores.device());
-  const at::ScalarType math = task_aligned_math_type(pd_scores, pd_bboxes, anc_points, gt_bboxes);
-  if (gt_bboxes.size(1) == 0 || pd_scores.size(0) == 0) return task_aligned_without_gt(pd_scores, gt_bboxes, math, p);
-  const TaskAlignedInputs in =
-      prepare_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, math, num_classes);
-  TaskAlignedOutputs out = task_aligned_outputs(pd_scores, gt_bboxes, math, p);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scores.scalar_type(), "assign_task_aligned_cuda", [&] {
-    using S = scalar_t;
-    if (math == at::kDouble) {
-      task_aligned_cuda_impl<double, S>(in, p, out);
-    } else {
-      task_aligned_cuda_impl<float, S>(in, p, out);
-    }
-  });
-  return out.result();
+  return assign_task_aligned_host(
+      pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+      TaskAlignedParams{topk, topk2, num_classes, alpha, beta, eps, min_side, with_scores},
+      [](auto math, auto storage, const TaskAlignedInputs& in, const TaskAlignedParams& p, TaskAlignedOutputs& out) {
+        task_aligned_cuda_impl<decltype(math), decltype(storage)>(in, p, out);
+      });
 }
 
 }  // namespace

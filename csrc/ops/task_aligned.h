@@ -4,6 +4,7 @@
 // argument checks, one data check (one host read), the inputs in the layout
 // and types the kernels read, and the outputs.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 
 #include <tuple>
 
@@ -147,13 +148,30 @@ inline TaskAlignedOutputs task_aligned_outputs(const at::Tensor& scores, const a
   return out;
 }
 
-// No GT rows at all: every anchor is background with label num_classes, as in
-// Ultralytics.
-inline TaskAlignedResult task_aligned_without_gt(const at::Tensor& scores, const at::Tensor& gt, at::ScalarType math,
-                                                 const TaskAlignedParams& p) {
+// The op's host side on every backend: checks, the case without GT rows (every
+// anchor background with label num_classes, as in Ultralytics), the inputs and
+// the outputs. `kernel(T(), S(), in, p, out)` is the backend's kernel for math
+// type T and score storage type S.
+template <typename Kernel>
+TaskAlignedResult assign_task_aligned_host(const at::Tensor& scores, const at::Tensor& boxes, const at::Tensor& anchors,
+                                           const at::Tensor& labels, const at::Tensor& gt, const at::Tensor& mask,
+                                           const TaskAlignedParams& p, Kernel kernel) {
+  check_task_aligned(scores, boxes, anchors, labels, gt, mask, p);
+  const at::ScalarType math = task_aligned_math_type(scores, boxes, anchors, gt);
   TaskAlignedOutputs out = task_aligned_outputs(scores, gt, math, p);
-  out.labels.fill_(p.classes);
-  out.bboxes.zero_();
+  if (gt.size(1) == 0 || scores.size(0) == 0) {
+    out.labels.fill_(p.classes);
+    out.bboxes.zero_();
+    return out.result();
+  }
+  const TaskAlignedInputs in = prepare_task_aligned(scores, boxes, anchors, labels, gt, mask, math, p.classes);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scores.scalar_type(), "assign_task_aligned", [&] {
+    if (math == at::kDouble) {
+      kernel(double(), scalar_t(), in, p, out);
+    } else {
+      kernel(float(), scalar_t(), in, p, out);
+    }
+  });
   return out.result();
 }
 

@@ -197,16 +197,22 @@ COCO_FIELDS = {"images": ("id", "file_name", "height", "width"), "categories": (
                "annotations": ("id", "image_id", "category_id", "bbox")}
 
 
+def read_json(path, what):
+    """The JSON value in the file at path; a missing, unreadable or malformed file is a DatasetError that names
+    `what` it should hold and the path."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as e:
+        raise DatasetError(f"cannot read {what} {path}: {e.strerror or e}") from e
+    except ValueError as e:
+        raise DatasetError(f"{what} {path} is not valid JSON: {e}") from e
+
+
 def read_coco_annotations(path):
     """The instances JSON at path, checked for everything the loader relies on,
     so that a broken file fails at once with its name, not inside some batch."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except OSError as e:
-        raise DatasetError(f"cannot read COCO annotations {path}: {e.strerror or e}") from e
-    except ValueError as e:
-        raise DatasetError(f"COCO annotations {path} are not valid JSON: {e}") from e
+    data = read_json(path, "COCO annotations")
     if not isinstance(data, dict) or not all(isinstance(data.get(key), list) for key in COCO_FIELDS):
         raise DatasetError(f"{path} is not COCO instances JSON: it needs the lists {', '.join(COCO_FIELDS)}")
     for section, fields in COCO_FIELDS.items():
