@@ -1,18 +1,35 @@
-"""The ablation of issue 6: for FCOS and RetinaNet, the baseline, each mutual
-switch alone and all of them, over several seeds; mean and standard deviation
-of AP and harmony.
+"""The ablation protocol of issue 15, from one command.
 
-    python benchmarks/ablation.py --out runs/ablation --epochs 36 --num-images 4000 --seeds 0 1 2
+    python benchmarks/ablation.py --name fcos --families fcos --budgets 5 10 20 --seeds 0 1 2 3 4 \
+        --num-images 600 --image-size 96 --width 32 --batch-size 8 --threads 1
 
-Runs train and evaluate in this process, one variant after the other, and
-writes runs/.../ablation.json and ablation.md (the table for RESULTS.md). It is
-long: run it in the background (nohup ... &) and note how long it took.
+Data: train, validation and test images of the synthetic shapes set from
+disjoint seeds (mutualops.detector.data.SPLIT_SEEDS); test images are used for
+the reported numbers only.
+
+1. Budget, on validation: the baseline and all three switches are trained for
+   each candidate number of epochs (its own warm-up + cosine schedule each,
+   with --budget-seed) and evaluated on the validation images. The budget is
+   the smallest candidate whose AP, averaged over the two, is within
+   --tolerance of the best candidate's: where more epochs stop paying.
+2. Test: every variant (baseline, each switch alone, all) is trained with each
+   of --seeds at that budget and evaluated on the test images.
+3. Each variant is compared with the baseline of the same seed: per-seed
+   differences of AP (and AP50, AP75) and of harmony over the objects both
+   cover (mutualops.metrics.paired_harmony), their mean, standard deviation
+   and 95% t-interval over seeds.
+
+Writes every run's figures, the budget search and the comparisons to
+benchmarks/results/ablation-NAME.json; `python benchmarks/tables.py --write`
+renders the README and RESULTS tables from it. Each finished run is kept
+under --work (record.json), so an interrupted protocol continues where it
+stopped when run again with the same flags.
 """
 
 import argparse
 import json
+import math
 import os
-import statistics
 import sys
 import time
 
@@ -20,8 +37,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mutualops.detector.data import ShapesDataset  # noqa: E402
-from mutualops.evaluate import evaluate, load_detector, plot_ap_vs_harmony  # noqa: E402
+from mutualops.detector.data import SPLIT_SEEDS, ShapesDataset  # noqa: E402
+from mutualops.evaluate import evaluate, write_json  # noqa: E402
+from mutualops.metrics import Harmony, paired_harmony  # noqa: E402
 from mutualops.train import parse_args, train  # noqa: E402
 
 VARIANTS = {
@@ -31,95 +49,158 @@ VARIANTS = {
     "+ IoU rescoring": ["--iou-rescoring"],
     "all": ["--mutual-cls", "--mutual-box", "--iou-rescoring"],
 }
+BUDGET_VARIANTS = ("baseline", "all")
+COMPARED = ("AP", "AP50", "AP75")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def summarise(values):
-    values = [v for v in values if v == v]  # NaN-skipping
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+class Cached(torch.utils.data.Dataset):
+    """A data set drawn once: every run of the protocol reads the same images without redrawing them."""
+
+    def __init__(self, dataset):
+        self.classes = dataset.classes
+        self.items = [dataset[i] for i in range(len(dataset))]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
 
 
-def mean_curves(runs, args):
-    """(family, variant) -> [(epoch, {AP, harmony} averaged over seeds)] along the checkpoints."""
-    curves = {}
-    for family in args.families:
-        for name in args.variants:
-            rows = [r["curve"] for r in runs if r["family"] == family and r["variant"] == name]
-            curves[(family, name)] = [
-                (points[0]["epoch"], {"AP": summarise([p["AP"] for p in points])[0],
-                                      "harmony": summarise([p["harmony"] for p in points])[0]})
-                for points in zip(*rows)]
-    return curves
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", default="default", help="the result file is benchmarks/results/ablation-NAME.json")
+    p.add_argument("--results", default="", help="write the result here instead")
+    p.add_argument("--work", default="runs/ablation", help="checkpoints and per-run records")
+    p.add_argument("--families", nargs="+", default=["fcos", "retinanet"])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--budgets", type=int, nargs="+", default=[12, 24, 36], help="candidate epoch counts")
+    p.add_argument("--budget-seed", type=int, default=100)
+    p.add_argument("--tolerance", type=float, default=0.01, help="validation AP within this of the best counts")
+    p.add_argument("--num-images", type=int, default=1000, help="training images")
+    p.add_argument("--val-images", type=int, default=300)
+    p.add_argument("--test-images", type=int, default=500)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    if "baseline" not in args.variants:
+        p.error("--variants must include baseline: every comparison is against it")
+    args.results = args.results or os.path.join(RESULTS, f"ablation-{args.name}.json")
+    return args
+
+
+def slug(variant):
+    return variant.strip("+ ").replace(" ", "-")
+
+
+def run(args, data, family, variant, seed, epochs, split):
+    """Trains one variant and evaluates it on `split`; the record of a finished run is reused."""
+    out = os.path.join(args.work, split, family, slug(variant), f"e{epochs}-seed{seed}")
+    record_path = os.path.join(out, "record.json")
+    if os.path.exists(record_path):
+        with open(record_path) as f:
+            return json.load(f)
+    started = time.perf_counter()
+    size = str(args.image_size)
+    model, _ = train(parse_args([
+        "--out", out, "--family", family, "--seed", str(seed), "--epochs", str(epochs), "--num-images",
+        str(args.num_images), "--image-size", size, size, "--width", str(args.width), "--batch-size", str(args.batch_size),
+        "--threads", str(args.threads),
+        "--device", "cpu", "--no-progress", *VARIANTS[variant]]), dataset=data["train"])
+    metrics, details = evaluate(model, data[split])
+    record = {"family": family, "variant": variant, "seed": seed, "epochs": epochs, "split": split, **metrics,
+              "minutes": (time.perf_counter() - started) / 60, "per_object": details["harmony"].per_object.tolist()}
+    write_json(record_path, record)
+    print(f"{split:<4} {family:<9} {variant:<15} seed {seed} e{epochs}: AP {metrics['AP']:.3f} "
+          f"harmony {metrics['harmony']:.3f} ({record['minutes']:.1f} min)", flush=True)
+    return record
+
+
+def public(record):
+    return {k: v for k, v in record.items() if k != "per_object"}
+
+
+def choose_budget(args, data, family):
+    runs = [run(args, data, family, v, args.budget_seed, e, "val") for e in args.budgets for v in BUDGET_VARIANTS]
+    val_ap = {e: sum(r["AP"] for r in runs if r["epochs"] == e) / len(BUDGET_VARIANTS) for e in args.budgets}
+    best = max(val_ap.values())
+    chosen = min(e for e in args.budgets if val_ap[e] >= best - args.tolerance)
+    return {"candidates": args.budgets, "variants": list(BUDGET_VARIANTS), "seed": args.budget_seed,
+            "tolerance": args.tolerance, "val_AP": {str(e): ap for e, ap in val_ap.items()}, "chosen": chosen,
+            "runs": [public(r) for r in runs]}
+
+
+def t_interval(values, level=0.95):
+    """Mean, standard deviation and the t-interval of the mean over independent values (seeds);
+    NaN throughout when a value is NaN (a run with no harmony)."""
+    import numpy as np
+    from scipy import stats
+
+    n = len(values)
+    mean = float(np.mean(values))
+    std = float(np.std(values, ddof=1)) if n > 1 else float("nan")
+    half = stats.t.ppf((1 + level) / 2, n - 1) * std / math.sqrt(n) if n > 1 else float("nan")
+    return {"per_seed": values, "mean": mean, "std": std, "ci95": [mean - half, mean + half], "n": n}
+
+
+def harmony_of(record):
+    per_object = torch.tensor(record["per_object"], dtype=torch.float64)
+    return Harmony(record["harmony"], record["divergence"], record["objects"], per_object, torch.zeros(0),
+                   record["harmony_min_size"])
+
+
+def compare(baseline, variant):
+    """The variant against the baseline, seed by seed (both lists in seed order)."""
+    out = {key: t_interval([v[key] - b[key] for b, v in zip(baseline, variant)]) for key in COMPARED}
+    paired = [paired_harmony(harmony_of(b), harmony_of(v)) for b, v in zip(baseline, variant)]
+    out["harmony_paired"] = {**t_interval([p.difference for p in paired]),
+                             "objects_per_seed": [p.num_objects for p in paired],
+                             "bootstrap_ci95_per_seed": [[p.low, p.high] for p in paired]}
+    return out
+
+
+def summary(records):
+    keys = (*COMPARED, "APs", "APm", "harmony", "objects")
+    return {key: t_interval([r[key] for r in records]) for key in keys if all(r[key] is not None for r in records)}
+
+
+def family_result(args, data, family):
+    budget = choose_budget(args, data, family)
+    epochs = budget["chosen"]
+    print(f"{family}: budget {epochs} epochs (validation AP {budget['val_AP']})", flush=True)
+    runs = {v: [] for v in args.variants}
+    for seed in args.seeds:  # seed by seed, so that a protocol stopped early has whole seeds
+        for variant in args.variants:
+            runs[variant].append(run(args, data, family, variant, seed, epochs, "test"))
+    return {"budget": budget, "epochs": epochs,
+            "variants": {v: summary(rows) for v, rows in runs.items()},
+            "vs_baseline": {v: compare(runs["baseline"], rows) for v, rows in runs.items() if v != "baseline"},
+            "runs": [public(r) for rows in runs.values() for r in rows]}
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/ablation")
-    p.add_argument("--families", nargs="+", default=["fcos", "retinanet"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=36)
-    p.add_argument("--num-images", type=int, default=4000)
-    p.add_argument("--val-images", type=int, default=500)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--eval-every", type=int, default=0,
-                   help="also evaluate the checkpoint of every N epochs: AP and harmony curves (0: the end only)")
-    args = p.parse_args(argv)
+    args = parse(argv)
     torch.set_num_threads(args.threads)
-    val = ShapesDataset(args.val_images, seed=10_000)
     started = time.perf_counter()
-    runs = []
-    for family in args.families:
-        for name in args.variants:
-            for seed in args.seeds:
-                out = os.path.join(args.out, family, name.strip("+ ").replace(" ", "-"), f"seed{seed}")
-                model, _ = train(parse_args([
-                    "--out", out, "--family", family, "--seed", str(seed), "--epochs", str(args.epochs),
-                    "--num-images", str(args.num_images), "--width", str(args.width), "--threads", str(args.threads),
-                    "--device", "cpu", "--no-progress", "--checkpoint-every", str(args.eval_every),
-                    *VARIANTS[name]]))
-                metrics, _ = evaluate(model, val)
-                curve = []
-                for epoch in range(args.eval_every, args.epochs, args.eval_every) if args.eval_every else []:
-                    earlier, _ = evaluate(load_detector(os.path.join(out, f"epoch{epoch}.pt"))[0], val)
-                    curve.append({"epoch": epoch, "AP": earlier["AP"], "harmony": earlier["harmony"]})
-                curve.append({"epoch": args.epochs, "AP": metrics["AP"], "harmony": metrics["harmony"]})
-                runs.append({"family": family, "variant": name, "seed": seed, **metrics, "curve": curve})
-                print(f"{family:<10} {name:<16} seed {seed}: AP {metrics['AP']:.3f} harmony {metrics['harmony']:.3f}",
-                      flush=True)
-    minutes = (time.perf_counter() - started) / 60
-    lines = ["| family | variant | AP (mean ± std) | AP50 | harmony (mean ± std) | objects |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for family in args.families:
-        for name in args.variants:
-            rows = [r for r in runs if r["family"] == family and r["variant"] == name]
-            ap, ap_sd = summarise([r["AP"] for r in rows])
-            ap50, _ = summarise([r["AP50"] for r in rows])
-            h, h_sd = summarise([r["harmony"] for r in rows])
-            objects = round(statistics.fmean(r["objects"] for r in rows))
-            lines.append(f"| {family} | {name} | {ap:.3f} ± {ap_sd:.3f} | {ap50:.3f} | {h:.3f} ± {h_sd:.3f} | {objects} |")
-    table = "\n".join(lines)
-    curves = mean_curves(runs, args)
-    if args.eval_every:
-        epochs = [e for e, _ in next(iter(curves.values()))]
-        lines = ["", "", "AP (mean over seeds) at each checkpoint, harmony in brackets:", "",
-                 "| family | variant | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
-                 "| --- | --- | " + " | ".join("---" for _ in epochs) + " |"]
-        for key, points in curves.items():
-            lines.append(f"| {' | '.join(key)} | " + " | ".join(f"{m['AP']:.3f} ({m['harmony']:.3f})" for _, m in points) + " |")
-        table += "\n".join(lines)
-    print("\n" + table + f"\n\n{len(runs)} runs in {minutes:.1f} minutes")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "ablation.json"), "w") as f:
-        json.dump({"args": vars(args), "minutes": minutes, "runs": runs}, f, indent=2)
-    plot = plot_ap_vs_harmony({" ".join(key): [(f"e{e}", m) for e, m in points] for key, points in curves.items()},
-                              os.path.join(args.out, "ap_vs_harmony.png"))
-    print("plot:", plot)
-    with open(os.path.join(args.out, "ablation.md"), "w") as f:
-        f.write(f"Command: python benchmarks/ablation.py {' '.join(argv or sys.argv[1:])}\n\n{table}\n\n"
-                f"{len(runs)} runs, {minutes:.1f} minutes.\n")
+    size = (args.image_size, args.image_size)
+    data = {"train": Cached(ShapesDataset(args.num_images, size, seed=SPLIT_SEEDS["train"])),
+            "val": Cached(ShapesDataset(args.val_images, size, seed=SPLIT_SEEDS["val"])),
+            "test": Cached(ShapesDataset(args.test_images, size, seed=SPLIT_SEEDS["test"]))}
+    families = {family: family_result(args, data, family) for family in args.families}
+    protocol = {k: v for k, v in vars(args).items() if k not in ("results", "work")}
+    run_minutes = sum(r["minutes"] for f in families.values() for r in f["budget"]["runs"] + f["runs"])
+    result = {"command": "python benchmarks/ablation.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "protocol": {**protocol, "split_seeds": SPLIT_SEEDS, "torch": torch.__version__, "level": 0.95},
+              "run_minutes": run_minutes, "minutes_this_invocation": (time.perf_counter() - started) / 60,
+              "families": families}
+    os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
+    write_json(args.results, result)
+    print("wrote", args.results)
+    return result
 
 
 if __name__ == "__main__":

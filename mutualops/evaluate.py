@@ -1,13 +1,20 @@
 """Evaluate a trained detector: COCO AP (pycocotools) and the harmony of
 classification and localization on the pre-NMS predictions.
 
-    python -m mutualops.evaluate --checkpoint runs/fcos-mutual/last.pt --out runs/fcos-mutual/eval
+    python -m mutualops.evaluate --checkpoint runs/fcos-mutual/last.pt --out runs/fcos-mutual/eval --split test
+    python -m mutualops.evaluate --checkpoint runs/a/last.pt runs/b/last.pt --paired   # b's harmony against a's
     python -m mutualops.evaluate --checkpoint ... --coco-images DIR --coco-ann FILE
 
-Harmony (docs/method.md, section 1): each pre-NMS prediction scoring at least the score
-threshold belongs to the GT it overlaps most when that IoU is >= 0.5; per GT
-object with two or more predictions, Spearman's rho of their scores and IoUs;
-harmony is the mean over objects (their count is reported), divergence 1 - it.
+AP: on COCO-format data, detections are scored against the annotation file
+itself (its image and category ids, areas and crowd flags; boxes mapped back to
+its image sizes). A range with no objects (COCO's -1) is reported as null.
+
+Harmony (docs/method.md, section 1): every pre-NMS prediction belongs to the GT
+it overlaps most when that IoU is >= 0.5, whatever its score; per GT object
+with at least HARMONY_MIN_SIZE such predictions, Spearman's rho of their
+GT-class scores and IoUs; harmony is the mean over objects (their count is
+reported), divergence 1 - it. --paired compares two checkpoints object by
+object over the objects both cover, with a 95% bootstrap interval.
 
 A user error (bad flag, checkpoint or data) prints one line "error: ..." and
 exits with status 2; --debug adds the traceback.
@@ -22,13 +29,17 @@ import os
 import torch
 
 from .box_iou import box_iou_aligned
-from .detector.data import CocoDetection, ShapesDataset, coco_dict, collate
+from .detector.data import SPLIT_SEEDS, CocoDetection, ShapesDataset, collate
 from .detector.model import Detector, DetectorConfig
-from .metrics import gt_index_from_iou, harmony
+from .metrics import gt_index_from_iou, harmony, paired_harmony
 from .train import CliParser, UserError, check_device, check_out_folder, exit_on_user_error, read_checkpoint, \
     write_atomically
 
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+HARMONY_IOU = 0.5
+# With n predictions rho takes few values (n = 2: only -1 or +1), so small objects' rho is mostly noise
+# that the mean would weigh like a well-covered object's (docs/method.md, section 1).
+HARMONY_MIN_SIZE = 5
 
 
 def load_detector(path, device="cpu"):
@@ -43,60 +54,111 @@ def load_detector(path, device="cpu"):
     return model.to(device).eval(), state
 
 
-def coco_eval(gt_dict, results):
-    """COCO bbox AP figures (0 when nothing was detected)."""
+def coco_eval(gt, results):
+    """COCO bbox AP figures of `results` (detection dicts) against `gt`, a pycocotools COCO object;
+    None where the range holds no object (COCO's -1)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = gt_dict
-        gt.createIndex()
-        if not results:
-            return dict.fromkeys(COCO_STATS, 0.0)
-        ev = COCOeval(gt, gt.loadRes(results), "bbox")
+        if results:
+            dt = gt.loadRes(results)
+        else:  # loadRes rejects an empty list; no detections is AP 0 wherever there are objects
+            dt = COCO()
+            dt.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": []}
+            dt.createIndex()
+        ev = COCOeval(gt, dt, "bbox")
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {name: max(float(v), 0.0) for name, v in zip(COCO_STATS, ev.stats[:6])}
+    return {name: (float(v) if v >= 0 else None) for name, v in zip(COCO_STATS, ev.stats[:6])}
+
+
+def coco_from_dict(data):
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = data
+        gt.createIndex()
+    return gt
+
+
+def synthetic_ground_truth(targets, image_size, classes):
+    """A COCO object of the synthetic targets seen during evaluation (no image is drawn twice).
+    Category ids are labels + 1; a crowd region holds shapes of any class, so it is a crowd
+    annotation in every category, where COCO's rule ignores detections of that category."""
+    images, annotations = [], []
+
+    def add(image_id, box, category, crowd):
+        x1, y1, x2, y2 = box
+        annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
+                            "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": crowd})
+
+    for target in targets:
+        image_id = int(target["image_id"])
+        images.append({"id": image_id, "height": image_size[0], "width": image_size[1]})
+        for box, label in zip(target["boxes"].tolist(), target["labels"].tolist()):
+            add(image_id, box, label + 1, 0)
+        for box in target["ignore_boxes"].tolist():
+            for category in range(1, len(classes) + 1):
+                add(image_id, box, category, 1)
+    categories = [{"id": k + 1, "name": name} for k, name in enumerate(classes)]
+    return coco_from_dict({"images": images, "annotations": annotations, "categories": categories})
+
+
+def detection_records(dataset, detections, image_id):
+    """COCO result dicts of one image's detections, in the ids and coordinates of the data set's annotations."""
+    boxes, labels = detections["boxes"].cpu(), detections["labels"].tolist()
+    if isinstance(dataset, CocoDetection):
+        boxes = dataset.to_original(image_id, boxes)
+        labels = [dataset.category_ids[label] for label in labels]
+    else:
+        labels = [label + 1 for label in labels]
+    return [{"image_id": image_id, "category_id": category, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+            for (x1, y1, x2, y2), category, score in zip(boxes.tolist(), labels, detections["scores"].tolist())]
+
+
+def harmony_candidates(boxes, class_scores, target, object_offset):
+    """(GT-class scores, IoUs, object ids) of one image's pre-NMS predictions that have an object
+    (IoU >= HARMONY_IOU with it, their best): the metric's candidates, with no score filter."""
+    gt = target["boxes"].to(boxes.device)
+    if gt.shape[0] == 0:
+        return None
+    index = gt_index_from_iou(boxes, gt, iou_threshold=HARMONY_IOU)
+    matched = index >= 0
+    j = index[matched]
+    scores = class_scores[matched].gather(1, target["labels"].to(boxes.device)[j][:, None])[:, 0]
+    return scores.cpu(), box_iou_aligned(boxes[matched], gt[j]).cpu(), j.cpu() + object_offset
 
 
 @torch.no_grad()
 def evaluate(model, dataset, batch_size=16, device="cpu", max_samples=20000):
-    """(metrics, samples): AP figures, harmony, divergence and the object count;
-    samples are up to max_samples (score, IoU) pairs of pre-NMS predictions."""
+    """(metrics, details). metrics: the AP figures, harmony, divergence, the objects
+    whose rho entered harmony and all objects. details: up to max_samples (score,
+    IoU) pairs of the harmony candidates and the per-object Harmony ("harmony",
+    for paired_harmony against another model on the same data)."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
-    results, scores, ious, ids = [], [], [], []
-    object_offset = 0
+    results, seen, candidates = [], [], []
+    objects = 0
     for images, targets in loader:
         detections, raw = model.predict(images.to(device), raw=True)
         for b, (det, target) in enumerate(zip(detections, targets)):
-            for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
-                results.append({"image_id": int(target["image_id"]), "category_id": int(label) + 1,
-                                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": float(score)})
-            gt = target["boxes"].to(device)
-            keep = raw["scores"][b] >= model.config.score_threshold
-            pred_boxes, pred_scores = raw["boxes"][b][keep], raw["scores"][b][keep]
-            if gt.shape[0] == 0 or pred_boxes.shape[0] == 0:
-                object_offset += gt.shape[0]
-                continue
-            index = gt_index_from_iou(pred_boxes, gt, iou_threshold=0.5)
-            matched = index >= 0
-            ious.append(box_iou_aligned(pred_boxes[matched], gt[index[matched]]).cpu())
-            scores.append(pred_scores[matched].cpu())
-            ids.append(index[matched].cpu() + object_offset)
-            object_offset += gt.shape[0]
-    metrics = coco_eval(coco_dict(dataset), results)
-    if ids:
-        s, q, g = torch.cat(scores), torch.cat(ious), torch.cat(ids)
-        h = harmony(s, q, g)
-        metrics.update(harmony=h.harmony, divergence=h.divergence, objects=h.num_objects)
-    else:
-        s = q = torch.zeros(0)
-        metrics.update(harmony=float("nan"), divergence=float("nan"), objects=0)
+            results += detection_records(dataset, det, int(target["image_id"]))
+            found = harmony_candidates(raw["boxes"][b], raw["class_scores"][b], target, objects)
+            candidates += [found] if found is not None else []
+            objects += target["boxes"].shape[0]
+            seen.append(target)
+    gt = dataset.coco if isinstance(dataset, CocoDetection) else \
+        synthetic_ground_truth(seen, tuple(images.shape[-2:]), dataset.classes)
+    metrics = coco_eval(gt, results)
+    s, q, g = (torch.cat(parts) for parts in zip(*candidates)) if candidates else (torch.zeros(0),) * 3
+    h = harmony(s, q, g.long(), min_size=HARMONY_MIN_SIZE, num_ids=objects)
+    metrics.update(harmony=h.harmony, divergence=h.divergence, objects=h.num_objects, objects_total=objects,
+                   harmony_min_size=HARMONY_MIN_SIZE)
     step = max(1, s.numel() // max_samples)
-    return metrics, {"scores": s[::step].tolist(), "ious": q[::step].tolist()}
+    return metrics, {"scores": s[::step].tolist(), "ious": q[::step].tolist(), "harmony": h}
 
 
 def plot_score_vs_iou(samples_by_name, path):
@@ -153,8 +215,12 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", required=True, nargs="+",
                    help="one or more checkpoints (several: AP against harmony across them is plotted)")
     p.add_argument("--out", default="", help="folder for metrics.json and the plots")
-    p.add_argument("--num-images", type=int, default=300, help="synthetic validation images")
-    p.add_argument("--data-seed", type=int, default=10_000, help="seed of the synthetic validation set")
+    p.add_argument("--paired", action="store_true",
+                   help="two checkpoints: the second's harmony against the first's, object by object, with a 95%% interval")
+    p.add_argument("--split", choices=("val", "test"), default="val",
+                   help="synthetic split: val to choose budgets and settings, test for the numbers you report")
+    p.add_argument("--num-images", type=int, default=300, help="synthetic images")
+    p.add_argument("--data-seed", type=int, default=None, help="seed of the synthetic images (overrides --split)")
     p.add_argument("--image-size", type=int, nargs=2, default=None)
     p.add_argument("--coco-images", default="")
     p.add_argument("--coco-ann", default="")
@@ -169,6 +235,8 @@ def parse_args(argv=None):
         raise UserError(f"--image-size must be positive, got {' '.join(map(str, args.image_size))}")
     if bool(args.coco_images) != bool(args.coco_ann):
         raise UserError("--coco-images and --coco-ann go together")
+    if args.paired and len(args.checkpoint) != 2:
+        raise UserError(f"--paired compares two checkpoints, got {len(args.checkpoint)}")
     check_out_folder(args.out)
     check_device(args.device)
     return args
@@ -180,7 +248,8 @@ def dataset_for(args, model, state, path):
     if args.coco_images:
         dataset = CocoDetection(args.coco_images, args.coco_ann, size=size)
     else:
-        dataset = ShapesDataset(args.num_images, image_size=size, seed=args.data_seed)
+        seed = SPLIT_SEEDS[args.split] if args.data_seed is None else args.data_seed
+        dataset = ShapesDataset(args.num_images, image_size=size, seed=seed)
     if len(dataset.classes) != model.config.num_classes:
         raise UserError(f"{path} detects {model.config.num_classes} classes but the data set has "
                         f"{len(dataset.classes)}")
@@ -192,14 +261,17 @@ def write_json(path, value):
 
 
 def evaluate_checkpoints(args):
-    by_checkpoint, samples = {}, {}
+    by_checkpoint, samples, per_object = {}, {}, []
     for path in args.checkpoint:
         model, state = load_detector(path, args.device)
         dataset = dataset_for(args, model, state, path)
         name = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
         by_checkpoint[name], samples[name] = evaluate(model, dataset, args.batch_size, args.device)
+        per_object.append(samples[name]["harmony"])
     single = len(by_checkpoint) == 1
-    results = next(iter(by_checkpoint.values())) if single else by_checkpoint
+    results = next(iter(by_checkpoint.values())) if single else dict(by_checkpoint)
+    if args.paired:
+        results["paired_harmony"] = paired_report(*per_object, *by_checkpoint)
     print(json.dumps(results, indent=2))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
@@ -208,6 +280,16 @@ def evaluate_checkpoints(args):
         if not single:
             print("plot:", plot_ap_vs_harmony({"checkpoints": list(by_checkpoint.items())},
                                               os.path.join(args.out, "ap_vs_harmony.png")))
+
+
+def paired_report(a, b, name_a, name_b):
+    if a.per_object.numel() != b.per_object.numel():
+        raise UserError(f"--paired: {name_a} and {name_b} were evaluated on different data ({a.per_object.numel()} "
+                        f"and {b.per_object.numel()} objects); give them one --image-size")
+    p = paired_harmony(a, b)
+    return {"of": name_b, "against": name_a, "difference": p.difference, "ci95": [p.low, p.high],
+            "objects": p.num_objects, "harmony_of": p.harmony_b, "harmony_against": p.harmony_a,
+            "min_size": a.min_size}
 
 
 def main(argv=None):

@@ -11,7 +11,11 @@ Which predictions belong to an object is the caller's choice, through
 - `gt_index_from_assignment`: the training assigner's positives (the default
   of docs/method.md);
 - `gt_index_from_iou`: for evaluation, every pre-NMS prediction whose best IoU
-  (>= a threshold, 0.5 by default) is with that object.
+  (>= a threshold, 0.5 by default) is with that object, whatever its score.
+
+`paired_harmony` compares two models on the same objects: the mean per-object
+difference of rho over the objects both cover, with a bootstrap confidence
+interval.
 
 Example::
 
@@ -38,15 +42,18 @@ class Harmony(NamedTuple):
     num_objects: int  # objects whose rho entered the aggregate
     per_object: torch.Tensor  # float64 [num object ids], NaN where skipped
     counts: torch.Tensor  # int64 [num object ids], predictions per object
+    min_size: int  # objects with fewer predictions were skipped
 
 
-def harmony(scores, ious, gt_index, min_size=2, aggregate="mean"):
+def harmony(scores, ious, gt_index, min_size=2, aggregate="mean", num_ids=None):
     """Harmony of classification scores and localization IoUs, per object and overall.
 
     scores, ious: [P] floats; gt_index: [P] integer object ids, negative for
     predictions that belong to no object. `aggregate` is "mean" (each object
     counts once, the method's default) or "count_weighted" (objects weigh by their
-    number of predictions).
+    number of predictions). `num_ids` fixes the length of the per-object
+    outputs (the number of objects evaluated), so that two models' outputs line
+    up even when neither has predictions on the last objects.
     """
     check_float(scores, "scores")
     check_float(ious, "ious")
@@ -63,7 +70,10 @@ def harmony(scores, ious, gt_index, min_size=2, aggregate="mean"):
         raise ValueError(f"min_size must be >= 2 (a rank correlation needs two elements), got {min_size}")
     keep = gt_index >= 0
     ids = gt_index[keep].long()
-    num_ids = int(ids.max()) + 1 if ids.numel() else 0
+    largest = int(ids.max()) + 1 if ids.numel() else 0
+    if num_ids is not None and num_ids < largest:
+        raise ValueError(f"num_ids ({num_ids}) must exceed the largest object id ({largest - 1})")
+    num_ids = largest if num_ids is None else num_ids
     rho = spearman(scores[keep], ious[keep], ids, num_groups=num_ids)
     counts = torch.bincount(ids, minlength=num_ids)
     rho = torch.where(counts >= min_size, rho, torch.full_like(rho, float("nan")))
@@ -76,7 +86,55 @@ def harmony(scores, ious, gt_index, min_size=2, aggregate="mean"):
     else:
         w = counts[used].double()
         value = float((rho[used] * w).sum() / w.sum())
-    return Harmony(value, 1.0 - value, num_objects, rho, counts)
+    return Harmony(value, 1.0 - value, num_objects, rho, counts, min_size)
+
+
+class PairedHarmony(NamedTuple):
+    difference: float  # mean over the common objects of rho_b - rho_a; NaN when there are none
+    low: float  # the confidence interval of the difference (percentile bootstrap over objects)
+    high: float
+    level: float
+    num_objects: int  # objects both models cover
+    harmony_a: float  # each model's harmony over the common objects
+    harmony_b: float
+
+
+def paired_harmony(a, b, level=0.95, resamples=2000, seed=0):
+    """Model b's harmony against model a's, object by object.
+
+    a, b: `harmony` results over the same object ids (pass the same `num_ids`)
+    and the same `min_size`, so that an object is excluded on both sides alike.
+    The difference is the mean of rho_b - rho_a over the objects for which both
+    have a rho; its interval resamples those objects with replacement
+    (`resamples` times, from a fixed `seed`, so the result repeats).
+    """
+    if not (isinstance(a, Harmony) and isinstance(b, Harmony)):
+        raise TypeError("a and b must be results of harmony()")
+    if a.min_size != b.min_size:
+        raise ValueError(f"a and b must use one min_size, got {a.min_size} and {b.min_size}")
+    if a.per_object.numel() != b.per_object.numel():
+        raise ValueError(f"a and b must cover the same objects (num_ids), got {a.per_object.numel()} and "
+                         f"{b.per_object.numel()} ids")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    both = ~torch.isnan(a.per_object) & ~torch.isnan(b.per_object)
+    ra, rb = a.per_object[both].cpu(), b.per_object[both].cpu()
+    n = int(both.sum())
+    if n == 0:
+        nan = float("nan")
+        return PairedHarmony(nan, nan, nan, level, 0, nan, nan)
+    diff = rb - ra
+    generator = torch.Generator().manual_seed(seed)
+    means = torch.cat([diff[torch.randint(n, (chunk, n), generator=generator)].mean(dim=1)
+                       for chunk in _chunks(resamples, max(1, 2_000_000 // n))])
+    tail = (1 - level) / 2
+    low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=means.dtype)).tolist()
+    return PairedHarmony(float(diff.mean()), low, high, level, n, float(ra.mean()), float(rb.mean()))
+
+
+def _chunks(total, size):
+    """Sizes that add up to total, none above size: bounds the bootstrap's [chunk, n] index tensor."""
+    return [min(size, total - start) for start in range(0, total, size)]
 
 
 def gt_index_from_assignment(matched, num_gt=None):

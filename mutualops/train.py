@@ -77,7 +77,11 @@ def build_parser():
     p.add_argument("--mutual-cls", action="store_true", help="soft IoU class targets (quality focal loss)")
     p.add_argument("--mutual-box", action="store_true", help="weight the box loss by the GT-class probability")
     p.add_argument("--iou-rescoring", action="store_true", help="IoU branch and cls^(1-a) * iou^a ranking")
-    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--alpha", type=float, default=0.5, help="IoU rescoring: score = cls^(1-alpha) * iou^alpha")
+    p.add_argument("--gamma-cls", type=float, default=1.0, help="--mutual-cls: a positive's class target is IoU^gamma_cls")
+    p.add_argument("--gamma-loc", type=float, default=1.0,
+                   help="--mutual-box: a positive's box-loss weight is p^gamma_loc (p: its GT-class probability)")
+    p.add_argument("--qfl-beta", type=float, default=2.0, help="--mutual-cls: quality focal loss's |target - p|^beta")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop after this long (0: no limit)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -153,6 +157,9 @@ def check_args(args):
             raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
     if not 0 <= args.alpha <= 1:
         raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")
+    for name in ("gamma_cls", "gamma_loc", "qfl_beta"):
+        if not 0 <= getattr(args, name) < math.inf:
+            raise UserError(f"--{name.replace('_', '-')} must be finite and not negative, got {getattr(args, name)}")
     if min(args.image_size) < 1:
         raise UserError(f"--image-size must be positive, got {' '.join(map(str, args.image_size))}")
     if bool(args.coco_images) != bool(args.coco_ann):
@@ -276,7 +283,8 @@ def read_checkpoint(path, keys=CHECKPOINT_KEYS):
 def config_from(args, num_classes):
     return DetectorConfig(family=args.family, num_classes=num_classes, backbone=args.backbone,
                           backbone_weights=args.backbone_weights, width=args.width, mutual_cls=args.mutual_cls,
-                          mutual_box=args.mutual_box, iou_rescoring=args.iou_rescoring, alpha=args.alpha)
+                          mutual_box=args.mutual_box, iou_rescoring=args.iou_rescoring, alpha=args.alpha,
+                          gamma_cls=args.gamma_cls, gamma_loc=args.gamma_loc, qfl_beta=args.qfl_beta)
 
 
 def warmup_cosine(total_steps, warmup_fraction=0.1):
@@ -358,7 +366,9 @@ def resume(path, model, optimizer, schedule, scaler):
 
 def differing_config(saved, wanted):
     """The model options that differ, each as "key: checkpoint X, flags Y". The
-    backbone weights only initialise the model, so they may differ."""
+    backbone weights only initialise the model, so they may differ; an option the
+    checkpoint predates had its default."""
+    saved = {**DetectorConfig().to_dict(), **saved}
     saved, wanted = json.loads(json.dumps(saved)), json.loads(json.dumps(wanted))  # tuples and lists alike
     keys = sorted((saved.keys() | wanted.keys()) - {"backbone_weights"})
     return [f"{k}: checkpoint {saved.get(k)!r}, flags {wanted.get(k)!r}" for k in keys if saved.get(k) != wanted.get(k)]
@@ -401,7 +411,8 @@ def save_epoch(args, epoch, entry, model, optimizer, schedule, scaler, dataset):
         print(f"epoch {epoch + 1}: loss {entry.get('loss', 0):.4f} ({entry['images_per_s']:.1f} img/s)")
 
 
-def train(args):
+def train(args, dataset=None):
+    """Trains on `dataset`, or on the one the flags name."""
     rank, world = distributed()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -409,7 +420,7 @@ def train(args):
     if args.backbone_weights:
         check_backbone_weights(args)  # before seeding: it builds a model, drawing random numbers
     seed_everything(args.seed)
-    dataset = dataset_from(args)
+    dataset = dataset_from(args) if dataset is None else dataset
     steps = steps_per_epoch(dataset, args.batch_size, world)
     model = Detector(config_from(args, len(dataset.classes))).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)

@@ -250,6 +250,9 @@ CASES = {
     "epochs 0": train_case(lambda t, r: ["--epochs", "0"], "--epochs must be at least 1"),
     "alpha above 1": train_case(lambda t, r: ["--alpha", "1.5"], "--alpha must be in [0, 1]"),
     "alpha below 0": train_case(lambda t, r: ["--alpha", "-0.1"], "--alpha must be in [0, 1]"),
+    "gamma-cls below 0": train_case(lambda t, r: ["--gamma-cls", "-1"], "--gamma-cls must be finite and not negative"),
+    "gamma-loc infinite": train_case(lambda t, r: ["--gamma-loc", "inf"], "--gamma-loc must be finite and not negative"),
+    "qfl-beta not a number": train_case(lambda t, r: ["--qfl-beta", "nan"], "--qfl-beta must be finite and not negative"),
     "no images": train_case(lambda t, r: ["--num-images", "0"], "--num-images must be at least 1"),
     "batch larger than the data": train_case(lambda t, r: ["--batch-size", "9"], "an epoch would have no step"),
     "cuda without a GPU": train_case(lambda t, r: ["--device", "cuda"], "no CUDA GPU"),
@@ -275,6 +278,8 @@ CASES = {
     "evaluate missing image file": evaluate_case(lambda t, r: [*last_pt(r), *coco_flags(t, damage=delete)],
                                                  "images are missing"),
     "evaluate no checkpoint flag": evaluate_case(lambda t, r: [], "required: --checkpoint"),
+    "evaluate paired with one checkpoint": evaluate_case(lambda t, r: [*last_pt(r), "--paired"],
+                                                         "--paired compares two checkpoints, got 1"),
 }
 
 

@@ -19,6 +19,9 @@ import torch
 log = logging.getLogger(__name__)
 
 SHAPE_CLASSES = ("square", "disc", "triangle", "ring", "frame", "cross")
+# Synthetic splits from disjoint seeds (image i of seed s is drawn from s * 1_000_003 + i): train on
+# "train", choose budgets and settings on "val", report numbers measured on "test".
+SPLIT_SEEDS = {"train": 0, "val": 10_000, "test": 20_000}
 
 
 def _grid(h, w):
@@ -312,12 +315,23 @@ class CocoDetection(torch.utils.data.Dataset):
             "image_id": image_id,
         }
         if self.size and tuple(image.shape[1:]) != self.size:
-            sy, sx = self.size[0] / image.shape[1], self.size[1] / image.shape[2]
             image = torch.nn.functional.interpolate(image[None], size=self.size, mode="bilinear", align_corners=False)[0]
-            scale = torch.tensor([sx, sy, sx, sy])
+            scale = self._scale(image_id)
             target["boxes"] = target["boxes"] * scale
             target["ignore_boxes"] = target["ignore_boxes"] * scale
         return image, target
+
+    def _scale(self, image_id):
+        """(sx, sy, sx, sy) from the annotation file's coordinates of an image to this data set's."""
+        info = self.coco.imgs[image_id]
+        height, width = self.size or (info["height"], info["width"])
+        sx, sy = width / info["width"], height / info["height"]
+        return torch.tensor([sx, sy, sx, sy])
+
+    def to_original(self, image_id, boxes):
+        """Boxes [N, 4] (xyxy) of image `image_id` in this data set's coordinates, mapped back to the
+        annotation file's, as detections must be to be scored against it."""
+        return boxes / self._scale(image_id).to(boxes)
 
 
 def collate(batch):

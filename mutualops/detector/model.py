@@ -42,6 +42,7 @@ class DetectorConfig:
     iou_rescoring: bool = False
     gamma_cls: float = 1.0
     gamma_loc: float = 1.0
+    qfl_beta: float = 2.0
     alpha: float = 0.5
     center_sampling_radius: float = 1.5
     anchor_scales: tuple = (1.0, 1.26, 1.59)
@@ -237,16 +238,16 @@ class Detector(nn.Module):
         gt_boxes, num_gt, gt_labels = pad_gt([t["boxes"] for t in targets], None, [t["labels"] for t in targets])
         if gt_boxes.shape[1] == 0:  # no GT in the whole batch: one padding row keeps shapes valid
             gt_boxes, gt_labels = gt_boxes.new_zeros((len(targets), 1, 4)), gt_labels.new_zeros((len(targets), 1))
-        ignore = [t.get("ignore_boxes", gt_boxes.new_zeros((0, 4))) for t in targets]
+        ign, num_ign, _ = pad_gt([t.get("ignore_boxes", gt_boxes.new_zeros((0, 4))) for t in targets])
         decoded, ltrb = self.decode(box, priors)
         if cfg.family == "fcos":
             matched = assign_fcos(priors["points"], gt_boxes, num_gt, strides=priors["strides"],
                                   regress_ranges=priors["regress_ranges"],
                                   center_sampling_radius=cfg.center_sampling_radius)
+            matched = ignore_points_in_crowds(matched, priors["points"], ign, num_ign)
             coding_priors, scale, coding = priors["points"], priors["strides"], "distance"
             box_pred = ltrb / priors["strides"][None, :, None]
         else:
-            ign, num_ign, _ = pad_gt(ignore)
             matched, _ = assign_max_iou(priors["anchors"], gt_boxes, num_gt, ignore_boxes=ign, num_ignore=num_ign)
             coding_priors, scale, coding, box_pred = priors["anchors"], None, "delta", box
         t = mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls, coding_priors, num_gt=num_gt, scale=scale,
@@ -255,7 +256,7 @@ class Detector(nn.Module):
         valid = matched != -2  # ignored anchors contribute no loss
         num_pos = max(float(positive.sum()), 1.0)
         if cfg.mutual_cls:
-            loss_cls = quality_focal_loss(cls[valid], t.cls_target[valid]).sum() / num_pos
+            loss_cls = quality_focal_loss(cls[valid], t.cls_target[valid], cfg.qfl_beta).sum() / num_pos
         else:
             onehot = torch.zeros_like(cls)
             labels = torch.gather(gt_labels, 1, matched.clamp(min=0))
@@ -273,8 +274,8 @@ class Detector(nn.Module):
             target_q = None
         loss_q = (F.binary_cross_entropy_with_logits(quality[positive], target_q, reduction="sum") / num_pos
                   if target_q is not None else quality.sum() * 0)
-        total = loss_cls + loss_box + loss_q
-        return {"loss": total, "cls": loss_cls.detach(), "box": loss_box.detach(), "quality": loss_q.detach(),
+        # The terms keep their graphs so that tests can check which parameters each one reaches.
+        return {"loss": loss_cls + loss_box + loss_q, "cls": loss_cls, "box": loss_box, "quality": loss_q,
                 "positives": num_pos}
 
     # ---- inference ------------------------------------------------------
@@ -287,8 +288,9 @@ class Detector(nn.Module):
 
     @torch.no_grad()
     def predict(self, images, raw=False):
-        """Detections per image (boxes, scores, labels), or with raw=True also the
-        pre-NMS per-prior best class score and decoded box (for the harmony metric)."""
+        """Detections per image (boxes, scores, labels), or with raw=True also every
+        prior's pre-NMS decoded box and ranking score per class, [B, P, 4] and
+        [B, P, C] (for the harmony metric)."""
         cls, box, quality, priors = self.outputs(images)
         decoded, _ = self.decode(box, priors)
         h, w = images.shape[-2:]
@@ -306,9 +308,7 @@ class Detector(nn.Module):
             return out
         p = torch.sigmoid(cls)
         q = torch.sigmoid(quality) if use_quality else torch.ones_like(quality)
-        best, label = p.max(dim=2)
-        score = best ** (1 - alpha) * q**alpha
-        return out, {"boxes": decoded, "scores": score, "labels": label}
+        return out, {"boxes": decoded, "class_scores": p ** (1 - alpha) * q[..., None] ** alpha}
 
 
 def quality_focal_loss(logits, soft_targets, beta=2.0):
@@ -316,6 +316,19 @@ def quality_focal_loss(logits, soft_targets, beta=2.0):
     p = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, soft_targets, reduction="none")
     return ce * (soft_targets - p).abs() ** beta
+
+
+def ignore_points_in_crowds(matched, points, crowd_boxes, num_crowd):
+    """FCOS's counterpart of the max-IoU assigner's crowd rule (docs/method.md, section 1): a
+    background point strictly inside a crowd box is ignored (-2), not trained as background; a
+    point assigned to a real object stays positive. [B, P] x [P, 2] x [B, K, 4] -> [B, P]."""
+    if crowd_boxes.shape[1] == 0:
+        return matched
+    x, y = points[None, :, None, 0], points[None, :, None, 1]
+    box = crowd_boxes[:, None]  # [B, 1, K, 4]
+    real = torch.arange(crowd_boxes.shape[1], device=matched.device)[None, None] < num_crowd[:, None, None]
+    inside = (x > box[..., 0]) & (y > box[..., 1]) & (x < box[..., 2]) & (y < box[..., 3]) & real
+    return torch.where((matched == -1) & inside.any(dim=2), torch.full_like(matched, -2), matched)
 
 
 def centerness(points, gt):

@@ -1,0 +1,158 @@
+"""The README and RESULTS tables, rendered from the committed result files.
+
+    python benchmarks/tables.py            # print every table
+    python benchmarks/tables.py --write    # put them into README.md and benchmarks/RESULTS.md
+    python benchmarks/tables.py --check    # exit 1 if a committed table differs from its result file
+
+A table lives between the lines `<!-- table:KEY -->` and `<!-- /table:KEY -->`,
+KEY being NAME:summary or NAME:full for benchmarks/results/ablation-NAME.json.
+Nothing between the markers is written by hand.
+"""
+
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DOCUMENTS = (os.path.join(ROOT, "README.md"), os.path.join(HERE, "RESULTS.md"))
+
+
+def number(x, digits=3, sign=False):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def interval(stat):
+    low, high = stat["ci95"]
+    return f"{number(stat['mean'], sign=True)} [{number(low, sign=True)}, {number(high, sign=True)}]"
+
+
+def verdict(stat):
+    low, high = stat["ci95"]
+    if math.isnan(low):
+        return "n/a"
+    return "higher" if low > 0 else "lower" if high < 0 else "no detectable difference"
+
+
+def per_seed(values, sign=True):
+    return ", ".join(number(v, sign=sign) for v in values)
+
+
+def summary_table(families):
+    rows = ["| family | variant vs baseline | AP, mean difference [95% CI] | AP | harmony, paired difference [95% CI] "
+            "| harmony |", "| --- | --- | --- | --- | --- | --- |"]
+    for family, result in families:
+        for variant, cmp in result["vs_baseline"].items():
+            h = cmp["harmony_paired"]
+            rows.append(f"| {family} | {variant} | {interval(cmp['AP'])} | {verdict(cmp['AP'])} | {interval(h)} "
+                        f"| {verdict(h)} |")
+    return "\n".join(rows)
+
+
+def budget_table(budget):
+    rows = ["| epochs | " + " | ".join(f"{v} validation AP" for v in budget["variants"]) + " | mean |",
+            "| --- | " + " | ".join("---" for _ in budget["variants"]) + " | --- |"]
+    for epochs in budget["candidates"]:
+        aps = [next(r["AP"] for r in budget["runs"] if r["epochs"] == epochs and r["variant"] == v)
+               for v in budget["variants"]]
+        chosen = " (chosen)" if epochs == budget["chosen"] else ""
+        rows.append(f"| {epochs}{chosen} | " + " | ".join(number(ap) for ap in aps)
+                    + f" | {number(budget['val_AP'][str(epochs)])} |")
+    return "\n".join(rows)
+
+
+def variants_table(result):
+    rows = ["| variant | AP mean ± std | AP per seed | AP50 | AP75 | harmony mean ± std | harmony per seed | objects |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for variant, s in result["variants"].items():
+        rows.append(f"| {variant} | {number(s['AP']['mean'])} ± {number(s['AP']['std'])} "
+                    f"| {per_seed(s['AP']['per_seed'], False)} | {number(s['AP50']['mean'])} | {number(s['AP75']['mean'])} "
+                    f"| {number(s['harmony']['mean'])} ± {number(s['harmony']['std'])} "
+                    f"| {per_seed(s['harmony']['per_seed'], False)} | {round(s['objects']['mean'])} |")
+    return "\n".join(rows)
+
+
+def comparison_table(result):
+    rows = ["| variant vs baseline | AP difference per seed | mean [95% CI] | AP50 mean [95% CI] "
+            "| harmony paired difference per seed | mean [95% CI] | common objects per seed |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for variant, cmp in result["vs_baseline"].items():
+        h = cmp["harmony_paired"]
+        rows.append(f"| {variant} | {per_seed(cmp['AP']['per_seed'])} | {interval(cmp['AP'])} | {interval(cmp['AP50'])} "
+                    f"| {per_seed(h['per_seed'])} | {interval(h)} | {', '.join(map(str, h['objects_per_seed']))} |")
+    return "\n".join(rows)
+
+
+def full_tables(family, result, data):
+    p = data["protocol"]
+    seeds = ", ".join(map(str, p["seeds"]))
+    return "\n".join([
+        f"Family {family}; command `{data['command']}` ({data['run_minutes']:.0f} minutes of runs). Scale: "
+        f"{p['num_images']} training images of {p['image_size']}x{p['image_size']}, width {p['width']}, "
+        f"{p['threads']} thread; {p['val_images']} validation and {p['test_images']} test images "
+        f"(split seeds {p['split_seeds']}).", "",
+        f"Budget on validation (seed {result['budget']['seed']}; the smallest candidate within "
+        f"{result['budget']['tolerance']} AP of the best):", "", budget_table(result["budget"]), "",
+        f"Test, {result['epochs']} epochs, seeds {seeds}:", "", variants_table(result), "",
+        "Against the baseline of the same seed (95% t-interval over seeds; harmony over the objects both cover, "
+        f"at least {result['runs'][0]['harmony_min_size']} predictions each):", "", comparison_table(result)])
+
+
+def tables():
+    """{key: markdown} for every committed ablation result."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(HERE, "results", "ablation-*.json"))):
+        name = os.path.basename(path)[len("ablation-"):-len(".json")]
+        with open(path) as f:
+            data = json.load(f)
+        families = data["families"].items()
+        out[f"{name}:summary"] = summary_table(families)
+        out[f"{name}:full"] = "\n\n".join(full_tables(family, result, data) for family, result in families)
+    return out
+
+
+def fill(text, rendered):
+    """text with every marked block replaced by its rendered table; unknown keys are an error."""
+    def replace(match):
+        key = match.group(1)
+        if key not in rendered:
+            raise KeyError(f"no result file renders the table {key!r}")
+        return f"<!-- table:{key} -->\n{rendered[key]}\n<!-- /table:{key} -->"
+
+    return re.sub(r"<!-- table:(\S+) -->\n.*?<!-- /table:\1 -->", replace, text, flags=re.S)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--write", action="store_true")
+    p.add_argument("--check", action="store_true")
+    args = p.parse_args(argv)
+    rendered = tables()
+    if not (args.write or args.check):
+        for key, table in rendered.items():
+            print(f"{key}\n\n{table}\n")
+        return 0
+    stale = []
+    for path in DOCUMENTS:
+        with open(path) as f:
+            text = f.read()
+        filled = fill(text, rendered)
+        if filled != text:
+            stale.append(os.path.relpath(path, ROOT))
+            if args.write:
+                with open(path, "w") as f:
+                    f.write(filled)
+    if args.check and stale:
+        print(f"out of date: {', '.join(stale)} (python benchmarks/tables.py --write)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
