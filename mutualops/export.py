@@ -1,0 +1,440 @@
+"""Export to ONNX (docs/method.md, section 2.6): mutualops' ops as standard ONNX operators, and the detector
+end to end (images -> boxes, scores, labels, counts).
+
+    python -m mutualops.export --checkpoint runs/fcos-mutual/last.pt --out model.onnx
+
+Your own model: pass `translation_table()` to `torch.onnx.export(..., dynamo=True)`. The translations use
+only the default ONNX domain (NonMaxSuppression, TopK, GatherND, ...), so ONNX Runtime, TensorRT or OpenVINO
+run the graph without a custom operator. A user error of the CLI prints one line "error: ..." and exits with
+status 2; --debug adds the traceback.
+"""
+
+import argparse
+import os
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript import opset18 as op
+import torch
+
+from .nms import rescored_nms
+from .train import CliParser, UserError, exit_on_user_error, write_atomically
+
+MIN_OPSET = 18
+
+
+def translation_table():
+    """ONNX translations of the mutualops ops, for torch.onnx.export's custom_translation_table."""
+    ops = torch.ops.mutualops
+    return {
+        ops.box_iou.default: _box_iou,
+        ops.box_iou_aligned.default: _box_iou_aligned,
+        ops.batched_nms.default: _batched_nms,
+        ops.rescored_nms_dense.default: _rescored_nms_dense,
+        ops.rescored_nms_flat.default: _rescored_nms_flat,
+    }
+
+
+# ---- translations ---------------------------------------------------------
+# The exporter traces them with symbolic tensors: plain Python around onnxscript's op calls, so that the op's
+# attributes (mode, alpha, ...) choose the graph at export time.
+
+_FLOAT = ir.DataType.FLOAT
+_DOUBLE = ir.DataType.DOUBLE
+_INT64 = ir.DataType.INT64
+_NUMPY = {_FLOAT: np.float32, _DOUBLE: np.float64, _INT64: np.int64}
+
+
+def _const(value, dtype):
+    return op.Constant(value=ir.tensor(np.asarray(value, dtype=_NUMPY[dtype])))
+
+
+def _ints(*values):
+    return _const(list(values), _INT64)
+
+
+def _math_type(dtype):
+    """The op's arithmetic type (at::opmath_type): float for the half types, else the tensor's own."""
+    return _DOUBLE if dtype == _DOUBLE else _FLOAT
+
+
+def _as(x, dtype):
+    return x if x.dtype == dtype else op.Cast(x, to=dtype)
+
+
+def _nms_math(boxes, name):
+    # ONNX NonMaxSuppression takes float32 only; float64 NMS would round IoUs and merge scores differently.
+    if boxes.dtype == _DOUBLE:
+        raise TypeError(f"{name}: float64 inputs cannot be exported (ONNX NonMaxSuppression computes in float32); "
+                        f"cast boxes and scores to float32 first")
+    return _FLOAT
+
+
+def _min2(a, b):  # box_math.h's min2/max2/clamp_min0, NaN handling included (ONNX Min/Max leave it open)
+    return op.Where(op.Less(a, b), a, b)
+
+
+def _max2(a, b):
+    return op.Where(op.Greater(a, b), a, b)
+
+
+def _clamp0(v, zero):
+    return op.Where(op.Greater(v, zero), v, zero)
+
+
+def _finite(x):
+    """x - x == 0: false for a NaN or an infinity, as box_math.h tests it."""
+    return op.Equal(op.Sub(x, x), op.CastLike(_const(0.0, _FLOAT), x))
+
+
+def _safe_div(a, b, zero, one):
+    positive = op.Greater(b, zero)
+    return op.Where(positive, op.Div(a, op.Where(positive, b, one)), op.Where(op.LessOrEqual(b, zero), zero, b))
+
+
+def _overlap(a, b, mode, t, eps=0.0):
+    """box_math.h's box_overlap of broadcastable [..., 4] boxes of math type t, operation by operation, so
+    that every rounding is the kernel's; the result keeps a trailing axis of 1. eps (IoU losses) is added to
+    the union and the enclosing area."""
+    loss_eps = _const(eps, t) if eps else None
+    zero, one, nan = (_const(v, t) for v in (0.0, 1.0, float("nan")))
+    ax1, ay1, ax2, ay2 = op.Split(a, num_outputs=4, axis=-1)
+    bx1, by1, bx2, by2 = op.Split(b, num_outputs=4, axis=-1)
+
+    def shape(x1, y1, x2, y2):
+        w, h = _clamp0(op.Sub(x2, x1), zero), _clamp0(op.Sub(y2, y1), zero)
+        finite = op.And(op.And(_finite(x1), _finite(y1)), op.And(_finite(x2), _finite(y2)))
+        return w, h, op.Where(finite, op.Mul(w, h), nan)
+
+    wa, ha, area_a = shape(ax1, ay1, ax2, ay2)
+    wb, hb, area_b = shape(bx1, by1, bx2, by2)
+    iw = _clamp0(op.Sub(_min2(ax2, bx2), _max2(ax1, bx1)), zero)
+    ih = _clamp0(op.Sub(_min2(ay2, by2), _max2(ay1, by1)), zero)
+    inter = op.Mul(iw, ih)
+    if mode == "iof":
+        return op.Where(op.Equal(area_b, area_b), _safe_div(inter, area_a, zero, one), area_b)
+    union = op.Sub(op.Add(area_a, area_b), inter)
+    iou = _safe_div(inter, union if loss_eps is None else op.Add(union, loss_eps), zero, one)
+    if mode == "iou":
+        return iou
+
+    def extent(a1, a2, b1, b2):
+        return _clamp0(op.Sub(_max2(_max2(a2, b2), _max2(a1, b1)), _min2(_min2(a1, b1), _min2(a2, b2))), zero)
+
+    cw, ch = extent(ax1, ax2, bx1, bx2), extent(ay1, ay2, by1, by2)
+    if mode == "giou":
+        enclosing = op.Mul(cw, ch)
+        denominator = enclosing if loss_eps is None else op.Add(enclosing, loss_eps)
+        return op.Where(op.Greater(denominator, zero), op.Sub(iou, op.Div(op.Sub(enclosing, union), denominator)), iou)
+    # box_math.h's distance_term_eps: the loss's eps, else torchvision's 1e-7.
+    eps, two = loss_eps if eps > 0 else _const(1e-7, t), _const(2.0, t)
+    diag2 = op.Add(op.Add(op.Mul(cw, cw), op.Mul(ch, ch)), eps)
+    dx = op.Sub(op.Div(op.Add(ax1, ax2), two), op.Div(op.Add(bx1, bx2), two))
+    dy = op.Sub(op.Div(op.Add(ay1, ay2), two), op.Div(op.Add(by1, by2), two))
+    diou = op.Sub(iou, op.Div(op.Add(op.Mul(dx, dx), op.Mul(dy, dy)), diag2))
+    if mode == "diou":
+        return diou
+    half_pi = _const(1.5707963267948966, t)
+
+    def angle(w, h):
+        tall = op.Greater(h, zero)
+        return op.Where(tall, op.Atan(op.Div(w, op.Where(tall, h, one))), op.Where(op.Greater(w, zero), half_pi, zero))
+
+    dt = op.Sub(angle(wa, ha), angle(wb, hb))
+    v = op.Mul(op.Mul(_const(0.40528473456935109, t), dt), dt)
+    alpha = op.Div(v, op.Add(op.Add(op.Sub(one, iou), v), eps))
+    return op.Sub(diou, op.Mul(alpha, v))
+
+
+def _check_mode(mode):
+    if mode not in ("iou", "giou", "diou", "ciou", "iof"):
+        raise ValueError(f"box_iou mode {mode!r} has no ONNX translation")
+
+
+def _box_iou(boxes1, boxes2, mode="iou"):
+    _check_mode(mode)
+    t = _math_type(boxes1.dtype)
+    a = op.Unsqueeze(_as(boxes1, t), _ints(-2))  # [..., N, 1, 4]
+    b = op.Unsqueeze(_as(boxes2, t), _ints(-3))  # [..., 1, M, 4]
+    return _as(op.Squeeze(_overlap(a, b, mode, t), _ints(-1)), boxes1.dtype)
+
+
+def _box_iou_aligned(boxes1, boxes2, mode="iou", eps=0.0):
+    _check_mode(mode)
+    t = _math_type(boxes1.dtype)
+    return _as(op.Squeeze(_overlap(_as(boxes1, t), _as(boxes2, t), mode, t, eps), _ints(-1)), boxes1.dtype)
+
+
+def _iou_threshold(threshold):
+    """The float32 threshold t with (iou > t) == (double(iou) > threshold) for every float32 iou, as
+    nms.h's nms_threshold: torchvision compares float IoUs with a double."""
+    t = np.float32(threshold)
+    if float(t) > threshold:
+        t = np.nextafter(t, np.float32(-np.inf))
+    return _const(t, _FLOAT)
+
+
+def _box_finite(boxes):
+    """[..., 4] -> [...]: all four coordinates finite (a sum of x - x is 0, else NaN)."""
+    return op.Equal(op.ReduceSum(op.Sub(boxes, boxes), _ints(-1), keepdims=0), _const(0.0, _FLOAT))
+
+
+def _size(x, axis):
+    return op.Shape(x, start=axis, end=axis + 1)  # [1] int64
+
+
+def _scalar(x):
+    return op.Squeeze(x, _ints(0))
+
+
+def _greedy_keep(boxes, valid, classes, num_classes, iou_threshold):
+    """[B, K] kept flags of greedy NMS over candidate lists [B, K] already in detection order (score
+    descending, ties to the lower index): ONNX NonMaxSuppression ranks by a score and leaves the order of equal
+    scores open, so it sees each candidate's rank instead (K .. 1, exact in float32 up to 2^24 candidates) and
+    never a tie. classes [B, K] in [0, num_classes), or None for one class."""
+    k = _size(valid, 1)
+    rank = op.Cast(op.Sub(k, op.Range(_scalar(_ints(0)), _scalar(k), _scalar(_ints(1)))), to=_FLOAT)
+    zero = _const(0.0, _FLOAT)
+    ranked = op.Where(valid, op.Unsqueeze(rank, _ints(0)), zero)
+    if classes is None:
+        by_class = op.Unsqueeze(ranked, _ints(1))
+    else:
+        ids = op.Reshape(op.Range(_scalar(_ints(0)), _scalar(num_classes), _scalar(_ints(1))), _ints(1, -1, 1))
+        by_class = op.Where(op.Equal(op.Unsqueeze(classes, _ints(1)), ids), op.Unsqueeze(ranked, _ints(1)), zero)
+    # ONNX NonMaxSuppression orders each box's corners itself; ours give a flipped box zero width instead.
+    x1, y1, x2, y2 = op.Split(boxes, num_outputs=4, axis=-1)
+    corners = op.Concat(x1, y1, _max2(x1, x2), _max2(y1, y2), axis=-1)
+    selected = op.NonMaxSuppression(corners, by_class, _scalar(k), _iou_threshold(iou_threshold), zero)
+    where = op.Gather(selected, _ints(0, 2), axis=1)  # (image, candidate)
+    ones = op.Expand(_const(1.0, _FLOAT), _size(selected, 0))
+    kept = op.ScatterND(op.Mul(ranked, zero), where, ones)
+    return op.Greater(kept, zero), ranked
+
+
+def _batched_nms(boxes, scores, idxs, iou_threshold):
+    t = _nms_math(boxes, "batched_nms")
+    b, s = _as(boxes, t), _as(scores, t)
+    ok = op.And(_finite(s), _box_finite(b))
+    order_scores, order = op.TopK(op.Unsqueeze(op.Where(ok, s, _const(-np.inf, t)), _ints(0)), _size(s, 0), axis=1)
+    values, _, classes, _ = op.Unique(op.Cast(idxs, to=_INT64), sorted=1)
+    num_classes = _size(values, 0)
+    valid = op.Greater(order_scores, _const(-np.inf, t))
+    kept, _ = _greedy_keep(op.Gather(b, order, axis=0), valid, op.Gather(classes, order, axis=0), num_classes,
+                           iou_threshold)
+    return op.Compress(op.Squeeze(order, _ints(0)), op.Squeeze(kept, _ints(0)), axis=0)
+
+
+def _probability(x, logits):
+    """score_math.h's probability: the value, or 1 / (1 + exp(-x)) for a logit."""
+    if not logits:
+        return x
+    one = _const(1.0, _FLOAT)
+    return op.Div(one, op.Add(one, op.Exp(op.Neg(x))))
+
+
+def _rescore(cls, quality, alpha):
+    """score_math.h's rescore, its special cases decided on alpha in float32 as the kernel decides them."""
+    a = np.float32(alpha) if quality is not None else np.float32(0.0)
+    if a == 0:
+        return cls
+    if a == 1:
+        return op.Expand(quality, op.Shape(cls))
+    if a == 0.5:
+        return op.Sqrt(op.Mul(cls, quality))
+    return op.Mul(op.Pow(cls, _const(np.float32(1) - a, _FLOAT)), op.Pow(quality, _const(a, _FLOAT)))
+
+
+def _candidates(scores, ok, level, num_levels, pre_nms_top_k):
+    """[B, P] scores with their candidate flags -> (values, positions) [B, K] of the candidates that enter
+    NMS, in detection order (score descending, then position): the best pre_nms_top_k per image, or per image
+    and level when level [P] is given. Non-candidates carry -inf."""
+    masked = op.Where(ok, scores, _const(-np.inf, _FLOAT))
+    p = _size(scores, 1)
+    k = p if pre_nms_top_k < 0 else op.Min(_ints(pre_nms_top_k), p)
+    if level is None or pre_nms_top_k < 0 or num_levels == 1:
+        return op.TopK(masked, k, axis=1)
+    values, positions = [], []
+    for lv in range(num_levels):
+        v, i = op.TopK(op.Where(op.Equal(level, _ints(lv)), masked, _const(-np.inf, _FLOAT)), k, axis=1)
+        values.append(v)
+        positions.append(i)
+    # Back to detection order: by position, then stably by score (TopK puts the lower index first on ties).
+    total = op.Mul(_size(values[0], 1), _ints(num_levels))
+    positions, perm = op.TopK(op.Concat(*positions, axis=1), total, axis=1, largest=0)
+    values, perm = op.TopK(op.GatherElements(op.Concat(*values, axis=1), perm, axis=1), total, axis=1)
+    return values, op.GatherElements(positions, perm, axis=1)
+
+
+def _padded(values, pad, width, slots, rank=2):
+    """[B, width, ...] -> [B, slots, ...], padded with `pad`."""
+    pads = op.Concat(_ints(*([0] * (rank + 1))), op.Sub(slots, width), _ints(*([0] * (rank - 2))), axis=0)
+    return op.Pad(values, pads, op.CastLike(_const(pad, _FLOAT), values))
+
+
+def _detections(boxes_of, values, index, labels, classes, num_classes, dtype, candidates, iou_threshold,
+                max_detections, class_agnostic):
+    """rescored NMS's padded outputs from its candidates (values [B, K] in detection order, -inf for none):
+    boxes_of(index) gathers boxes by source index, labels [B, K] are the candidates' own, classes [B, K] in
+    [0, num_classes) their NMS classes. The outputs have min(max_detections, candidates) slots per image, as
+    the kernel's (nms.h, detection_slots)."""
+    valid = op.Greater(values, _const(-np.inf, _FLOAT))
+    kept, ranked = _greedy_keep(_as(boxes_of(index), _FLOAT), valid, None if class_agnostic else classes,
+                                num_classes, iou_threshold)
+    # The first slots kept candidates in detection order: the highest ranks among the kept.
+    slots = op.Min(_ints(max_detections), candidates)
+    width = op.Min(slots, _size(values, 1))
+    top, pick = op.TopK(op.Where(kept, ranked, _const(0.0, _FLOAT)), width, axis=1)
+    found = op.Greater(top, _const(0.0, _FLOAT))
+    det_index = op.Where(found, op.GatherElements(index, pick, axis=1), _ints(-1))
+    det_boxes = boxes_of(op.Max(det_index, _ints(0)))
+    det_boxes = op.Where(op.Unsqueeze(found, _ints(-1)), det_boxes, op.CastLike(_const(0.0, _FLOAT), det_boxes))
+    det_scores = _as(op.Where(found, op.GatherElements(values, pick, axis=1), _const(0.0, _FLOAT)), dtype)
+    det_labels = op.Where(found, op.GatherElements(labels, pick, axis=1), _ints(-1))
+    counts = op.ReduceSum(op.Cast(found, to=_INT64), _ints(1), keepdims=0)
+    return (_padded(det_boxes, 0.0, width, slots, rank=3), _padded(det_scores, 0.0, width, slots),
+            _padded(det_labels, -1, width, slots), _padded(det_index, -1, width, slots), counts)
+
+
+def _rescored_nms_dense(boxes, scores, iou=None, level_index=None, num_levels=1, alpha=0.5, score_threshold=0.05,
+                        iou_threshold=0.5, pre_nms_top_k=1000, max_detections=100, class_agnostic=False, logits=False):
+    t = _nms_math(boxes, "rescored_nms")
+    cls = _probability(_as(scores, t), logits)  # [B, N, C]
+    quality = None if iou is None else op.Unsqueeze(_probability(_as(iou, t), logits), _ints(-1))
+    s = _rescore(cls, quality, alpha)
+    ok = op.And(op.Unsqueeze(_box_finite(_as(boxes, t)), _ints(-1)),
+                op.And(_finite(s), op.Greater(s, _const(np.float32(score_threshold), t))))
+    num_classes = _size(scores, 2)
+    # Candidate (n, c) sits at position n * C + c: the kernel's candidate order.
+    level = None if level_index is None else op.Reshape(
+        op.Expand(op.Unsqueeze(op.Cast(level_index, to=_INT64), _ints(-1)), op.Concat(_size(scores, 1), num_classes, axis=0)),
+        _ints(-1))
+    values, positions = _candidates(op.Reshape(s, _ints(0, -1)), op.Reshape(ok, _ints(0, -1)), level, num_levels,
+                                    pre_nms_top_k)
+    point, label = op.Div(positions, num_classes), op.Mod(positions, num_classes)
+    return _detections(lambda i: op.GatherND(boxes, op.Unsqueeze(i, _ints(-1)), batch_dims=1), values, point, label,
+                       label, num_classes, boxes.dtype, op.Mul(_size(scores, 1), num_classes), iou_threshold,
+                       max_detections, class_agnostic)
+
+
+def _rescored_nms_flat(boxes, scores, labels, iou=None, batch_index=None, level_index=None, num_levels=1, num_images=1,
+                       alpha=0.5, score_threshold=0.05, iou_threshold=0.5, pre_nms_top_k=1000, max_detections=100,
+                       class_agnostic=False, logits=False):
+    t = _nms_math(boxes, "rescored_nms")
+    quality = None if iou is None else _probability(_as(iou, t), logits)
+    s = _rescore(_probability(_as(scores, t), logits), quality, alpha)  # [M]
+    labels = op.Cast(labels, to=_INT64)
+    # A negative label marks a padding candidate, as in the kernel: never kept.
+    ok = op.And(op.And(_box_finite(_as(boxes, t)), op.GreaterOrEqual(labels, _ints(0))),
+                op.And(_finite(s), op.Greater(s, _const(np.float32(score_threshold), t))))
+    image = op.Range(_scalar(_ints(0)), _scalar(_ints(num_images)), _scalar(_ints(1)))
+    if batch_index is not None:
+        ok = op.And(op.Unsqueeze(ok, _ints(0)),
+                    op.Equal(op.Unsqueeze(op.Cast(batch_index, to=_INT64), _ints(0)), op.Unsqueeze(image, _ints(-1))))
+    else:
+        ok = op.And(op.Unsqueeze(ok, _ints(0)), op.Unsqueeze(op.Equal(image, _ints(0)), _ints(-1)))
+    s = op.Expand(op.Unsqueeze(s, _ints(0)), op.Shape(ok))  # [I, M]
+    level = None if level_index is None else op.Cast(level_index, to=_INT64)
+    values, positions = _candidates(s, ok, level, num_levels, pre_nms_top_k)
+    # NMS classes must be 0 .. U - 1: the labels' ranks among their distinct values.
+    distinct, _, compact, _ = op.Unique(labels, sorted=1)
+    return _detections(lambda i: op.Gather(boxes, i, axis=0), values, positions, op.Gather(labels, positions, axis=0),
+                       op.Gather(compact, positions, axis=0), _size(distinct, 0), boxes.dtype, _size(boxes, 0),
+                       iou_threshold, max_detections, class_agnostic)
+
+
+# ---- the detector ---------------------------------------------------------
+
+class DetectorGraph(torch.nn.Module):
+    """A trained Detector as one graph: images [B, 3, H, W] -> boxes [B, K, 4], scores [B, K], labels [B, K]
+    (-1 in empty slots) and counts [B], the fixed-shape form of Detector.predict's detections."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        # Detector.predict's post-processing, without the host read that splits it per image.
+        m, cfg = self.model, self.model.config
+        cls, box, quality, priors = m.outputs(images)
+        decoded, _ = m.decode(box, priors)
+        h, w = images.shape[-2:]
+        decoded = torch.stack([decoded[..., 0].clamp(0, w), decoded[..., 1].clamp(0, h),
+                               decoded[..., 2].clamp(0, w), decoded[..., 3].clamp(0, h)], -1)
+        alpha, use_quality = m.score_parts()
+        det = rescored_nms(decoded, cls, quality if use_quality else None, logits=True, alpha=alpha,
+                           level_index=priors["level_index"], num_levels=len(cfg.strides),
+                           score_threshold=cfg.score_threshold, iou_threshold=cfg.nms_threshold,
+                           pre_nms_top_k=cfg.pre_nms_top_k, max_detections=cfg.max_detections, fixed_shape=True)
+        return det.boxes, det.scores, det.labels, det.counts
+
+
+OUTPUT_NAMES = ["boxes", "scores", "labels", "counts"]
+
+
+def export_detector(model, path, image_size, *, batch_size=2, opset=MIN_OPSET, dynamic_batch=True):
+    """Writes `model` (a Detector) to the ONNX file `path` (through a temporary file: an existing file is
+    replaced whole or not at all) with input "images" [B, 3, H, W] (B dynamic unless dynamic_batch=False) and
+    outputs boxes, scores, labels, counts. Returns the torch.onnx.ONNXProgram."""
+    if int(opset) < MIN_OPSET:
+        raise ValueError(f"opset must be at least {MIN_OPSET}, got {opset}")
+    h, w = image_size
+    images = torch.zeros(batch_size, 3, h, w)
+    graph = DetectorGraph(model.cpu()).eval()
+    dynamic = {"images": {0: torch.export.Dim("batch")}} if dynamic_batch else None
+    with torch.no_grad():
+        program = torch.onnx.export(graph, (images,), dynamo=True, input_names=["images"], output_names=OUTPUT_NAMES,
+                                    custom_translation_table=translation_table(), dynamic_shapes=dynamic,
+                                    opset_version=int(opset), verbose=False)
+    write_atomically(path, lambda f: f.write(program.model_proto.SerializeToString()))
+    return program
+
+
+def parse_args(argv=None):
+    p = CliParser(prog="python -m mutualops.export", description=__doc__,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint of python -m mutualops.train")
+    p.add_argument("--out", required=True, help="the ONNX file to write")
+    p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (at least {MIN_OPSET})")
+    p.add_argument("--max-detections", type=int, default=None, help="detections per image (default: the model's)")
+    p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="input height and width (default: the checkpoint's training size)")
+    p.add_argument("--static-batch", type=int, default=0, metavar="B",
+                   help="fix the batch size to B (default: any batch size)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
+    args = p.parse_args(argv)
+    if args.opset < MIN_OPSET:
+        raise UserError(f"--opset must be at least {MIN_OPSET}, got {args.opset}")
+    if args.max_detections is not None and args.max_detections < 1:
+        raise UserError(f"--max-detections must be at least 1, got {args.max_detections}")
+    if args.image_size and min(args.image_size) < 1:
+        raise UserError(f"--image-size must be positive, got {' '.join(map(str, args.image_size))}")
+    if args.static_batch < 0:
+        raise UserError(f"--static-batch must be positive, got {args.static_batch}")
+    if os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a folder; name the ONNX file to write")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        raise UserError(f"--out {args.out}: the folder {folder} does not exist")
+    return args
+
+
+def main(argv=None):
+    with exit_on_user_error(argv):
+        args = parse_args(argv)
+        from .evaluate import load_detector
+
+        model, state = load_detector(args.checkpoint)
+        if args.max_detections is not None:
+            model.config.max_detections = args.max_detections
+        size = tuple(args.image_size or state.get("image_size") or (128, 128))
+        try:
+            export_detector(model, args.out, size, batch_size=args.static_batch or 2, opset=args.opset,
+                            dynamic_batch=not args.static_batch)
+        except OSError as e:
+            raise UserError(f"cannot write {args.out} ({e.strerror or e})") from e
+        print(f"wrote {args.out}: images [{args.static_batch or 'B'}, 3, {size[0]}, {size[1]}] -> "
+              f"{', '.join(OUTPUT_NAMES)} (at most {model.config.max_detections} detections per image)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,379 @@
+"""ONNX export (docs/method.md, section 2.6): exported graphs run in ONNX Runtime give eager mutualops' results
+on random and adversarial inputs, at batch sizes other than the exported one."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import mutualops
+from mutualops.box_iou import MODES
+from tests.helpers import random_boxes
+
+ort = pytest.importorskip("onnxruntime", reason="the ONNX tests run the exported graphs in ONNX Runtime")
+export = pytest.importorskip("mutualops.export", reason="ONNX export needs onnx and onnxscript")
+
+# ONNX Runtime's Exp rounds differently from the C library's expf in the last bit, so sigmoid scores agree to
+# about one float32 unit; everything else (boxes, labels, indices, counts, IoU but CIoU's atan) is exact.
+SCORE_ULPS = dict(rtol=2.5e-7, atol=1e-9)
+
+
+class Call(torch.nn.Module):
+    """A graph calling fn on its inputs, returning the tensors it gives (None dropped)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args):
+        out = self.fn(*args)
+        return tuple(t for t in out if t is not None) if isinstance(out, tuple) else out
+
+
+def exported(tmp_path, fn, args, dynamic_dims):
+    """An ONNX Runtime session of fn's graph, exported with the given dynamic input dimensions."""
+    dims = {}
+    dynamic = tuple({dim: dims.setdefault(name, torch.export.Dim(name)) for dim, name in spec.items()} if spec else None
+                    for spec in dynamic_dims)
+    program = torch.onnx.export(Call(fn).eval(), tuple(args), dynamo=True, verbose=False,
+                                custom_translation_table=export.translation_table(), dynamic_shapes=(dynamic,))
+    path = os.path.join(tmp_path, "graph.onnx")
+    program.save(path)
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def run(session, args):
+    names = [i.name for i in session.get_inputs()]
+    return session.run(None, {n: a.numpy() for n, a in zip(names, args)})
+
+
+def assert_same(got, expected, scores_at=None, **tolerance):
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    assert len(got) == len(expected)
+    for i, (g, e) in enumerate(zip(got, expected)):
+        g = torch.from_numpy(g)
+        assert g.shape == e.shape and g.dtype == e.dtype, f"output {i}"
+        if i == scores_at and tolerance:
+            torch.testing.assert_close(g, e, **tolerance, msg=f"output {i}")
+        else:
+            torch.testing.assert_close(g, e, rtol=0, atol=0, equal_nan=True, msg=f"output {i}")
+
+
+def adversarial_boxes(n, gen, dtype=torch.float32):
+    """Random boxes with ties of every kind: duplicates, a flipped box, a point, NaN and infinite corners."""
+    b = random_boxes(n, generator=gen, dtype=dtype)
+    b[1::4] = b[0]  # identical boxes
+    b[2] = torch.tensor([50.0, 50.0, 40.0, 60.0])  # x2 < x1: area 0 (ONNX's NMS would reorder the corners)
+    b[3] = torch.tensor([5.0, 5.0, 5.0, 5.0])
+    b[5, 2] = float("nan")
+    b[6, 0] = float("inf")
+    return b
+
+
+# ---- box IoU ----------------------------------------------------------------------------------------------
+
+# ONNX Runtime has no float64 Atan kernel: float64 CIoU graphs are valid ONNX but do not run there.
+@pytest.mark.parametrize("mode,dtype", [(m, d) for m in MODES for d in (torch.float32, torch.float16, torch.float64)
+                                        if (m, d) != ("ciou", torch.float64)])
+def test_box_iou_matches_eager(tmp_path, gen, mode, dtype):
+    pairwise = exported(tmp_path, lambda a, b: mutualops.box_iou(a, b, mode=mode),
+                        (random_boxes(5, generator=gen, dtype=dtype), random_boxes(4, generator=gen, dtype=dtype)),
+                        [{0: "n"}, {0: "m"}])
+    exact = mode != "ciou"  # ONNX Runtime's Atan is not the C library's atanf
+    for n, m in [(1, 7), (33, 20)]:
+        a, b = adversarial_boxes(n + 7, gen, dtype), random_boxes(m, generator=gen, dtype=dtype)
+        b[0] = a[0]
+        got, expected = run(pairwise, (a, b)), mutualops.box_iou(a, b, mode=mode)
+        assert_same(got, expected, scores_at=None if exact else 0, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("mode", ["iou", "giou", "diou", "iof"])
+def test_batched_and_aligned_box_iou_match_eager(tmp_path, gen, mode):
+    batched = exported(tmp_path, lambda a, b: mutualops.box_iou(a, b, mode=mode),
+                       (random_boxes(5, batch=2, generator=gen), random_boxes(3, batch=2, generator=gen)),
+                       [{0: "b", 1: "n"}, {0: "b", 1: "m"}])
+    a, b = random_boxes(9, batch=4, generator=gen), random_boxes(6, batch=4, generator=gen)
+    a[1, :3] = b[1, :3]
+    assert_same(run(batched, (a, b)), mutualops.box_iou(a, b, mode=mode))
+    aligned = exported(tmp_path, lambda a, b: mutualops.box_iou_aligned(a, b, mode=mode),
+                       (random_boxes(5, generator=gen), random_boxes(5, generator=gen)), [{0: "n"}, {0: "n"}])
+    a, b = adversarial_boxes(12, gen), random_boxes(12, generator=gen)
+    assert_same(run(aligned, (a, b)), mutualops.box_iou_aligned(a, b, mode=mode))
+
+
+# ---- NMS --------------------------------------------------------------------------------------------------
+
+def nms_cases(gen):
+    """(boxes, scores, idxs): random, exact score ties over identical boxes, non-finite values, one box."""
+    b = adversarial_boxes(60, gen)
+    tied = torch.rand(60, generator=gen).mul(4).round() / 4  # a handful of distinct scores
+    scores = torch.rand(60, generator=gen)
+    scores[7], scores[8] = float("nan"), float("inf")
+    yield random_boxes(300, generator=gen, scale=60.0), torch.rand(300, generator=gen), torch.randint(0, 4, (300,))
+    yield b, tied, torch.randint(0, 3, (60,), generator=gen) * 1000 - 5  # sparse and negative ids
+    yield b, scores, torch.zeros(60, dtype=torch.long)
+    yield random_boxes(1, generator=gen), torch.rand(1, generator=gen), torch.tensor([2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_batched_nms_matches_eager(tmp_path, gen, dtype):
+    session = exported(tmp_path, lambda b, s, i: mutualops.batched_nms(b, s, i, 0.5),
+                       (random_boxes(8, generator=gen, dtype=dtype), torch.rand(8).to(dtype), torch.randint(0, 3, (8,))),
+                       [{0: "n"}, {0: "n"}, {0: "n"}])
+    for boxes, scores, idxs in nms_cases(gen):
+        boxes, scores = boxes.to(dtype), scores.to(dtype)
+        assert_same(run(session, (boxes, scores, idxs)), mutualops.batched_nms(boxes, scores, idxs, 0.5))
+
+
+def test_nms_keeps_ties_in_index_order(tmp_path, gen):
+    session = exported(tmp_path, lambda b, s: mutualops.nms(b, s, 0.3), (random_boxes(8, generator=gen), torch.rand(8)),
+                       [{0: "n"}, {0: "n"}])
+    boxes = random_boxes(40, generator=gen, scale=30.0)
+    boxes[::2] = boxes[0]  # every even box is one box
+    scores = torch.full((40,), 0.5)
+    keep = mutualops.nms(boxes, scores, 0.3)
+    assert keep[0] == 0 and (keep[1:] % 2 == 1).all()  # the first of the tied duplicates wins
+    assert_same(run(session, (boxes, scores)), keep)
+
+
+# ---- rescored NMS -----------------------------------------------------------------------------------------
+
+DENSE = [
+    dict(),
+    dict(logits=True),
+    dict(logits=True, alpha=0.3, level=3, pre_nms_top_k=9),
+    dict(alpha=1.0, class_agnostic=True, level=3, pre_nms_top_k=5),
+    dict(iou=False, class_agnostic=True),
+    dict(iou=False, logits=True, pre_nms_top_k=-1, level=2),
+    dict(alpha=0.0, pre_nms_top_k=-1),
+    dict(dtype=torch.float16, logits=True, level=3, pre_nms_top_k=9),
+]
+
+
+def dense_inputs(gen, batch, config, n=40, classes=3, case="random"):
+    dtype, logits = config.get("dtype", torch.float32), config.get("logits", False)
+    boxes = random_boxes(n, batch=batch, generator=gen, scale=80.0)
+    scores = torch.randn(batch, n, classes, generator=gen) if logits else torch.rand(batch, n, classes, generator=gen)
+    iou = torch.randn(batch, n, generator=gen) if logits else torch.rand(batch, n, generator=gen)
+    if case == "ties":  # equal scores and equal boxes: order by index decides
+        scores, iou = scores.round(), iou.round()
+        boxes[:, 1::3] = boxes[:, :1]
+    elif case == "empty":  # no candidate above the threshold
+        scores, iou = (scores.clamp(max=-9.0), iou.clamp(max=-9.0)) if logits else (scores * 0.01, iou * 0.01)
+    elif case == "all":  # every pair a candidate
+        scores = scores.abs() + 3.0 if logits else scores * 0.5 + 0.5
+        iou = iou.abs() + 3.0 if logits else iou * 0.5 + 0.5
+    elif case == "non-finite":
+        boxes[:, 4, 1] = float("nan")
+        scores[:, 5, 0], scores[:, 6, 1], iou[:, 7] = float("nan"), float("inf"), float("nan")
+    args = [boxes.to(dtype), scores.to(dtype)]
+    if config.get("iou", True):
+        args.append(iou.to(dtype))
+    if config.get("level"):
+        args.append(torch.arange(n) % config["level"])
+    return args
+
+
+def dense_call(config):
+    options = {k: v for k, v in config.items() if k not in ("iou", "level", "dtype")}
+    options.setdefault("max_detections", 12)
+    options.setdefault("iou_threshold", 0.4)
+    options.setdefault("score_threshold", 0.3 if not options.get("logits") else 0.5)
+
+    def call(boxes, scores, *rest):
+        iou = rest[0] if config.get("iou", True) else None
+        level = rest[-1] if config.get("level") else None
+        return mutualops.rescored_nms(boxes, scores, iou, level_index=level, num_levels=config.get("level"),
+                                      fixed_shape=True, **options)
+
+    return call
+
+
+def assert_detections(got, expected, logits):
+    expected = tuple(t for t in expected if t is not None)
+    assert_same(got, expected, scores_at=1 if logits else None, **(SCORE_ULPS if logits else {}))
+
+
+@pytest.mark.parametrize("config", DENSE, ids=lambda c: ",".join(f"{k}={getattr(v, 'itemsize', v)}" for k, v in c.items())
+                         or "default")
+def test_rescored_nms_dense_matches_eager(tmp_path, gen, config):
+    call = dense_call(config)
+    args = dense_inputs(gen, 2, config)
+    dynamic = [{0: "batch"}] * (3 if config.get("iou", True) else 2) + ([None] if config.get("level") else [])
+    session = exported(tmp_path, call, args, dynamic)
+    found = 0
+    for batch, case in [(1, "random"), (5, "random"), (3, "ties"), (2, "empty"), (2, "all"), (3, "non-finite")]:
+        args = dense_inputs(gen, batch, config, case=case)
+        expected = call(*args)
+        assert_detections(run(session, args), expected, config.get("logits", False))
+        found += int(expected.counts.sum())
+        if case == "empty":
+            assert int(expected.counts.sum()) == 0
+    assert found > 0
+
+
+FLAT = [
+    dict(),
+    dict(logits=True, class_agnostic=True),
+    dict(level=2, pre_nms_top_k=4),
+    dict(iou=False, level=3, pre_nms_top_k=-1, class_agnostic=True),
+]
+
+
+def flat_inputs(gen, m, config, case="random", images=3):
+    boxes = random_boxes(m, generator=gen, scale=60.0)
+    logits = config.get("logits", False)
+    scores = torch.randn(m, generator=gen) if logits else torch.rand(m, generator=gen)
+    iou = torch.randn(m, generator=gen) if logits else torch.rand(m, generator=gen)
+    labels = torch.randint(-1, 4, (m,), generator=gen) * 7  # -7: padding candidates, never kept
+    if case == "ties":
+        scores, iou = scores.round(), iou.round()
+        boxes[1::2] = boxes[0]
+    args = [boxes, scores, labels] + ([iou] if config.get("iou", True) else [])
+    args.append(torch.randint(0, images, (m,), generator=gen))
+    if config.get("level"):
+        args.append(torch.randint(0, config["level"], (m,), generator=gen))
+    return args
+
+
+def flat_call(config, images=3):
+    options = {k: v for k, v in config.items() if k not in ("iou", "level")}
+    options.update(max_detections=6, iou_threshold=0.4, score_threshold=0.2)
+
+    def call(boxes, scores, labels, *rest):
+        iou = rest[0] if config.get("iou", True) else None
+        image = rest[1 if config.get("iou", True) else 0]
+        level = rest[-1] if config.get("level") else None
+        return mutualops.rescored_nms(boxes, scores, iou, labels=labels, batch_index=image, num_images=images,
+                                      level_index=level, num_levels=config.get("level"), fixed_shape=True, **options)
+
+    return call
+
+
+@pytest.mark.parametrize("config", FLAT, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_rescored_nms_flat_matches_eager(tmp_path, gen, config):
+    call = flat_call(config)
+    args = flat_inputs(gen, 30, config)
+    session = exported(tmp_path, call, args, [{0: "m"}] * len(args))
+    for m, case in [(30, "random"), (200, "random"), (80, "ties"), (7, "random")]:
+        args = flat_inputs(gen, m, config, case)
+        assert_detections(run(session, args), call(*args), config.get("logits", False))
+
+
+def test_variable_size_detections_export(tmp_path, gen):
+    """fixed_shape=False exports too: the padded outputs compacted in the graph (ONNX NonZero)."""
+    def call(boxes, scores, labels, image):
+        return mutualops.rescored_nms(boxes, scores, labels=labels, batch_index=image, num_images=2,
+                                      score_threshold=0.2, max_detections=5)
+
+    args = flat_inputs(gen, 30, dict(iou=False), images=2)
+    session = exported(tmp_path, call, args, [{0: "m"}] * 4)
+    for m in (30, 90):
+        args = flat_inputs(gen, m, dict(iou=False), images=2)
+        assert_same(run(session, args), tuple(t for t in call(*args)))
+
+
+# ---- what cannot be exported ------------------------------------------------------------------------------
+
+def export_error(fn, args):
+    with pytest.raises(Exception) as raised:
+        torch.onnx.export(Call(fn).eval(), tuple(args), dynamo=True, custom_translation_table=export.translation_table(),
+                          verbose=False)
+    return str(raised.value)
+
+
+def test_float64_nms_is_refused_by_name(gen):
+    b, s = random_boxes(6, generator=gen, dtype=torch.float64), torch.rand(6, dtype=torch.float64)
+    message = export_error(lambda b, s: mutualops.nms(b, s, 0.5), (b, s))
+    assert "batched_nms: float64 inputs cannot be exported" in message
+    message = export_error(lambda b, s: mutualops.rescored_nms(b, s, fixed_shape=True), (b[None], s[None, :, None]))
+    assert "rescored_nms: float64 inputs cannot be exported" in message
+
+
+def test_counts_read_from_data_are_refused_by_name(gen):
+    b, s = random_boxes(6, batch=1, generator=gen), torch.rand(1, 6, 2)
+    message = export_error(lambda b, s, lv: mutualops.rescored_nms(b, s, level_index=lv, fixed_shape=True),
+                           (b, s, torch.zeros(6, dtype=torch.long)))
+    assert "rescored_nms needs num_levels to be exported with level_index" in message
+    message = export_error(lambda b, s, label, i: mutualops.rescored_nms(b, s, labels=label, batch_index=i, fixed_shape=True),
+                           (b[0], s[0, :, 0], torch.zeros(6, dtype=torch.long), torch.zeros(6, dtype=torch.long)))
+    assert "rescored_nms needs num_images to be exported with batch_index" in message
+
+
+# ---- the detector -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """An untrained detector whose head spreads its scores (the trained prior would leave no candidate), saved
+    as mutualops.train saves one."""
+    from mutualops.detector.model import Detector, DetectorConfig
+
+    torch.manual_seed(0)
+    config = DetectorConfig(num_classes=3, width=16, iou_rescoring=True, max_detections=20)
+    model = Detector(config)
+    with torch.no_grad():
+        model.head.cls.weight.normal_(0, 0.5)
+        model.head.cls.bias.fill_(-1.0)
+        model.head.quality.weight.normal_(0, 0.5)
+        model.head.box.weight.normal_(0, 0.3)
+    path = tmp_path_factory.mktemp("run") / "last.pt"
+    torch.save({"model": model.state_dict(), "config": config.to_dict(), "epoch": 0, "image_size": [64, 96]}, path)
+    return path, model.eval()
+
+
+def test_detector_cli_exports_what_predict_detects(checkpoint, tmp_path):
+    path, model = checkpoint
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"an older export")
+    done = subprocess.run([sys.executable, "-m", "mutualops.export", "--checkpoint", str(path), "--out", str(out),
+                           "--max-detections", "15"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(mutualops.__file__))})
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stdout and os.listdir(tmp_path) == ["model.onnx"]  # replaced, no temporary left
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["boxes", "scores", "labels", "counts"]
+    model.config.max_detections = 15
+    try:
+        found = 0
+        for batch in (1, 4):  # exported with 2
+            images = torch.rand(batch, 3, 64, 96, generator=torch.Generator().manual_seed(batch))
+            boxes, scores, labels, counts = session.run(None, {"images": images.numpy()})
+            assert boxes.shape == (batch, 15, 4) and labels.shape == scores.shape == (batch, 15)
+            for b, expected in enumerate(model.predict(images)):
+                n = int(counts[b])
+                found += n
+                # Convolutions round differently in ONNX Runtime: boxes agree to 1e-3 pixels, scores to 1e-5.
+                assert n == len(expected["labels"]) and (labels[b, n:] == -1).all()
+                np.testing.assert_array_equal(labels[b, :n], expected["labels"].numpy())
+                np.testing.assert_allclose(boxes[b, :n], expected["boxes"].numpy(), rtol=0, atol=1e-3)
+                np.testing.assert_allclose(scores[b, :n], expected["scores"].numpy(), rtol=0, atol=1e-5)
+        assert found > 0
+    finally:
+        model.config.max_detections = 20
+
+
+def expect_user_error(capsys, argv, words):
+    with pytest.raises(SystemExit) as exited:
+        export.main(argv)
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
+
+
+def test_cli_user_errors_are_one_line(checkpoint, tmp_path, capsys):
+    path = str(checkpoint[0])
+    expect_user_error(capsys, ["--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "m.onnx")],
+                      "does not exist")
+    expect_user_error(capsys, ["--checkpoint", path, "--out", str(tmp_path / "missing" / "m.onnx")],
+                      "does not exist")
+    expect_user_error(capsys, ["--checkpoint", path, "--out", str(tmp_path)], "is a folder")
+    expect_user_error(capsys, ["--checkpoint", path, "--out", str(tmp_path / "m.onnx"), "--opset", "12"],
+                      "at least 18")
+    expect_user_error(capsys, ["--checkpoint", path], "--out")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    expect_user_error(capsys, ["--checkpoint", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "m.onnx")],
+                      "cannot read checkpoint")
+    assert not (tmp_path / "m.onnx").exists()
