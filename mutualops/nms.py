@@ -121,6 +121,7 @@ def rescored_nms(
     if level_index is None:
         num_levels = 1
     elif num_levels is None:
+        _given_when_exporting("num_levels", "level_index")
         num_levels = int(level_index.max()) + 1 if level_index.numel() else 1
     common = (float(alpha), float(score_threshold), float(iou_threshold), pre_nms_top_k, max_detections,
               bool(class_agnostic), bool(logits))
@@ -147,6 +148,8 @@ def rescored_nms(
             raise ValueError(f"iou must have shape [{m}], got {list(iou.shape)}")
         _check_index(batch_index, "batch_index", m, boxes.device)
         _check_index(level_index, "level_index", m, boxes.device)
+        if num_images is None and batch_index is not None:
+            _given_when_exporting("num_images", "batch_index")
         if num_images is None:
             num_images = 1 if batch_index is None else (int(batch_index.max()) + 1 if m else 0)
         out = torch.ops.mutualops.rescored_nms_flat(boxes, scores, labels, iou, batch_index, level_index,
@@ -157,6 +160,13 @@ def rescored_nms(
     valid = det_labels >= 0
     image = torch.arange(counts.shape[0], device=counts.device)[:, None].expand_as(det_labels)
     return Detections(det_boxes[valid], det_scores[valid], det_labels[valid], image[valid], det_indices[valid], counts)
+
+
+def _given_when_exporting(name, source):
+    """An exported graph (torch.export, ONNX) cannot read a count from tensor data on the host."""
+    if torch.compiler.is_exporting():
+        raise ValueError(f"rescored_nms needs {name} to be exported with {source}: it would be read from "
+                         f"the data, which an exported graph cannot do")
 
 
 def _check_index(t, name, n, device):
