@@ -10,10 +10,14 @@ def check_tensor(x, name):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
 
 
+# What the kernels are compiled for: float8 is floating point too, but has no kernel.
+KERNEL_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def check_float(x, name):
     check_tensor(x, name)
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if x.dtype not in KERNEL_FLOATS:
+        raise TypeError(f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {x.dtype}")
 
 
 def check_boxes(x, name, ranks=(2,)):

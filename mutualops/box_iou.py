@@ -5,9 +5,11 @@ enclosing box makes GIoU equal IoU. Boxes are xyxy and a box with x2 < x1 or
 y2 < y1 has area 0.
 """
 
+import math
+
 import torch
 
-from ._validate import check_boxes, check_choice, check_float, check_same, promote
+from ._validate import as_float, check_boxes, check_choice, check_float, check_same, promote
 
 MODES = ("iou", "giou", "diou", "ciou", "iof")
 LOSS_MODES = ("iou", "giou", "diou", "ciou")
@@ -41,7 +43,11 @@ def _integer_as_float(boxes):
 
 
 def box_iou_aligned(boxes1, boxes2, mode="iou"):
-    """Overlap of matching rows: [..., 4] x [..., 4] -> [...]. Differentiable."""
+    """Overlap of matching rows: [..., 4] x [..., 4] -> [...]. Differentiable, twice."""
+    return _aligned(boxes1, boxes2, mode, 0.0)
+
+
+def _aligned(boxes1, boxes2, mode, eps):
     check_choice(mode, "mode", MODES)
     check_float(boxes1, "boxes1")
     check_float(boxes2, "boxes2")
@@ -51,20 +57,27 @@ def box_iou_aligned(boxes1, boxes2, mode="iou"):
         raise ValueError(f"boxes1 and boxes2 must have the same shape, got {list(boxes1.shape)} and {list(boxes2.shape)}")
     check_same(boxes1, boxes2, "boxes1", "boxes2", dtype=False)
     boxes1, boxes2 = promote(boxes1, boxes2)
-    out = torch.ops.mutualops.box_iou_aligned(boxes1.reshape(-1, 4), boxes2.reshape(-1, 4), mode)
+    out = torch.ops.mutualops.box_iou_aligned(boxes1.reshape(-1, 4), boxes2.reshape(-1, 4), mode, eps)
     return out.reshape(boxes1.shape[:-1])
 
 
-def iou_loss(pred, target, mode="giou", reduction="mean", weight=None):
+def iou_loss(pred, target, mode="giou", reduction="mean", weight=None, eps=1e-7):
     """1 - overlap(pred, target) for matching rows, optionally weighted.
 
-    `reduction="mean"` divides the weighted sum by the number of boxes (so
-    weights that average 1, like the mutual box-loss weights, keep the scale).
-    An empty input gives 0 with a gradient path, as in torchvision.
+    `eps` is added to the union and the enclosing area (and is the DIoU/CIoU
+    denominators' eps) as in torchvision's generalized/distance/complete
+    box IoU losses, with their default: the losses are drop-ins. eps=0 gives
+    1 - box_iou_aligned. `reduction="mean"` divides the weighted sum by the
+    number of boxes (so weights that average 1, like the mutual box-loss
+    weights, keep the scale). An empty input gives 0 with a gradient path, as
+    in torchvision.
     """
     check_choice(mode, "mode", LOSS_MODES)
     check_choice(reduction, "reduction", REDUCTIONS)
-    loss = 1 - box_iou_aligned(pred, target, mode)
+    eps = as_float(eps, "eps")
+    if not 0.0 <= eps < math.inf:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+    loss = 1 - _aligned(pred, target, mode, eps)
     if weight is not None:
         check_float(weight, "weight")
         if weight.shape != loss.shape:
@@ -91,29 +104,60 @@ def _box_iou_fake(boxes1, boxes2, mode="iou"):
 
 
 @torch.library.register_fake("mutualops::box_iou_aligned")
-def _box_iou_aligned_fake(boxes1, boxes2, mode="iou"):
+def _box_iou_aligned_fake(boxes1, boxes2, mode="iou", eps=0.0):
     return boxes1.new_empty((boxes1.shape[0],))
 
 
 @torch.library.register_fake("mutualops::box_iou_aligned_backward")
-def _box_iou_aligned_backward_fake(grad, boxes1, boxes2, mode):
+def _box_iou_aligned_backward_fake(grad, boxes1, boxes2, mode, eps=0.0):
     return torch.empty_like(boxes1), torch.empty_like(boxes2)
 
 
-def _save_boxes_and_mode(ctx, inputs, output):  # box_iou and box_iou_aligned: the same inputs
-    boxes1, boxes2, mode = inputs
+def _save_boxes_and_mode(ctx, inputs, output):  # box_iou and box_iou_aligned: the boxes, the mode (and eps)
+    boxes1, boxes2, mode, *eps = inputs
     ctx.save_for_backward(boxes1, boxes2)
-    ctx.mode = mode
+    ctx.mode, ctx.eps = mode, eps[0] if eps else 0.0
 
 
 def _aligned_backward(ctx, grad):
     boxes1, boxes2 = ctx.saved_tensors
-    grad1, grad2 = torch.ops.mutualops.box_iou_aligned_backward(grad, boxes1, boxes2, ctx.mode)
-    return grad1, grad2, None
+    grad1, grad2 = torch.ops.mutualops.box_iou_aligned_backward(grad, boxes1, boxes2, ctx.mode, ctx.eps)
+    return grad1, grad2, None, None
 
 
 torch.library.register_autograd(
     "mutualops::box_iou_aligned", _aligned_backward, setup_context=_save_boxes_and_mode
+)
+
+
+def _save_backward_inputs(ctx, inputs, output):
+    grad, boxes1, boxes2, mode, eps = inputs
+    ctx.save_for_backward(grad, boxes1, boxes2)
+    ctx.mode, ctx.eps = mode, eps
+
+
+def _aligned_double_backward(ctx, grad_grad1, grad_grad2):
+    # Second order (gradient penalties, Hessian-vector products) is rare enough not to warrant a kernel: it is
+    # the vector-Jacobian product of the first derivative as the reference module writes it in torch ops, whose
+    # math and conventions (tie splits, a constant CIoU alpha) the backward kernel follows. Without this the
+    # second derivative was silently zero.
+    from . import reference
+
+    grad, boxes1, boxes2 = ctx.saved_tensors
+
+    def first_derivative(g, b1, b2):
+        # CIoU's alpha is constant to the first derivative but depends on the boxes: the outer level sees it.
+        alpha = reference.ciou_alpha(b1.to(grad.dtype), b2.to(grad.dtype), ctx.eps) if ctx.mode == "ciou" else None
+        _, pullback = torch.func.vjp(lambda x, y: reference.box_iou_aligned(x, y, ctx.mode, ctx.eps, alpha), b1, b2)
+        return pullback(g)
+
+    _, pullback = torch.func.vjp(first_derivative, grad, boxes1, boxes2)
+    cotangents = tuple(torch.zeros_like(b) if g is None else g for g, b in ((grad_grad1, boxes1), (grad_grad2, boxes2)))
+    return (*pullback(cotangents), None, None)
+
+
+torch.library.register_autograd(
+    "mutualops::box_iou_aligned_backward", _aligned_double_backward, setup_context=_save_backward_inputs
 )
 
 

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._validate import check_boxes, check_float, check_same, check_tensor
+from ._validate import as_float, as_int, check_boxes, check_float, check_same, check_tensor
 
 
 def _check_nms(boxes, scores, iou_threshold):
@@ -19,27 +19,27 @@ def _check_nms(boxes, scores, iou_threshold):
     if scores.shape != boxes.shape[:1]:
         raise ValueError(f"scores must have shape [{boxes.shape[0]}], got {list(scores.shape)}")
     check_same(boxes, scores, "boxes", "scores")
-    if not 0.0 <= float(iou_threshold) <= 1.0:
-        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+    _check_has_data(boxes, "boxes")
+    return _unit_interval(iou_threshold, "iou_threshold")
 
 
 def nms(boxes, scores, iou_threshold):
     """torchvision.ops.nms: indices of the kept boxes, by decreasing score."""
-    _check_nms(boxes, scores, iou_threshold)
+    iou_threshold = _check_nms(boxes, scores, iou_threshold)
     idxs = torch.zeros(boxes.shape[0], dtype=torch.long, device=boxes.device)
-    return torch.ops.mutualops.batched_nms(boxes, scores, idxs, float(iou_threshold))
+    return torch.ops.mutualops.batched_nms(boxes, scores, idxs, iou_threshold)
 
 
 def batched_nms(boxes, scores, idxs, iou_threshold):
     """torchvision.ops.batched_nms: NMS within each value of `idxs` (class, image...)."""
-    _check_nms(boxes, scores, iou_threshold)
+    iou_threshold = _check_nms(boxes, scores, iou_threshold)
     check_tensor(idxs, "idxs")
     if idxs.is_floating_point() or idxs.dtype == torch.bool:
         raise TypeError(f"idxs must be an integer tensor, got {idxs.dtype}")
     if idxs.shape != scores.shape:
         raise ValueError(f"idxs must have shape [{boxes.shape[0]}], got {list(idxs.shape)}")
     check_same(boxes, idxs, "boxes", "idxs", dtype=False)
-    return torch.ops.mutualops.batched_nms(boxes, scores, idxs, float(iou_threshold))
+    return torch.ops.mutualops.batched_nms(boxes, scores, idxs, iou_threshold)
 
 
 @torch.library.register_fake("mutualops::batched_nms")
@@ -102,18 +102,21 @@ def rescored_nms(
     in the same pass, and no [B,N,C] probability tensor is ever allocated.
 
     Returns Detections. With fixed_shape=True the tensors are padded to
-    [B, max_detections]: no data-dependent shape, for CUDA graphs and
-    torch.compile.
+    [B, K]: no data-dependent shape, for CUDA graphs, torch.compile and ONNX.
+    K is max_detections, or the number of candidates per image (N * C dense,
+    M flat) when that is smaller: no image can have more detections.
     """
     check_float(boxes, "boxes")
     check_float(scores, "scores")
-    for name, value in (("alpha", alpha), ("score_threshold", score_threshold), ("iou_threshold", iou_threshold)):
-        if not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {value}")
-    if not isinstance(max_detections, int) or max_detections < 0:
-        raise ValueError(f"max_detections must be a non-negative int, got {max_detections!r}")
-    if not isinstance(pre_nms_top_k, int) or pre_nms_top_k < -1:
-        raise ValueError(f"pre_nms_top_k must be an int >= -1 (-1: no limit), got {pre_nms_top_k!r}")
+    alpha, score_threshold, iou_threshold = (
+        _unit_interval(value, name) for value, name in
+        ((alpha, "alpha"), (score_threshold, "score_threshold"), (iou_threshold, "iou_threshold")))
+    max_detections, pre_nms_top_k = as_int(max_detections, "max_detections"), as_int(pre_nms_top_k, "pre_nms_top_k")
+    if max_detections < 0:
+        raise ValueError(f"max_detections must be a non-negative int, got {max_detections}")
+    if pre_nms_top_k < -1:
+        raise ValueError(f"pre_nms_top_k must be an int >= -1 (-1: no limit), got {pre_nms_top_k}")
+    _check_has_data(boxes, "boxes", fixed_shape)
     if iou is not None:
         check_float(iou, "iou")
         check_same(boxes, iou, "boxes", "iou")
@@ -123,8 +126,9 @@ def rescored_nms(
     elif num_levels is None:
         _given_when_exporting("num_levels", "level_index")
         num_levels = int(level_index.max()) + 1 if level_index.numel() else 1
-    common = (float(alpha), float(score_threshold), float(iou_threshold), pre_nms_top_k, max_detections,
-              bool(class_agnostic), bool(logits))
+    else:
+        num_levels = as_int(num_levels, "num_levels")
+    common = (alpha, score_threshold, iou_threshold, pre_nms_top_k, max_detections, bool(class_agnostic), bool(logits))
     if boxes.dim() == 3:
         if labels is not None or batch_index is not None:
             raise ValueError("labels and batch_index are for flat inputs; dense scores [B,N,C] carry both")
@@ -153,7 +157,7 @@ def rescored_nms(
         if num_images is None:
             num_images = 1 if batch_index is None else (int(batch_index.max()) + 1 if m else 0)
         out = torch.ops.mutualops.rescored_nms_flat(boxes, scores, labels, iou, batch_index, level_index,
-                                                    num_levels, int(num_images), *common)
+                                                    num_levels, as_int(num_images, "num_images"), *common)
     det_boxes, det_scores, det_labels, det_indices, counts = out
     if fixed_shape:
         return Detections(det_boxes, det_scores, det_labels, None, det_indices, counts)
@@ -167,6 +171,20 @@ def _given_when_exporting(name, source):
     if torch.compiler.is_exporting():
         raise ValueError(f"rescored_nms needs {name} to be exported with {source}: it would be read from "
                          f"the data, which an exported graph cannot do")
+
+
+def _unit_interval(value, name):
+    value = as_float(value, name)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+def _check_has_data(boxes, name, fixed_shape=False):
+    """Meta tensors carry shapes but no values, and the number of kept boxes depends on the values."""
+    if boxes.device.type == "meta" and not fixed_shape:
+        raise ValueError(f"{name} is a meta tensor: the number of kept boxes depends on values it does not hold "
+                         "(rescored_nms with fixed_shape=True has a static shape)")
 
 
 def _check_index(t, name, n, device):
@@ -194,10 +212,10 @@ def _padded_fake(boxes, images, k):
 @torch.library.register_fake("mutualops::rescored_nms_dense")
 def _rescored_nms_dense_fake(boxes, scores, iou, level_index, num_levels, alpha, score_threshold, iou_threshold,
                              pre_nms_top_k, max_detections, class_agnostic, logits=False):
-    return _padded_fake(boxes, boxes.shape[0], max_detections)
+    return _padded_fake(boxes, boxes.shape[0], torch.sym_min(max_detections, boxes.shape[1] * scores.shape[2]))
 
 
 @torch.library.register_fake("mutualops::rescored_nms_flat")
 def _rescored_nms_flat_fake(boxes, scores, labels, iou, batch_index, level_index, num_levels, num_images, alpha, score_threshold,
                             iou_threshold, pre_nms_top_k, max_detections, class_agnostic, logits=False):
-    return _padded_fake(boxes, num_images, max_detections)
+    return _padded_fake(boxes, num_images, torch.sym_min(max_detections, boxes.shape[0]))

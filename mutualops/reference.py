@@ -18,14 +18,33 @@ def _math_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _overlap(a, b, mode):
+def _overlap(a, b, mode, eps=0.0, alpha=None):
     """Overlap of broadcastable box tensors a and b ([..., 4] each), in a float type; NaN where either box has a
-    non-finite coordinate (torchvision's result)."""
+    non-finite coordinate (torchvision's result). eps as in iou_loss; alpha as in box_iou_aligned."""
     finite = torch.isfinite(a).all(-1) & torch.isfinite(b).all(-1)
-    return torch.where(finite, _finite_overlap(a, b, mode), torch.full((), math.nan, dtype=a.dtype, device=a.device))
+    return torch.where(finite, _finite_overlap(a, b, mode, eps, alpha),
+                       torch.full((), math.nan, dtype=a.dtype, device=a.device))
 
 
-def _finite_overlap(a, b, mode):
+def _aspect_angle(box):
+    """atan(w / h), pi/2 for h = 0 (0 for a point), as the kernels define the CIoU angle."""
+    w, h = (box[..., 2] - box[..., 0]).clamp(min=0), (box[..., 3] - box[..., 1]).clamp(min=0)
+    pos = h > 0
+    flat = torch.where(w > 0, torch.full_like(w, math.pi / 2), torch.zeros_like(w))
+    return torch.where(pos, torch.atan(w / torch.where(pos, h, torch.ones_like(h))), flat)
+
+
+def _distance_eps(eps):
+    return eps if eps > 0 else _EPS
+
+
+def ciou_alpha(a, b, eps=0.0):
+    """CIoU's trade-off weight v / (1 - IoU + v + eps), differentiable (the overlap holds it constant)."""
+    v = (4 / math.pi**2) * (_aspect_angle(a) - _aspect_angle(b)) ** 2
+    return v / (1 - _finite_overlap(a, b, "iou", eps) + v + _distance_eps(eps))
+
+
+def _finite_overlap(a, b, mode, eps, alpha=None):
     wa = (a[..., 2] - a[..., 0]).clamp(min=0)
     ha = (a[..., 3] - a[..., 1]).clamp(min=0)
     wb = (b[..., 2] - b[..., 0]).clamp(min=0)
@@ -43,7 +62,7 @@ def _finite_overlap(a, b, mode):
     if mode == "iof":
         return safe_div(inter, area_a)
     union = area_a + area_b - inter
-    iou = safe_div(inter, union)
+    iou = safe_div(inter, union + eps)
     if mode == "iou":
         return iou
     def enclosing(i, j):  # over all four coordinates, so that flipped boxes lie inside
@@ -54,23 +73,17 @@ def _finite_overlap(a, b, mode):
     cw, ch = enclosing(0, 2), enclosing(1, 3)
     if mode == "giou":
         enclosing = cw * ch
-        return torch.where(enclosing > 0, iou - safe_div(enclosing - union, enclosing), iou)
-    diag2 = cw * cw + ch * ch + _EPS
+        return torch.where(enclosing + eps > 0, iou - safe_div(enclosing - union, enclosing + eps), iou)
+    diag2 = cw * cw + ch * ch + _distance_eps(eps)
     dx = (a[..., 0] + a[..., 2]) / 2 - (b[..., 0] + b[..., 2]) / 2
     dy = (a[..., 1] + a[..., 3]) / 2 - (b[..., 1] + b[..., 3]) / 2
     diou = iou - (dx * dx + dy * dy) / diag2
     if mode == "diou":
         return diou
-
-    def angle(w, h):
-        pos = h > 0
-        ratio = w / torch.where(pos, h, torch.ones_like(h))
-        flat = torch.where(w > 0, torch.full_like(w, math.pi / 2), torch.zeros_like(w))
-        return torch.where(pos, torch.atan(ratio), flat)
-
-    v = (4 / math.pi**2) * (angle(wa, ha) - angle(wb, hb)) ** 2
-    with torch.no_grad():
-        alpha = v / (1 - iou + v + _EPS)
+    v = (4 / math.pi**2) * (_aspect_angle(a) - _aspect_angle(b)) ** 2
+    if alpha is None:
+        with torch.no_grad():  # a constant, as in torchvision's CIoU loss and the kernels' backward
+            alpha = v / (1 - iou + v + _distance_eps(eps))
     return diou - alpha * v
 
 
@@ -81,14 +94,15 @@ def box_iou(boxes1, boxes2, mode="iou"):
     return _overlap(a, b, mode).to(boxes1.dtype)
 
 
-def box_iou_aligned(boxes1, boxes2, mode="iou"):
-    """[..., 4] x [..., 4] -> [...], differentiable through autograd."""
-    out = _overlap(boxes1.to(_math_dtype(boxes1)), boxes2.to(_math_dtype(boxes2)), mode)
+def box_iou_aligned(boxes1, boxes2, mode="iou", eps=0.0, alpha=None):
+    """[..., 4] x [..., 4] -> [...], differentiable through autograd. CIoU's alpha is a constant computed from the
+    boxes unless given (the double backward passes ciou_alpha of the boxes, which its outer level differentiates)."""
+    out = _overlap(boxes1.to(_math_dtype(boxes1)), boxes2.to(_math_dtype(boxes2)), mode, eps, alpha)
     return out.to(boxes1.dtype)
 
 
-def iou_loss(pred, target, mode="giou", reduction="mean", weight=None):
-    loss = 1 - box_iou_aligned(pred, target, mode)
+def iou_loss(pred, target, mode="giou", reduction="mean", weight=None, eps=1e-7):
+    loss = 1 - box_iou_aligned(pred, target, mode, eps)
     if weight is not None:
         loss = loss * weight
     return reduce_loss(loss, reduction)
@@ -290,7 +304,9 @@ def assign_max_iou(anchors, gt_boxes, num_gt, pos_iou_threshold=0.5, neg_iou_thr
     max_iou = torch.zeros((images, n), dtype=anchors.dtype, device=anchors.device)
     for b in range(images):
         ignored = torch.zeros(n, dtype=torch.bool, device=anchors.device)
-        if ignore_boxes is not None and int(num_ignore[b]) > 0:
+        # mmdetection sends every anchor of an image without GT to the background, ignore regions or not.
+        no_gt_mmdet = low_quality == "mmdet" and int(num_gt[b]) == 0
+        if ignore_boxes is not None and int(num_ignore[b]) > 0 and not no_gt_mmdet:
             iof = box_iou(anchors, ignore_boxes[b, : int(num_ignore[b])], "iof")
             ignored = iof.max(dim=1).values > ignore_iof_threshold
         g = gt_boxes[b, : int(num_gt[b])]

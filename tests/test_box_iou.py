@@ -180,13 +180,48 @@ def test_losses_match_torchvision(device, mode, gen):
     for reduction in ("none", "mean", "sum"):
         out = mutualops.iou_loss(a.to(device), b.to(device), mode, reduction).cpu()
         expected = TORCHVISION_LOSS[mode](a, b, reduction=reduction)
-        # torchvision adds eps=1e-7 to the IoU denominator; the boxes here are large
-        # enough for that to stay below 1e-6 (relative for the sum).
         torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
     pa, pb = a.to(device).clone().requires_grad_(), a.clone().requires_grad_()
     mutualops.iou_loss(pa, b.to(device), mode).backward()
     TORCHVISION_LOSS[mode](pb, b, reduction="mean").backward()
     torch.testing.assert_close(pa.grad.cpu(), pb.grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["giou", "diou", "ciou"])
+@pytest.mark.parametrize("side", [1e-3, 1e-2])
+def test_losses_match_torchvision_on_small_boxes(device, mode, side, gen):
+    # Where torchvision's eps=1e-7 in the union and the enclosing area is 0.1-10% of them: the default eps makes
+    # iou_loss the same function, values and gradients. eps=0 is the plain overlap (a measurably other function).
+    a = torch.rand(400, 2, generator=gen, dtype=torch.float64) * 5
+    a = torch.cat([a, a + side * (0.5 + torch.rand(400, 2, generator=gen, dtype=torch.float64))], 1)
+    b = a + torch.randn(400, 4, generator=gen, dtype=torch.float64) * side / 4
+    b[:, 2:] = torch.maximum(b[:, 2:], b[:, :2] + side / 10)
+    pa, pb = a.to(device).clone().requires_grad_(), a.clone().requires_grad_()
+    out = mutualops.iou_loss(pa, b.to(device), mode, "none")
+    expected = TORCHVISION_LOSS[mode](pb, b, reduction="none")
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-9, atol=1e-12)
+    out.sum().backward()
+    expected.sum().backward()
+    torch.testing.assert_close(pa.grad.cpu(), pb.grad, rtol=1e-7, atol=1e-9)
+    plain = mutualops.iou_loss(a.to(device), b.to(device), mode, "none", eps=0)
+    torch.testing.assert_close(plain, 1 - mutualops.box_iou_aligned(a.to(device), b.to(device), mode))
+    assert (plain.cpu() - expected.detach()).abs().max() > 1e-5
+    torch.testing.assert_close(out.detach(), reference.iou_loss(a, b, mode, "none").to(device), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["iou", "giou", "diou", "ciou", "iof"])
+@pytest.mark.parametrize("eps", [0.0, 1e-7, 0.5])
+def test_double_backward(device, mode, eps, gen):
+    # The second derivative of the backward kernel's output, checked by finite differences of that output.
+    a = random_boxes(12, generator=gen, dtype=torch.float64).to(device)
+    b = (a + torch.randn(12, 4, generator=gen, dtype=torch.float64).to(device) * 5).detach()
+    a.requires_grad_()
+    b.requires_grad_()
+    fn = (lambda x, y: mutualops.box_iou_aligned(x, y, mode)) if eps == 0 else (
+        lambda x, y: mutualops.iou_loss(x, y, mode if mode != "iof" else "giou", "none", eps=eps))
+    assert torch.autograd.gradgradcheck(fn, (a, b))
 
 
 def test_weighted_loss(gen):
@@ -219,6 +254,15 @@ def test_weighted_loss(gen):
         (lambda x: mutualops.iou_loss(x, x, "iof"), ValueError, "mode"),
         (lambda x: mutualops.iou_loss(x, x, reduction="avg"), ValueError, "reduction"),
         (lambda x: mutualops.iou_loss(x, x, weight=torch.ones(3)), ValueError, "weight"),
+        (lambda x: mutualops.iou_loss(x, x, eps=-1e-7), ValueError, "eps"),
+        (lambda x: mutualops.iou_loss(x, x, eps=math.nan), ValueError, "eps"),
+        (lambda x: mutualops.iou_loss(x, x, eps=None), TypeError, "eps"),
+        (lambda x: torch.ops.mutualops.box_iou_aligned(x, x, "giou", -1.0), ValueError, "eps"),
+        (lambda x: torch.ops.mutualops.box_iou_aligned_backward(x[:, 0], x, x, "giou", math.inf), ValueError, "eps"),
+        (lambda x: mutualops.box_iou(x.to(torch.float8_e4m3fn), x), TypeError, "boxes1.*float16"),
+        (lambda x: torch.ops.mutualops.box_iou(x.to(torch.float8_e5m2), x.to(torch.float8_e5m2), "iou"), TypeError,
+         "boxes1.*float16"),
+        (lambda x: mutualops.iou_loss(x, x.to(torch.float8_e5m2)), TypeError, "boxes2"),
     ],
 )
 def test_bad_input_names_the_argument(call, error, match):
@@ -248,6 +292,8 @@ def test_opcheck(device, gen):
                               (a.double().requires_grad_(), a.double().flip(0).requires_grad_(), mode))
         torch.library.opcheck(torch.ops.mutualops.box_iou_aligned_backward.default,
                               (torch.ones(9, device=device), a, a.flip(0), mode))
+        torch.library.opcheck(torch.ops.mutualops.box_iou_aligned.default,
+                              (a.double().requires_grad_(), a.double().flip(0).requires_grad_(), mode, 1e-7))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -322,15 +368,23 @@ def test_pairwise_box_iou_is_differentiable(device, mode, gen):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["iou", "giou", "diou", "ciou"])
 def test_iou_loss_is_stationary_at_the_target(device, mode, gen):
-    # min/max ties split the gradient in half, as torch does: a perfect box gets no push.
+    # min/max ties split the gradient in half, as torch does: a perfect box gets no push (eps=0), or
+    # torchvision's push of order eps / union with its eps (the same as torchvision's loss gives).
     target = random_boxes(6, generator=gen, dtype=torch.float64, device=device)
     pred = target.clone().requires_grad_()
+    mutualops.iou_loss(pred, target, mode, eps=0).backward()
+    torch.testing.assert_close(pred.grad, torch.zeros_like(pred), atol=1e-15, rtol=0)
+    pred.grad = None
     mutualops.iou_loss(pred, target, mode).backward()
-    torch.testing.assert_close(pred.grad, torch.zeros_like(pred), atol=1e-12, rtol=0)
+    if mode != "iou":
+        tv_pred = target.cpu().clone().requires_grad_()
+        TORCHVISION_LOSS[mode](tv_pred, target.cpu(), reduction="mean").backward()
+        torch.testing.assert_close(pred.grad.cpu(), tv_pred.grad, atol=1e-15, rtol=1e-6)
+    assert pred.grad.abs().max() < 1e-9
     # Shared edges only (same x range, different y): the gradient matches torch's autograd of the reference.
     other = target.clone()
     other[:, 3] += 2
-    ours = torch.autograd.grad(mutualops.iou_loss(pred, other, mode), pred)[0]
+    ours = torch.autograd.grad(mutualops.iou_loss(pred, other, mode, eps=0), pred)[0]
     theirs = torch.autograd.grad(reference.iou_loss(pred, other, mode), pred)[0]
     torch.testing.assert_close(ours, theirs)
 

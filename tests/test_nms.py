@@ -104,6 +104,12 @@ def test_empty_and_non_contiguous(device, gen):
         (lambda b, s, i: mutualops.nms(b, s, 1.5), ValueError, "iou_threshold"),
         (lambda b, s, i: mutualops.batched_nms(b, s, i.float(), 0.5), TypeError, "idxs"),
         (lambda b, s, i: mutualops.batched_nms(b, s, i[:-1], 0.5), ValueError, "idxs"),
+        (lambda b, s, i: mutualops.nms(b, s, None), TypeError, "iou_threshold"),
+        (lambda b, s, i: mutualops.nms(b.to(torch.float8_e4m3fn), s, 0.5), TypeError, "boxes.*float16"),
+        (lambda b, s, i: torch.ops.mutualops.batched_nms(b.to(torch.float8_e5m2), s.to(torch.float8_e5m2), i, 0.5),
+         TypeError, "boxes.*float16"),
+        (lambda b, s, i: mutualops.nms(b.to("meta"), s.to("meta"), 0.5), ValueError, "meta"),
+        (lambda b, s, i: mutualops.batched_nms(b.to("meta"), s.to("meta"), i.to("meta"), 0.5), ValueError, "meta"),
     ],
 )
 def test_bad_input(call, error, match):
@@ -245,12 +251,51 @@ def test_rescored_dtypes(device, dtype, gen):
         (dict(pre_nms_top_k=-5), ValueError, "pre_nms_top_k"),
         (dict(labels=torch.zeros(3, dtype=torch.long)), ValueError, "flat"),
         (dict(level_index=torch.zeros(7, dtype=torch.long)), ValueError, "level_index"),
+        (dict(alpha=None), TypeError, "alpha"),
+        (dict(score_threshold="0.1"), TypeError, "score_threshold"),
+        (dict(max_detections=2.5), TypeError, "max_detections"),
+        (dict(pre_nms_top_k=None), TypeError, "pre_nms_top_k"),
+        (dict(level_index=torch.zeros(5, dtype=torch.long), num_levels=2.5), TypeError, "num_levels"),
+        # One level per point at most (beyond 256): 2^40 asked the allocator for terabytes.
+        (dict(level_index=torch.zeros(5, dtype=torch.long), num_levels=2**40), ValueError, "num_levels"),
+        (dict(level_index=torch.full((5,), 2**40)), ValueError, "num_levels"),
+        (dict(level_index=torch.full((5,), 300)), ValueError, "num_levels"),
     ],
 )
 def test_rescored_bad_input(kwargs, error, match, gen):
     boxes, scores, iou = dense_case(gen, images=1, points=5, classes=2)
     with pytest.raises(error, match=match):
         mutualops.rescored_nms(boxes, scores, iou, **kwargs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rescored_output_width_stops_at_the_candidates(device, gen):
+    # An image has at most N * C (dense) or M (flat) detections: a larger max_detections pads nothing more,
+    # and 10^12 no longer asks the allocator for terabytes.
+    boxes, scores, iou = (t.to(device) for t in dense_case(gen, images=2, points=5, classes=2))
+    wide = mutualops.rescored_nms(boxes, scores, iou, score_threshold=0.0, max_detections=10**12, fixed_shape=True)
+    assert wide.scores.shape == (2, 10) and wide.boxes.shape == (2, 10, 4)
+    narrow = mutualops.rescored_nms(boxes, scores, iou, score_threshold=0.0, max_detections=10, fixed_shape=True)
+    for got, want in zip(wide, narrow):
+        assert got is None and want is None or torch.equal(got, want)
+    flat = mutualops.rescored_nms(boxes[0], scores[0, :, 0], iou[0], labels=torch.zeros(5, dtype=torch.long,
+                                  device=device), max_detections=10**12, fixed_shape=True)
+    assert flat.scores.shape == (1, 5)
+    assert mutualops.rescored_nms(boxes, scores, max_detections=4, fixed_shape=True).scores.shape == (2, 4)
+    raw = torch.ops.mutualops.rescored_nms_dense(boxes, scores, None, None, 1, 0.5, 0.05, 0.5, 1000, 10**12, False)
+    assert raw[1].shape == (2, 10)
+
+
+def test_rescored_raw_op_checks_levels(gen):
+    boxes, scores, _ = dense_case(gen, images=1, points=5, classes=2)
+    levels = torch.zeros(5, dtype=torch.long)
+    with pytest.raises(ValueError, match="num_levels"):
+        torch.ops.mutualops.rescored_nms_dense(boxes, scores, None, levels, 2**40, 0.5, 0.05, 0.5, 1000, 100, False)
+    with pytest.raises(ValueError, match="num_levels"):
+        torch.ops.mutualops.rescored_nms_flat(boxes[0], scores[0, :, 0], levels, None, None, levels, 2**40, 1, 0.5,
+                                              0.05, 0.5, 1000, 100, False)
+    # 256 levels stay valid however few the points: any feature pyramid fits.
+    torch.ops.mutualops.rescored_nms_dense(boxes, scores, None, levels + 255, 256, 0.5, 0.05, 0.5, 1000, 100, False)
 
 
 def test_rescored_bad_shapes(gen):
@@ -358,5 +403,9 @@ def test_rescored_flat_negative_labels_are_padding(device, fixed_shape, gen):
     real = labels >= 0
     alone = mutualops.rescored_nms(boxes[real], scores[real], labels=labels[real], batch_index=batch_index[real],
                                    num_images=2, score_threshold=0.0, fixed_shape=fixed_shape)
+    if fixed_shape:  # the width is min(max_detections, M): the padding rows widen it, with padding only
+        width = alone.scores.shape[1]
+        assert (det.labels[:, width:] == -1).all()
+        det = type(det)(*(t[:, :width] if t is not None and t.dim() > 1 else t for t in det))
     torch.testing.assert_close(det.scores, alone.scores)
     torch.testing.assert_close(det.boxes, alone.boxes)

@@ -156,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cpu(const at::Tensor& anchors,
   const at::Tensor anc = anchors.contiguous(), gts = gt_boxes.contiguous();
   const at::Tensor counts = num_gt.to(at::kLong).contiguous();
   const at::Tensor ign = ignore_boxes.has_value() ? ignore_boxes->to(gts.scalar_type()).contiguous() : at::Tensor();
-  const at::Tensor ign_counts = num_ignore.has_value() ? num_ignore->to(at::kLong).contiguous() : at::Tensor();
+  const at::Tensor ign_counts = num_ignore.has_value() ? active_ignore_counts(*num_ignore, num_gt, lq) : at::Tensor();
   at::Tensor matched = at::full({images, n}, kNegative, anc.options().dtype(at::kLong));
   at::Tensor max_iou = at::zeros({images, n}, anc.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, anc.scalar_type(), "assign_max_iou_cpu", [&] {

@@ -78,8 +78,8 @@ at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::
   return out;
 }
 
-at::Tensor box_iou_aligned_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view mode) {
-  check_aligned(boxes1, boxes2);
+at::Tensor box_iou_aligned_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view mode, double eps) {
+  check_aligned(boxes1, boxes2, eps);
   const IouMode iou_mode = parse_iou_mode(mode);
   const at::Tensor b1 = boxes1.contiguous();
   const at::Tensor b2 = boxes2.contiguous();
@@ -91,7 +91,8 @@ at::Tensor box_iou_aligned_cpu(const at::Tensor& boxes1, const at::Tensor& boxes
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, b1.size(0), 4096, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        o[i] = static_cast<scalar_t>(box_overlap(load_box<acc_t>(p1 + 4 * i), load_box<acc_t>(p2 + 4 * i), iou_mode));
+        o[i] = static_cast<scalar_t>(
+            box_overlap(load_box<acc_t>(p1 + 4 * i), load_box<acc_t>(p2 + 4 * i), iou_mode, static_cast<acc_t>(eps)));
       }
     });
   });
@@ -99,8 +100,9 @@ at::Tensor box_iou_aligned_cpu(const at::Tensor& boxes1, const at::Tensor& boxes
 }
 
 std::tuple<at::Tensor, at::Tensor> box_iou_aligned_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes1,
-                                                                const at::Tensor& boxes2, c10::string_view mode) {
-  check_aligned_backward(grad, boxes1, boxes2);
+                                                                const at::Tensor& boxes2, c10::string_view mode,
+                                                                double eps) {
+  check_aligned_backward(grad, boxes1, boxes2, eps);
   const IouMode iou_mode = parse_iou_mode(mode);
   const at::Tensor b1 = boxes1.contiguous();
   const at::Tensor b2 = boxes2.contiguous();
@@ -118,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor> box_iou_aligned_backward_cpu(const at::Tensor
       for (int64_t i = begin; i < end; ++i) {
         Box<acc_t> ga{0, 0, 0, 0}, gb{0, 0, 0, 0};
         box_overlap_backward(load_box<acc_t>(p1 + 4 * i), load_box<acc_t>(p2 + 4 * i), iou_mode,
-                             static_cast<acc_t>(pg[i]), &ga, &gb);
+                             static_cast<acc_t>(pg[i]), &ga, &gb, static_cast<acc_t>(eps));
         store_box(ga, o1 + 4 * i);
         store_box(gb, o2 + 4 * i);
       }

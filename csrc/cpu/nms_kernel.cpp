@@ -262,7 +262,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
   const at::Tensor b = boxes.contiguous(), s = scores.contiguous();
   const at::Tensor q = iou.has_value() ? iou->contiguous() : at::Tensor();
   const at::Tensor lv = level_index.has_value() ? level_index->to(at::kLong).contiguous() : at::Tensor();
-  PaddedDetections out(images, max_detections, b.options());
+  PaddedDetections out(images, detection_slots(max_detections, n * c), b.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "rescored_nms_dense_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t a = static_cast<acc_t>(p.alpha);
@@ -310,7 +310,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
   const at::Tensor img_t =
       batch_index.has_value() ? batch_index->to(at::kLong).contiguous() : at::zeros({m}, lab.options());
   const at::Tensor lv = level_index.has_value() ? level_index->to(at::kLong).contiguous() : at::Tensor();
-  PaddedDetections out(num_images, max_detections, b.options());
+  PaddedDetections out(num_images, detection_slots(max_detections, m), b.options());
   // Elements bucketed by image (a stable counting sort), then images in parallel.
   const int64_t* pimg = img_t.data_ptr<int64_t>();
   std::vector<int64_t> offsets(num_images + 1, 0);

@@ -248,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cuda(const at::Tensor& anchors
     at::Tensor gt_best = at::empty({images, gmax}, anc.options().dtype(c10::CppTypeToScalarType<T>::value));
     if (ignore_boxes.has_value() && ignore_boxes->size(1) > 0) {
       const at::Tensor ign = ignore_boxes->to(anc.scalar_type()).contiguous();
-      const at::Tensor ign_counts = num_ignore->to(at::kLong).contiguous();
+      const at::Tensor ign_counts = active_ignore_counts(*num_ignore, num_gt, lq);
       ignored_kernel<scalar_t><<<grid_for(images * n), kThreads, 0, stream>>>(
           anc.data_ptr<scalar_t>(), ign.data_ptr<scalar_t>(), ign_counts.data_ptr<int64_t>(), images, n, ign.size(1),
           ignore_iof, ignored.data_ptr<bool>());

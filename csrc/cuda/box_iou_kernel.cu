@@ -27,22 +27,23 @@ __global__ void pairwise_kernel(const scalar_t* __restrict__ boxes1, const scala
 
 template <typename scalar_t>
 __global__ void aligned_kernel(const scalar_t* __restrict__ boxes1, const scalar_t* __restrict__ boxes2,
-                               scalar_t* __restrict__ out, int64_t n, IouMode mode) {
+                               scalar_t* __restrict__ out, int64_t n, IouMode mode, double eps) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t i = grid_start(); i < n; i += grid_stride()) {
-    out[i] = static_cast<scalar_t>(box_overlap(load_box<acc_t>(boxes1 + 4 * i), load_box<acc_t>(boxes2 + 4 * i), mode));
+    out[i] = static_cast<scalar_t>(
+        box_overlap(load_box<acc_t>(boxes1 + 4 * i), load_box<acc_t>(boxes2 + 4 * i), mode, static_cast<acc_t>(eps)));
   }
 }
 
 template <typename scalar_t>
 __global__ void aligned_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ boxes1,
                                         const scalar_t* __restrict__ boxes2, scalar_t* __restrict__ grad1,
-                                        scalar_t* __restrict__ grad2, int64_t n, IouMode mode) {
+                                        scalar_t* __restrict__ grad2, int64_t n, IouMode mode, double eps) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t i = grid_start(); i < n; i += grid_stride()) {
     Box<acc_t> ga{0, 0, 0, 0}, gb{0, 0, 0, 0};
     box_overlap_backward(load_box<acc_t>(boxes1 + 4 * i), load_box<acc_t>(boxes2 + 4 * i), mode,
-                         static_cast<acc_t>(grad[i]), &ga, &gb);
+                         static_cast<acc_t>(grad[i]), &ga, &gb, static_cast<acc_t>(eps));
     store_box(ga, grad1 + 4 * i);
     store_box(gb, grad2 + 4 * i);
   }
@@ -69,8 +70,8 @@ at::Tensor box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10:
   return out;
 }
 
-at::Tensor box_iou_aligned_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view mode) {
-  check_aligned(boxes1, boxes2);
+at::Tensor box_iou_aligned_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view mode, double eps) {
+  check_aligned(boxes1, boxes2, eps);
   const IouMode iou_mode = parse_iou_mode(mode);
   const c10::cuda::CUDAGuard guard(boxes1.device());
   const at::Tensor b1 = boxes1.contiguous();
@@ -81,15 +82,16 @@ at::Tensor box_iou_aligned_cuda(const at::Tensor& boxes1, const at::Tensor& boxe
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_aligned_cuda", [&] {
     aligned_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(b1.data_ptr<scalar_t>(), b2.data_ptr<scalar_t>(),
-                                                                   out.data_ptr<scalar_t>(), n, iou_mode);
+                                                                   out.data_ptr<scalar_t>(), n, iou_mode, eps);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> box_iou_aligned_backward_cuda(const at::Tensor& grad, const at::Tensor& boxes1,
-                                                                 const at::Tensor& boxes2, c10::string_view mode) {
-  check_aligned_backward(grad, boxes1, boxes2);
+                                                                 const at::Tensor& boxes2, c10::string_view mode,
+                                                                 double eps) {
+  check_aligned_backward(grad, boxes1, boxes2, eps);
   const IouMode iou_mode = parse_iou_mode(mode);
   const c10::cuda::CUDAGuard guard(boxes1.device());
   const at::Tensor b1 = boxes1.contiguous();
@@ -103,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor> box_iou_aligned_backward_cuda(const at::Tenso
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_aligned_backward_cuda", [&] {
     aligned_backward_kernel<scalar_t>
         <<<grid_for(n), kThreads, 0, stream>>>(g.data_ptr<scalar_t>(), b1.data_ptr<scalar_t>(), b2.data_ptr<scalar_t>(),
-                                               g1.data_ptr<scalar_t>(), g2.data_ptr<scalar_t>(), n, iou_mode);
+                                               g1.data_ptr<scalar_t>(), g2.data_ptr<scalar_t>(), n, iou_mode, eps);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {g1, g2};

@@ -320,12 +320,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
     const at::Tensor kept_score = slot_score.gather(1, perm).masked_fill(keep.logical_not(), -INFINITY);
     const at::Tensor best = rank_rows(kept_score, slot_id.gather(1, perm), std::nullopt);
     const int64_t slots = best.size(1);
-    const int64_t take = std::min(max_detections, slots);
+    const int64_t width = detection_slots(max_detections, per_image);
+    const int64_t take = std::min(width, slots);
     const at::Tensor pick = perm.gather(1, best.narrow(1, 0, take));  // slot index of each detection
-    const at::Tensor counts = keep.sum(1).clamp_max(max_detections);
+    const at::Tensor counts = keep.sum(1).clamp_max(width);
     at::Tensor filled = at::arange(take, longs).unsqueeze(0).lt(counts.unsqueeze(1));
     auto pad = [&](const at::Tensor& t, const at::Scalar& fill) {
-      at::Tensor out = t.new_full({images, max_detections}, fill);
+      at::Tensor out = t.new_full({images, width}, fill);
       out.narrow(1, 0, take).copy_(t.masked_fill(filled.logical_not(), fill));
       return out;
     };
@@ -333,7 +334,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
     const at::Tensor det_box_row = (det_point + image_offset).reshape(-1);
     at::Tensor det_boxes = b.reshape({-1, 4}).index_select(0, det_box_row).view({images, take, 4});
     det_boxes = det_boxes.masked_fill(filled.logical_not().unsqueeze(2), 0);
-    at::Tensor out_boxes = b.new_zeros({images, max_detections, 4});
+    at::Tensor out_boxes = b.new_zeros({images, width, 4});
     out_boxes.narrow(1, 0, take).copy_(det_boxes);
     const at::Tensor source = dense ? det_point : slot_id.gather(1, pick);
     result = {out_boxes, pad(slot_score.gather(1, pick).to(b.scalar_type()), 0), pad(slot_label.gather(1, pick), -1),

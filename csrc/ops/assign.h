@@ -3,13 +3,14 @@
 // Host-side argument checks shared by the CPU and CUDA assignment kernels.
 #include <ATen/ATen.h>
 
+#include "checks.h"
 #include "mutualops/assign_math.h"
 
 namespace mutualops {
 
 inline void check_gt(const at::Tensor& gt_boxes, const at::Tensor& num_gt, const char* boxes_name,
                      const char* count_name) {
-  TORCH_CHECK_TYPE(at::isFloatingType(gt_boxes.scalar_type()), boxes_name, " must be floating-point");
+  check_kernel_float(gt_boxes, boxes_name);
   TORCH_CHECK_VALUE(gt_boxes.dim() == 3 && gt_boxes.size(2) == 4, boxes_name, " must have shape [B, G, 4], got ",
                     gt_boxes.sizes());
   TORCH_CHECK_TYPE(at::isIntegralType(num_gt.scalar_type(), false), count_name, " must be an integer tensor");
@@ -69,6 +70,15 @@ inline LowQuality parse_low_quality(c10::string_view mode) {
   if (mode == "torchvision") return LowQuality::kTorchvision;
   if (mode == "mmdet") return LowQuality::kMmdet;
   TORCH_CHECK_VALUE(false, "low_quality must be one of none, torchvision, mmdet; got '", mode, "'");
+}
+
+// How many ignore boxes of each image take effect. mmdetection puts every anchor of an image without GT in the
+// background before it looks at ignore regions (max overlap 0, nothing ignored); in that mode such an image's
+// ignore boxes count for nothing. torchvision and "none" ignore them in every image.
+inline at::Tensor active_ignore_counts(const at::Tensor& num_ignore, const at::Tensor& num_gt, LowQuality lq) {
+  const at::Tensor counts = num_ignore.to(at::kLong);
+  if (lq != LowQuality::kMmdet) return counts.contiguous();
+  return counts.masked_fill(num_gt.eq(0), 0).contiguous();
 }
 
 inline BoxCoding parse_box_coding(c10::string_view coding) {

@@ -6,6 +6,7 @@
 
 #include <type_traits>
 
+#include "checks.h"
 #include "mutualops/box_math.h"
 
 namespace mutualops {
@@ -40,8 +41,7 @@ void dispatch_iou_mode(IouMode mode, F&& f) {
 }
 
 inline void check_boxes(const at::Tensor& boxes, const char* name) {
-  TORCH_CHECK_TYPE(at::isFloatingType(boxes.scalar_type()), name, " must be a floating-point tensor, got ",
-                   boxes.scalar_type());
+  check_kernel_float(boxes, name);
   TORCH_CHECK_VALUE(boxes.dim() >= 1 && boxes.size(-1) == 4, name,
                     " must have 4 coordinates (x1, y1, x2, y2) in its last dimension, got shape ", boxes.sizes());
 }
@@ -63,7 +63,8 @@ inline std::array<int64_t, 3> check_pairwise(const at::Tensor& boxes1, const at:
   return {boxes1.size(0), boxes1.size(1), boxes2.size(1)};
 }
 
-inline void check_aligned(const at::Tensor& boxes1, const at::Tensor& boxes2) {
+inline void check_aligned(const at::Tensor& boxes1, const at::Tensor& boxes2, double eps) {
+  TORCH_CHECK_VALUE(eps >= 0.0 && eps < INFINITY, "eps must be a finite number >= 0, got ", eps);
   check_boxes(boxes1, "boxes1");
   check_boxes(boxes2, "boxes2");
   TORCH_CHECK_VALUE(boxes1.dim() == 2 && boxes1.sizes() == boxes2.sizes(),
@@ -73,9 +74,10 @@ inline void check_aligned(const at::Tensor& boxes1, const at::Tensor& boxes2) {
   TORCH_CHECK_VALUE(boxes1.device() == boxes2.device(), "boxes1 and boxes2 must be on the same device");
 }
 
-inline void check_aligned_backward(const at::Tensor& grad, const at::Tensor& boxes1, const at::Tensor& boxes2) {
-  check_aligned(boxes1, boxes2);
-  TORCH_CHECK_TYPE(at::isFloatingType(grad.scalar_type()), "grad must be floating-point, got ", grad.scalar_type());
+inline void check_aligned_backward(const at::Tensor& grad, const at::Tensor& boxes1, const at::Tensor& boxes2,
+                                   double eps) {
+  check_aligned(boxes1, boxes2, eps);
+  check_kernel_float(grad, "grad");
   TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == boxes1.size(0), "grad must have shape [", boxes1.size(0),
                     "] (one per pair of boxes), got ", grad.sizes());
   TORCH_CHECK_VALUE(grad.device() == boxes1.device(), "grad must be on the device of boxes1");

@@ -3,15 +3,17 @@
 // Host-side argument checks shared by the CPU and CUDA NMS kernels.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+
+#include "checks.h"
 
 namespace mutualops {
 
 inline void check_nms_args(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
                            double iou_threshold) {
-  TORCH_CHECK_TYPE(at::isFloatingType(boxes.scalar_type()), "boxes must be a floating-point tensor, got ",
-                   boxes.scalar_type());
+  check_kernel_float(boxes, "boxes");
   TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, "boxes must have shape [N, 4], got ", boxes.sizes());
   TORCH_CHECK_VALUE(scores.dim() == 1 && scores.size(0) == boxes.size(0), "scores must have shape [", boxes.size(0),
                     "], got ", scores.sizes());
@@ -41,6 +43,21 @@ inline void check_rescore_params(double alpha, double score_threshold, double io
   TORCH_CHECK_VALUE(max_detections >= 0, "max_detections must be >= 0, got ", max_detections);
 }
 
+// A level with no point is empty, so more levels than points means sparse ids; each level costs a top-k pass
+// on CUDA, and 2^40 of them asked the CPU allocator for terabytes. 256 keeps any feature pyramid valid on tiny
+// inputs.
+inline void check_num_levels(int64_t num_levels, int64_t points) {
+  const int64_t limit = std::max<int64_t>(points, 256);
+  TORCH_CHECK_VALUE(num_levels >= 1 && num_levels <= limit, "num_levels must be in [1, ", limit,
+                    "] (at most max(256, the number of points)): renumber sparse level ids; got ", num_levels);
+}
+
+// Width of the padded [B, K] outputs. An image cannot have more detections than candidates, so K stops there:
+// a larger max_detections would only add padding (10^12 asked the allocator for terabytes).
+inline int64_t detection_slots(int64_t max_detections, int64_t candidates) {
+  return std::min(max_detections, candidates);
+}
+
 inline void check_optional_index(const std::optional<at::Tensor>& t, int64_t n, const at::Tensor& like,
                                  const char* name) {
   if (!t.has_value()) return;
@@ -54,7 +71,7 @@ inline void check_rescored_dense(const at::Tensor& boxes, const at::Tensor& scor
                                  const std::optional<at::Tensor>& iou, const std::optional<at::Tensor>& level_index,
                                  int64_t num_levels, double alpha, double score_threshold, double iou_threshold,
                                  int64_t max_detections) {
-  TORCH_CHECK_TYPE(at::isFloatingType(boxes.scalar_type()), "boxes must be a floating-point tensor");
+  check_kernel_float(boxes, "boxes");
   TORCH_CHECK_VALUE(boxes.dim() == 3 && boxes.size(2) == 4, "boxes must have shape [B, N, 4], got ", boxes.sizes());
   TORCH_CHECK_VALUE(scores.dim() == 3 && scores.size(0) == boxes.size(0) && scores.size(1) == boxes.size(1),
                     "scores must have shape [B, N, C] matching boxes [B, N, 4], got ", scores.sizes());
@@ -67,7 +84,7 @@ inline void check_rescored_dense(const at::Tensor& boxes, const at::Tensor& scor
     TORCH_CHECK_VALUE(iou->device() == boxes.device(), "iou must be on the device of boxes");
   }
   check_optional_index(level_index, boxes.size(1), boxes, "level_index");
-  TORCH_CHECK_VALUE(num_levels >= 1, "num_levels must be >= 1, got ", num_levels);
+  check_num_levels(num_levels, boxes.size(1));
   check_rescore_params(alpha, score_threshold, iou_threshold, max_detections);
 }
 
@@ -75,7 +92,7 @@ inline void check_rescored_flat(const at::Tensor& boxes, const at::Tensor& score
                                 const std::optional<at::Tensor>& iou, const std::optional<at::Tensor>& batch_index,
                                 const std::optional<at::Tensor>& level_index, int64_t num_levels, int64_t num_images,
                                 double alpha, double score_threshold, double iou_threshold, int64_t max_detections) {
-  TORCH_CHECK_TYPE(at::isFloatingType(boxes.scalar_type()), "boxes must be a floating-point tensor");
+  check_kernel_float(boxes, "boxes");
   TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, "boxes must have shape [M, 4], got ", boxes.sizes());
   const int64_t m = boxes.size(0);
   TORCH_CHECK_VALUE(scores.dim() == 1 && scores.size(0) == m, "scores must have shape [", m, "], got ", scores.sizes());
@@ -88,7 +105,7 @@ inline void check_rescored_flat(const at::Tensor& boxes, const at::Tensor& score
   check_optional_index(batch_index, m, boxes, "batch_index");
   check_optional_index(level_index, m, boxes, "level_index");
   TORCH_CHECK_VALUE(num_images >= 0, "num_images must be >= 0, got ", num_images);
-  TORCH_CHECK_VALUE(num_levels >= 1, "num_levels must be >= 1, got ", num_levels);
+  check_num_levels(num_levels, m);
   check_rescore_params(alpha, score_threshold, iou_threshold, max_detections);
 }
 

@@ -5,6 +5,7 @@
 
 #include <limits>
 
+#include "checks.h"
 #include "mutualops/rank_math.h"
 
 namespace mutualops {
@@ -19,8 +20,7 @@ inline TieMethod parse_tie_method(c10::string_view ties) {
 }
 
 inline void check_values(const at::Tensor& x, const char* name) {
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), name, " must be a floating-point tensor, got ",
-                   x.scalar_type());
+  check_kernel_float(x, name);
   TORCH_CHECK_VALUE(x.dim() == 1, name, " must be 1-D, got shape ", x.sizes());
 }
 

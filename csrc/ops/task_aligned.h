@@ -8,6 +8,7 @@
 
 #include <tuple>
 
+#include "checks.h"
 #include "mutualops/task_aligned_math.h"
 
 namespace mutualops {
@@ -33,9 +34,7 @@ inline void check_task_aligned(const at::Tensor& scores, const at::Tensor& boxes
                                const TaskAlignedParams& p) {
   for (auto [t, name] :
        {std::pair{&scores, "pd_scores"}, {&boxes, "pd_bboxes"}, {&anchors, "anc_points"}, {&gt, "gt_bboxes"}}) {
-    TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()) && t->scalar_type() != at::kFloat8_e4m3fn &&
-                         t->scalar_type() != at::kFloat8_e5m2,
-                     name, " must be float16, bfloat16, float32 or float64, got ", t->scalar_type());
+    check_kernel_float(*t, name);
     TORCH_CHECK_VALUE(t->device() == scores.device(), name, " must be on the device of pd_scores (", scores.device(),
                       "), got ", t->device());
   }

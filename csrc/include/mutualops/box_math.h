@@ -23,6 +23,14 @@ MUTUALOPS_HD T distance_eps() {
   return T(1e-7);
 }
 
+// The overlaps take an `eps` that torchvision's IoU losses add to the union and the enclosing area (its
+// default 1e-7); 0 is the plain overlap, where a zero denominator gives 0. The DIoU/CIoU denominators always
+// carry one: the loss's eps, else distance_eps.
+template <typename T>
+MUTUALOPS_HD T distance_term_eps(T eps) {
+  return eps > T(0) ? eps : distance_eps<T>();
+}
+
 template <typename T>
 struct Box {
   T x1, y1, x2, y2;
@@ -135,48 +143,49 @@ MUTUALOPS_HD BoxShape<T> box_shape(const Box<T>& b) {
 // Overlap of a and b for one mode. The mode is a template parameter so that a
 // kernel's inner loop carries no switch.
 template <IouMode M, typename T>
-MUTUALOPS_HD T box_overlap(const Box<T>& a, const Box<T>& b, const BoxShape<T>& sa, const BoxShape<T>& sb) {
+MUTUALOPS_HD T box_overlap(const Box<T>& a, const Box<T>& b, const BoxShape<T>& sa, const BoxShape<T>& sb,
+                           T eps = T(0)) {
   const T inter = intersection_area(a, b);
   // b's NaN area marks a non-finite b (an overflowing area of finite corners is inf, not NaN).
   if (M == IouMode::kIof) return sb.area == sb.area ? safe_div(inter, sa.area) : sb.area;
   const T uni = sa.area + sb.area - inter;
-  const T iou = safe_div(inter, uni);
+  const T iou = safe_div(inter, uni + eps);
   if (M == IouMode::kIou) return iou;
   const T cw = enclosing_extent(a.x1, a.x2, b.x1, b.x2);
   const T ch = enclosing_extent(a.y1, a.y2, b.y1, b.y2);
   if (M == IouMode::kGiou) {
     const T enclosing = cw * ch;
-    return enclosing > T(0) ? iou - (enclosing - uni) / enclosing : iou;
+    return enclosing + eps > T(0) ? iou - (enclosing - uni) / (enclosing + eps) : iou;
   }
-  const T diag2 = cw * cw + ch * ch + distance_eps<T>();
+  const T diag2 = cw * cw + ch * ch + distance_term_eps(eps);
   const T dx = (a.x1 + a.x2) / T(2) - (b.x1 + b.x2) / T(2);
   const T dy = (a.y1 + a.y2) / T(2) - (b.y1 + b.y2) / T(2);
   const T diou = iou - (dx * dx + dy * dy) / diag2;
   if (M == IouMode::kDiou) return diou;
   const T dt = sa.angle - sb.angle;
   const T v = T(0.40528473456935109) * dt * dt;  // 4 / pi^2
-  const T alpha = v / (T(1) - iou + v + distance_eps<T>());
+  const T alpha = v / (T(1) - iou + v + distance_term_eps(eps));
   return diou - alpha * v;
 }
 
 template <IouMode M, typename T>
-MUTUALOPS_HD T box_overlap(const Box<T>& a, const Box<T>& b) {
-  return box_overlap<M>(a, b, box_shape<M>(a), box_shape<M>(b));
+MUTUALOPS_HD T box_overlap(const Box<T>& a, const Box<T>& b, T eps = T(0)) {
+  return box_overlap<M>(a, b, box_shape<M>(a), box_shape<M>(b), eps);
 }
 
 template <typename T>
-MUTUALOPS_HD T box_overlap(const Box<T>& a, const Box<T>& b, IouMode mode) {
+MUTUALOPS_HD T box_overlap(const Box<T>& a, const Box<T>& b, IouMode mode, T eps = T(0)) {
   switch (mode) {
     case IouMode::kGiou:
-      return box_overlap<IouMode::kGiou>(a, b);
+      return box_overlap<IouMode::kGiou>(a, b, eps);
     case IouMode::kDiou:
-      return box_overlap<IouMode::kDiou>(a, b);
+      return box_overlap<IouMode::kDiou>(a, b, eps);
     case IouMode::kCiou:
-      return box_overlap<IouMode::kCiou>(a, b);
+      return box_overlap<IouMode::kCiou>(a, b, eps);
     case IouMode::kIof:
-      return box_overlap<IouMode::kIof>(a, b);
+      return box_overlap<IouMode::kIof>(a, b, eps);
     default:
-      return box_overlap<IouMode::kIou>(a, b);
+      return box_overlap<IouMode::kIou>(a, b, eps);
   }
 }
 
@@ -228,8 +237,8 @@ MUTUALOPS_HD void enclosing_extent_backward(T a1, T a2, T b1, T b2, T g, T* g_a1
 // to g_a and likewise for b. As in torchvision's CIoU, the trade-off weight
 // alpha is a constant (no gradient through it).
 template <typename T>
-MUTUALOPS_HD void box_overlap_backward(const Box<T>& a, const Box<T>& b, IouMode mode, T grad, Box<T>* g_a,
-                                       Box<T>* g_b) {
+MUTUALOPS_HD void box_overlap_backward(const Box<T>& a, const Box<T>& b, IouMode mode, T grad, Box<T>* g_a, Box<T>* g_b,
+                                       T eps = T(0)) {
   const T wa = box_width(a), ha = box_height(a);
   const T wb = box_width(b), hb = box_height(b);
   const T area_a = wa * ha, area_b = wb * hb;
@@ -250,24 +259,25 @@ MUTUALOPS_HD void box_overlap_backward(const Box<T>& a, const Box<T>& b, IouMode
     }
   } else {
     T g_uni = T(0);
-    const T iou = safe_div(inter, uni);
-    if (uni > T(0)) {
-      g_inter = grad / uni;
-      g_uni = -grad * inter / (uni * uni);
+    const T uni_eps = uni + eps;
+    const T iou = safe_div(inter, uni_eps);
+    if (uni_eps > T(0)) {
+      g_inter = grad / uni_eps;
+      g_uni = -grad * inter / (uni_eps * uni_eps);
     }
     const T cw = enclosing_extent(a.x1, a.x2, b.x1, b.x2);
     const T ch = enclosing_extent(a.y1, a.y2, b.y1, b.y2);
     if (mode == IouMode::kGiou) {
-      // giou = iou - 1 + uni / enclosing
-      const T enclosing = cw * ch;
+      // giou = iou - (enclosing - uni) / (enclosing + eps)
+      const T enclosing = cw * ch + eps;
       if (enclosing > T(0)) {
         g_uni += grad / enclosing;
-        const T g_enclosing = -grad * uni / (enclosing * enclosing);
+        const T g_enclosing = -grad * (uni + eps) / (enclosing * enclosing);
         g_cw += g_enclosing * ch;
         g_ch += g_enclosing * cw;
       }
     } else if (mode == IouMode::kDiou || mode == IouMode::kCiou) {
-      const T diag2 = cw * cw + ch * ch + distance_eps<T>();
+      const T diag2 = cw * cw + ch * ch + distance_term_eps(eps);
       const T dx = (a.x1 + a.x2) / T(2) - (b.x1 + b.x2) / T(2);
       const T dy = (a.y1 + a.y2) / T(2) - (b.y1 + b.y2) / T(2);
       const T rho2 = dx * dx + dy * dy;
@@ -288,7 +298,7 @@ MUTUALOPS_HD void box_overlap_backward(const Box<T>& a, const Box<T>& b, IouMode
       if (mode == IouMode::kCiou) {
         const T dt = aspect_angle(wa, ha) - aspect_angle(wb, hb);
         const T v = T(0.40528473456935109) * dt * dt;
-        const T alpha = v / (T(1) - iou + v + distance_eps<T>());
+        const T alpha = v / (T(1) - iou + v + distance_term_eps(eps));
         const T g_dt = -grad * alpha * T(0.40528473456935109) * T(2) * dt;
         const T na = wa * wa + ha * ha, nb = wb * wb + hb * hb;
         if (ha > T(0) && na > T(0)) {
