@@ -55,6 +55,14 @@ def as_float(value, name):
     return float(value)
 
 
+def unit_interval(value, name):
+    """value as a float in [0, 1] (thresholds, alpha); NaN is out of range."""
+    value = as_float(value, name)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
 def promote(*tensors):
     """The tensors (None passes through) in their common floating dtype, as torch's type promotion picks it:
     under autocast a half-precision head output meets float32 boxes, and the ops compute in the wider type."""

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._validate import as_float, check_boxes, check_choice, check_float, check_same, check_tensor, promote
+from ._validate import as_float, check_boxes, check_choice, check_float, check_same, check_tensor, promote, unit_interval
 
 LOW_QUALITY = ("none", "torchvision", "mmdet")
 BOX_CODINGS = ("distance", "delta")
@@ -133,10 +133,10 @@ def assign_max_iou(anchors, gt_boxes, num_gt=None, *, pos_iou_threshold=0.5, neg
     check_boxes(anchors, "anchors")
     check_same(anchors, boxes, "anchors", "gt_boxes")
     check_choice(low_quality, "low_quality", LOW_QUALITY)
-    for name, value in (("pos_iou_threshold", pos_iou_threshold), ("neg_iou_threshold", neg_iou_threshold),
-                        ("min_pos_iou", min_pos_iou), ("ignore_iof_threshold", ignore_iof_threshold)):
-        if not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    pos_iou_threshold, neg_iou_threshold, min_pos_iou, ignore_iof_threshold = (
+        unit_interval(value, name) for value, name in
+        ((pos_iou_threshold, "pos_iou_threshold"), (neg_iou_threshold, "neg_iou_threshold"),
+         (min_pos_iou, "min_pos_iou"), (ignore_iof_threshold, "ignore_iof_threshold")))
     if neg_iou_threshold > pos_iou_threshold:
         raise ValueError("neg_iou_threshold must not exceed pos_iou_threshold")
     ign = ign_counts = None
@@ -150,8 +150,8 @@ def assign_max_iou(anchors, gt_boxes, num_gt=None, *, pos_iou_threshold=0.5, neg
             raise ValueError("ignore_boxes must have one entry per image")
         check_same(ign, boxes, "ignore_boxes", "gt_boxes")
     matched, max_iou = torch.ops.mutualops.assign_max_iou(
-        anchors, boxes, counts, ign, ign_counts, float(pos_iou_threshold), float(neg_iou_threshold), low_quality,
-        float(min_pos_iou), bool(gt_max_assign_all), float(ignore_iof_threshold))
+        anchors, boxes, counts, ign, ign_counts, pos_iou_threshold, neg_iou_threshold, low_quality, min_pos_iou,
+        bool(gt_max_assign_all), ignore_iof_threshold)
     return (matched[0], max_iou[0]) if single else (matched, max_iou)
 
 
@@ -211,7 +211,7 @@ def mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls_logits, priors, *
     decoded, iou_target, cls_target, box_weight = torch.ops.mutualops.mutual_targets(
         matched.long().detach(), boxes.detach(), labels.to(box_pred.device).long(), box_pred.detach(),
         cls_logits.detach(), priors.detach(), scale.detach() if scale is not None else None, box_coding,
-        float(gamma_cls), float(gamma_loc))
+        as_float(gamma_cls, "gamma_cls"), as_float(gamma_loc, "gamma_loc"))
     return MutualTargets(decoded, iou_target, cls_target, box_weight, matched >= 0)
 
 

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._validate import as_float, as_int, check_boxes, check_float, check_same, check_tensor
+from ._validate import as_int, check_boxes, check_float, check_same, check_tensor, unit_interval
 
 
 def _check_nms(boxes, scores, iou_threshold):
@@ -20,7 +20,7 @@ def _check_nms(boxes, scores, iou_threshold):
         raise ValueError(f"scores must have shape [{boxes.shape[0]}], got {list(scores.shape)}")
     check_same(boxes, scores, "boxes", "scores")
     _check_has_data(boxes, "boxes")
-    return _unit_interval(iou_threshold, "iou_threshold")
+    return unit_interval(iou_threshold, "iou_threshold")
 
 
 def nms(boxes, scores, iou_threshold):
@@ -109,7 +109,7 @@ def rescored_nms(
     check_float(boxes, "boxes")
     check_float(scores, "scores")
     alpha, score_threshold, iou_threshold = (
-        _unit_interval(value, name) for value, name in
+        unit_interval(value, name) for value, name in
         ((alpha, "alpha"), (score_threshold, "score_threshold"), (iou_threshold, "iou_threshold")))
     max_detections, pre_nms_top_k = as_int(max_detections, "max_detections"), as_int(pre_nms_top_k, "pre_nms_top_k")
     if max_detections < 0:
@@ -171,13 +171,6 @@ def _given_when_exporting(name, source):
     if torch.compiler.is_exporting():
         raise ValueError(f"rescored_nms needs {name} to be exported with {source}: it would be read from "
                          f"the data, which an exported graph cannot do")
-
-
-def _unit_interval(value, name):
-    value = as_float(value, name)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
-    return value
 
 
 def _check_has_data(boxes, name, fixed_shape=False):

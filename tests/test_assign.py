@@ -267,6 +267,19 @@ def test_bad_input(gen):
     with pytest.raises(ValueError, match=r"gt_labels\[0\] must have shape \[40\]"):
         mutualops.mutual_targets(torch.zeros(1, 10, dtype=torch.long), [boxes[0]], [labels[0, :39] % 5],
                                  torch.rand(1, 10, 4), torch.randn(1, 10, 5), torch.rand(10, 2))
+    # Parameters of the wrong type or out of range name themselves, on the wrapper and the raw op.
+    for name, value, error in (("pos_iou_threshold", None, TypeError), ("min_pos_iou", "0.2", TypeError),
+                               ("ignore_iof_threshold", math.nan, ValueError)):
+        with pytest.raises(error, match=name):
+            mutualops.assign_max_iou(random_boxes(10), boxes, **{name: value})
+    target_args = (torch.zeros(1, 10, dtype=torch.long), boxes, labels % 5, torch.rand(1, 10, 4), torch.randn(1, 10, 5),
+                   torch.rand(10, 2))
+    for name, value, error in (("gamma_cls", None, TypeError), ("gamma_cls", math.nan, ValueError),
+                               ("gamma_loc", -1.0, ValueError), ("gamma_loc", math.inf, ValueError)):
+        with pytest.raises(error, match=name):
+            mutualops.mutual_targets(*target_args, **{name: value})
+    with pytest.raises(ValueError, match="gamma_cls"):
+        torch.ops.mutualops.mutual_targets(*target_args, None, "distance", math.nan, 1.0)
 
 
 @pytest.mark.parametrize("device", DEVICES)

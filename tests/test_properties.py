@@ -272,13 +272,12 @@ def rescored_options(draw):
         score_threshold=draw(st.sampled_from([0.0, 0.05, 0.2, 0.5])),
         iou_threshold=draw(st.sampled_from([0.0, 0.3, 0.5, 1.0])),
         pre_nms_top_k=draw(st.sampled_from([-1, 0, 1, 2, 1000])),
-        max_detections=draw(st.sampled_from([0, 1, 3, 100])),
+        # 10**12: the padded width stops at the candidates per image.
+        max_detections=draw(st.sampled_from([0, 1, 3, 100, 10**12])),
         class_agnostic=draw(st.booleans()),
     )
     hostile = dict(alpha=[math.nan, 1.5, -0.5], score_threshold=[math.nan, math.inf, -0.1],
-                   iou_threshold=[math.nan, 1.5], pre_nms_top_k=[-2, 2.5, 10**12], max_detections=[-1, 1.0])
-    # C++ bug, left out: max_detections=10**12 allocates the padded [B, max_detections] output (flat results
-    # too) and fails with the allocator's RuntimeError instead of a ValueError naming max_detections.
+                   iou_threshold=[math.nan, 1.5], pre_nms_top_k=[-2, 2.5, 10**12], max_detections=[-1, 1.0, None])
     name = draw(st.sampled_from([None] * 6 + list(hostile)))
     if name is not None:
         opts[name] = draw(st.sampled_from(hostile[name]))
@@ -286,7 +285,8 @@ def rescored_options(draw):
 
 
 def assert_detections(det, expected, fixed_shape, dtype, k):
-    """Detections (flat or fixed-shape) against reference.rescored_nms's per-image lists."""
+    """Detections (flat or fixed-shape) against reference.rescored_nms's per-image lists; k is the padded width,
+    min(max_detections, the candidates per image)."""
     assert det.counts.tolist() == [len(e[3]) for e in expected]
     for img, (boxes_, scores_, labels_, source) in enumerate(expected):
         if fixed_shape:
@@ -321,10 +321,9 @@ def test_rescored_nms_dense(data):
     iou = draw(st.one_of(st.none(), layout(draw(values((b, n), dtype, 0, 1))))) if draw(st.booleans()) else None
     level_index = num_levels = None
     if draw(st.booleans()):
-        # C++ bug, left out: a level id of 10**12 (num_levels inferred as 10**12 + 1, or passed) makes the op
-        # allocate per-level arrays: std::bad_alloc surfaces as MemoryError, not a ValueError. Ids stay small.
-        level_index = draw(indices((n,), 0, 2, huge=False))
-        num_levels = draw(st.sampled_from([None, None, 2, 1, 0, -1]))
+        # Huge ids and counts: num_levels is bounded by max(256, points), a ValueError naming it.
+        level_index = draw(indices((n,), 0, 2))
+        num_levels = draw(st.sampled_from([None, None, 2, 1, 0, -1, 10**12]))
     opts = rescored_options(draw)
     fixed_shape = draw(st.booleans())
     det, err = attempt(lambda: mutualops.rescored_nms(bx, scores, iou, level_index=level_index, num_levels=num_levels,
@@ -333,7 +332,7 @@ def test_rescored_nms_dense(data):
     if err is None:
         expected = reference.rescored_nms(ref_dtype(bx), ref_dtype(scores), None if iou is None else ref_dtype(iou),
                                           level_index=level_index, **opts)
-        assert_detections(det, expected, fixed_shape, dtype, opts["max_detections"])
+        assert_detections(det, expected, fixed_shape, dtype, min(opts["max_detections"], n * c))
 
 
 @SETTINGS
@@ -348,13 +347,13 @@ def test_rescored_nms_flat(data):
                                                                                   torch.float32]))))))
     iou = draw(layout(draw(values((m,), dtype, 0, 1)))) if draw(st.booleans()) else None
     # Image ids index the padded [num_images, K] output, so a huge one asks for a huge output (the allocator's
-    # RuntimeError, as torch.empty's); level ids as in the dense test (the bad_alloc bug).
+    # RuntimeError, as torch.empty's).
     batch_index = draw(indices((m,), 0, 3, huge=False)) if draw(st.booleans()) else None
     num_images = draw(st.sampled_from([None] * 4 + [1, 3, 0, -1]))
     level_index = num_levels = None
     if draw(st.booleans()):
-        level_index = draw(indices((m,), 0, 2, huge=False))
-        num_levels = draw(st.sampled_from([None, None, 2, 0]))
+        level_index = draw(indices((m,), 0, 2))
+        num_levels = draw(st.sampled_from([None, None, 2, 0, 10**12]))
     opts = rescored_options(draw)
     fixed_shape = draw(st.booleans())
     det, err = attempt(lambda: mutualops.rescored_nms(bx, scores, iou, labels=labels, batch_index=batch_index,
@@ -366,7 +365,7 @@ def test_rescored_nms_flat(data):
         expected = reference.rescored_nms(ref_dtype(bx), ref_dtype(scores), None if iou is None else ref_dtype(iou),
                                           labels=labels, batch_index=batch_index, num_images=num_images,
                                           level_index=level_index, **opts)
-        assert_detections(det, expected, fixed_shape, dtype, opts["max_detections"])
+        assert_detections(det, expected, fixed_shape, dtype, min(opts["max_detections"], m))
 
 
 # --- label assignment -----------------------------------------------------------------------------------------

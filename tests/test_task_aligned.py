@@ -200,7 +200,7 @@ def test_bad_input_names_the_argument(device, gen):
         (ValueError, "alpha must be finite", dict(alpha=-1.0)),
         (TypeError, "topk must be an int", dict(topk=2.5)),
         (TypeError, "alpha must be a number", dict(alpha=None)),
-        (TypeError, "pd_bboxes must be float16", dict(pd_bboxes=pred.long())),
+        (TypeError, "pd_bboxes must be a floating-point tensor \\(float16", dict(pd_bboxes=pred.long())),
         (TypeError, "gt_bboxes must be a torch.Tensor", dict(gt_bboxes=gt.tolist())),
         (TypeError, "stride must", dict(stride="8")),
         (TypeError, "stride must be a number", dict(stride=[8, None])),

@@ -108,7 +108,13 @@ inline void check_matched_indices(const at::Tensor& matched, const at::Tensor& g
 
 inline void check_mutual_targets(const at::Tensor& matched, const at::Tensor& gt_boxes, const at::Tensor& gt_labels,
                                  const at::Tensor& box_pred, const at::Tensor& cls_logits, const at::Tensor& priors,
-                                 const std::optional<at::Tensor>& scale, BoxCoding coding) {
+                                 const std::optional<at::Tensor>& scale, BoxCoding coding, double gamma_cls,
+                                 double gamma_loc) {
+  // The targets raise q and p to these powers: a negative one makes q = 0 infinite, NaN makes every target NaN.
+  TORCH_CHECK_VALUE(gamma_cls >= 0.0 && gamma_cls < INFINITY, "gamma_cls must be a finite number >= 0, got ",
+                    gamma_cls);
+  TORCH_CHECK_VALUE(gamma_loc >= 0.0 && gamma_loc < INFINITY, "gamma_loc must be a finite number >= 0, got ",
+                    gamma_loc);
   TORCH_CHECK_VALUE(matched.dim() == 2 && matched.scalar_type() == at::kLong, "matched must be int64 [B, P]");
   const int64_t images = matched.size(0), n = matched.size(1);
   TORCH_CHECK_VALUE(gt_boxes.dim() == 3 && gt_boxes.size(0) == images && gt_boxes.size(2) == 4,
