@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMPS := .stamps
 NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh') \
-                  setup.py pyproject.toml build_tools/cuda.py
+                  setup.py pyproject.toml build_tools/cuda.py build_tools/flags.py CMakeLists.txt
 # The GPU machine brings its own python3 and torch and has no package registry.
 GPU_PY ?= python3
 GPU_REPORT ?= $(if $(OUT),$(OUT),gpu-report)

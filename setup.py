@@ -16,6 +16,7 @@ import torch
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)
 
+from build_tools import flags  # noqa: E402
 from build_tools.cuda import find_cuda_home, pip_cuda_dirs  # noqa: E402
 
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
@@ -80,32 +81,15 @@ def extension(with_cuda):
 
     sources = rel("csrc/*.cpp") + rel("csrc/ops/*.cpp") + rel("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
-    # -fopenmp: at::parallel_for is an inline OpenMP loop that runs serially in
-    # code compiled without it (the runtime is libgomp.so.1, the one torch
-    # already loaded); it also honours the `omp simd` reductions.
-    # -fno-trapping-math lets gcc vectorize the selects around divisions. Neither
-    # changes a result. -ffp-contract=off: no fused multiply-add where the
-    # target has one (aarch64), so the shared math rounds as torch's does.
-    cxx_flags = ["-O3", "-fno-trapping-math", "-fopenmp", "-ffp-contract=off"]
-    link_flags = ["-fopenmp"]
-    if sys.platform.startswith("linux"):
-        # The C++ runtime must be the process's shared one. A g++ whose image
-        # lacks the libstdc++.so development link (seen on a CUDA machine)
-        # silently links libstdc++.a instead: the extension then carries a second,
-        # uninitialised copy of the locale machinery and crashes the first time
-        # an error message formats a number.
-        link_flags.append("-l:libstdc++.so.6")
-    kwargs = dict(name="mutualops._C", include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags},
-                  extra_link_args=link_flags)
+    kwargs = dict(name="mutualops._C", include_dirs=include_dirs, extra_compile_args={"cxx": list(flags.CXX)},
+                  extra_link_args=list(flags.LINK))
     if not with_cuda:
         return CppExtension(sources=sources, **kwargs)
     extra = pip_cuda_dirs(torch.version.cuda.split(".")[0], "include")
     if extra:
         log("adding pip CUDA headers: " + ", ".join(extra))
     include_dirs += extra
-    # --fmad=false: no multiply-add contraction, so the shared math rounds as on
-    # the CPU and CUDA results (IoU, assignment, NMS decisions) equal the CPU's.
-    kwargs["extra_compile_args"]["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "--fmad=false"]
+    kwargs["extra_compile_args"]["nvcc"] = list(flags.NVCC)
     return CUDAExtension(sources=sources + rel("csrc/cuda/*.cu"), **kwargs)
 
 

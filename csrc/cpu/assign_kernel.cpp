@@ -88,8 +88,7 @@ MUTUALOPS_CPU_CLONES int64_t last_best_of_gt(const T* __restrict__ row, const T*
   int64_t last = -1;
 #pragma omp simd reduction(max : last)
   for (int64_t g = 0; g < count; ++g) {
-    const T best = gt_best[g];
-    last = max2(last, (row[g] == best) & (best >= floor) ? g : int64_t(-1));
+    last = max2(last, is_best_of_gt(row[g], gt_best[g], floor) ? g : int64_t(-1));
   }
   return last;
 }
@@ -144,6 +143,133 @@ at::Tensor assign_fcos_cpu(const at::Tensor& points, const at::Tensor& gt_boxes,
   return matched;
 }
 
+// The anchors as boxes with their areas, in the math type: every step of the max-IoU rule reads them.
+template <typename T>
+struct AnchorPlanes {
+  std::vector<Box<T>> box;
+  std::vector<T> area;
+  template <typename S>
+  AnchorPlanes(const S* anchors, int64_t n) : box(n), area(n) {
+    for (int64_t p = 0; p < n; ++p) box[p] = load_box<T>(anchors + 4 * p), area[p] = box_area(box[p]);
+  }
+  int64_t size() const { return static_cast<int64_t>(box.size()); }
+};
+
+// One image's real GTs with their areas; row(p, ...) is anchor p's IoU with each of them.
+template <typename T>
+struct ImageGts {
+  GtPlanes<T> planes;
+  std::vector<T> area;
+  int64_t count;
+  template <typename S>
+  ImageGts(const S* boxes, int64_t n) : planes(boxes, n), area(n), count(n) {
+    for (int64_t g = 0; g < n; ++g) area[g] = box_area(planes.box(g));
+  }
+  T row(const AnchorPlanes<T>& anchors, int64_t p, T* row, T* gt_best) const {
+    return iou_row(anchors.box[p], anchors.area[p], planes.x1.data(), planes.y1.data(), planes.x2.data(),
+                   planes.y2.data(), area.data(), row, gt_best, count);
+  }
+};
+
+// Crowd / ignore regions: an anchor mostly inside one (IoF above the threshold) is ignored.
+template <typename T, typename S>
+void mark_ignored(const AnchorPlanes<T>& anchors, const S* ignore_boxes, int64_t count, double iof_threshold,
+                  std::vector<uint8_t>& ignored) {
+  std::fill(ignored.begin(), ignored.end(), 0);
+  if (count <= 0) return;
+  const GtPlanes<T> regions(ignore_boxes, count);
+  at::parallel_for(0, anchors.size(), point_grain(count), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      T best = T(0);
+      for (int64_t g = 0; g < count; ++g) {
+        best = max2(best, box_overlap<IouMode::kIof>(anchors.box[p], regions.box(g), BoxShape<T>{anchors.area[p], T(0)},
+                                                     BoxShape<T>{T(0), T(0)}));
+      }
+      ignored[p] = best > static_cast<T>(iof_threshold);
+    }
+  });
+}
+
+// Each anchor's best IoU and GT (the first on ties; -1 and 0 when ignored) and each GT's best IoU over the
+// anchors that are not ignored. Per-thread GT maxima, then reduced: O(threads x G).
+template <typename T>
+struct BestMatches {
+  std::vector<T> anchor_best;
+  std::vector<int64_t> anchor_arg;
+  std::vector<T> gt_best;
+};
+
+template <typename T>
+BestMatches<T> best_matches(const AnchorPlanes<T>& anchors, const ImageGts<T>& gts,
+                            const std::vector<uint8_t>& ignored) {
+  const int64_t n = anchors.size(), count = gts.count, threads = at::get_num_threads();
+  BestMatches<T> m{std::vector<T>(n), std::vector<int64_t>(n), std::vector<T>(count, T(-1))};
+  std::vector<T> gt_best_per_thread(threads * count, T(-1));
+  std::vector<T> rows_per_thread(threads * count);
+  at::parallel_for(0, n, point_grain(count), [&](int64_t begin, int64_t end) {
+    const int64_t thread = at::get_thread_num();
+    T* row = rows_per_thread.data() + thread * count;
+    for (int64_t p = begin; p < end; ++p) {
+      if (ignored[p]) {
+        m.anchor_best[p] = T(-1), m.anchor_arg[p] = 0;
+        continue;
+      }
+      const T best = gts.row(anchors, p, row, gt_best_per_thread.data() + thread * count);
+      const int64_t first = first_equal(row, best, count);
+      m.anchor_best[p] = best;
+      m.anchor_arg[p] = first < count ? first : 0;
+    }
+  });
+  for (int64_t t = 0; t < threads; ++t) {
+    for (int64_t g = 0; g < count; ++g) m.gt_best[g] = max2(m.gt_best[g], gt_best_per_thread[t * count + g]);
+  }
+  return m;
+}
+
+// mmdetection with gt_max_assign_all=False: each GT whose best reaches min_pos_iou takes only the first anchor
+// holding that best.
+template <typename T>
+void match_first_best_anchors(const AnchorPlanes<T>& anchors, const ImageGts<T>& gts,
+                              const std::vector<uint8_t>& ignored, const std::vector<T>& gt_best, double min_pos_iou,
+                              int64_t* out) {
+  const int64_t count = gts.count;
+  std::vector<int64_t> first_best_anchor(count, -1);
+  std::vector<T> row(count), unused(count, T(-1));
+  for (int64_t p = 0; p < anchors.size(); ++p) {
+    if (ignored[p]) continue;
+    gts.row(anchors, p, row.data(), unused.data());
+    for (int64_t g = 0; g < count; ++g) {
+      if (first_best_anchor[g] < 0 && row[g] == gt_best[g]) first_best_anchor[g] = p;
+    }
+  }
+  for (int64_t g = 0; g < count; ++g) {
+    if (gt_best[g] >= low_quality_floor<T>(false, min_pos_iou) && first_best_anchor[g] >= 0) {
+      out[first_best_anchor[g]] = g;
+    }
+  }
+}
+
+// torchvision, and mmdetection with gt_max_assign_all: every anchor that is the best of a qualifying GT (ties
+// included) is matched, by low_quality_match.
+template <typename T>
+void match_best_anchors(const AnchorPlanes<T>& anchors, const ImageGts<T>& gts, const std::vector<uint8_t>& ignored,
+                        const BestMatches<T>& best, bool torchvision, double min_pos_iou, int64_t* out) {
+  const int64_t count = gts.count;
+  const T floor = low_quality_floor<T>(torchvision, min_pos_iou);
+  // An anchor can be GT g's best only if its own best IoU reaches gt_best[g]: anchors below every GT's best
+  // (most negatives) skip the second IoU pass.
+  const T prune = *std::min_element(best.gt_best.begin(), best.gt_best.end());
+  at::parallel_for(0, anchors.size(), point_grain(count), [&](int64_t begin, int64_t end) {
+    std::vector<T> row(count), unused(count, T(-1));
+    for (int64_t p = begin; p < end; ++p) {
+      if (ignored[p] || best.anchor_best[p] < prune) continue;
+      gts.row(anchors, p, row.data(), unused.data());
+      const int64_t last = last_best_of_gt(row.data(), best.gt_best.data(), floor, count);
+      if (last >= 0) out[p] = low_quality_match(torchvision, best.anchor_arg[p], last);
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> assign_max_iou_cpu(const at::Tensor& anchors, const at::Tensor& gt_boxes,
                                                       const at::Tensor& num_gt,
                                                       const std::optional<at::Tensor>& ignore_boxes,
@@ -161,113 +287,33 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cpu(const at::Tensor& anchors,
   at::Tensor max_iou = at::zeros({images, n}, anc.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, anc.scalar_type(), "assign_max_iou_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
-    const scalar_t* pa = anc.data_ptr<scalar_t>();
-    // Anchors as planes with their areas: the IoU loops vectorize over GTs.
-    std::vector<Box<T>> abox(n);
-    std::vector<T> aarea(n);
-    for (int64_t p = 0; p < n; ++p) abox[p] = load_box<T>(pa + 4 * p), aarea[p] = box_area(abox[p]);
+    const AnchorPlanes<T> planes(anc.data_ptr<scalar_t>(), n);
     std::vector<uint8_t> ignored(n);
     for (int64_t img = 0; img < images; ++img) {
-      const int64_t count = std::min(counts.data_ptr<int64_t>()[img], gmax);
       int64_t* out = matched.data_ptr<int64_t>() + img * n;
       scalar_t* out_iou = max_iou.data_ptr<scalar_t>() + img * n;
-      // Crowd / ignore regions: anchors mostly inside one (IoF) are ignored.
-      std::fill(ignored.begin(), ignored.end(), 0);
-      if (ign.defined()) {
-        const int64_t icount = std::min(ign_counts.data_ptr<int64_t>()[img], ign.size(1));
-        const GtPlanes<T> ig(ign.data_ptr<scalar_t>() + img * ign.size(1) * 4, icount);
-        at::parallel_for(0, n, point_grain(icount), [&](int64_t begin, int64_t end) {
-          for (int64_t p = begin; p < end; ++p) {
-            T best = T(0);
-            for (int64_t g = 0; g < icount; ++g) {
-              best = max2(best, box_overlap<IouMode::kIof>(abox[p], ig.box(g), BoxShape<T>{aarea[p], T(0)},
-                                                           BoxShape<T>{T(0), T(0)}));
-            }
-            ignored[p] = best > static_cast<T>(ignore_iof);
-          }
-        });
-      }
+      const int64_t ignore_count = ign.defined() ? std::min(ign_counts.data_ptr<int64_t>()[img], ign.size(1)) : 0;
+      mark_ignored(planes, ign.defined() ? ign.data_ptr<scalar_t>() + img * ign.size(1) * 4 : nullptr, ignore_count,
+                   ignore_iof, ignored);
+      const int64_t count = std::min(counts.data_ptr<int64_t>()[img], gmax);
       if (count <= 0) {
         for (int64_t p = 0; p < n; ++p) out[p] = ignored[p] ? kIgnore : kNegative;
         for (int64_t p = 0; p < n; ++p) out_iou[p] = static_cast<scalar_t>(ignored[p] ? -1 : 0);
         continue;
       }
-      const GtPlanes<T> gt(gts.data_ptr<scalar_t>() + img * gmax * 4, count);
-      std::vector<T> garea(count);
-      for (int64_t g = 0; g < count; ++g) garea[g] = box_area(gt.box(g));
-      // Pass 1: each anchor's best GT (first on ties) and each GT's best IoU
-      // (per-thread maxima, then reduced: O(threads x G)).
-      std::vector<T> anchor_best(n);
-      std::vector<int64_t> anchor_arg(n);
-      const int64_t threads = at::get_num_threads();
-      std::vector<T> gt_best_per_thread(threads * count, T(-1));
-      std::vector<T> rows_per_thread(threads * count);
-      at::parallel_for(0, n, point_grain(count), [&](int64_t begin, int64_t end) {
-        const int64_t thread = at::get_thread_num();
-        T* gt_best = gt_best_per_thread.data() + thread * count;
-        T* row = rows_per_thread.data() + thread * count;
-        for (int64_t p = begin; p < end; ++p) {
-          if (ignored[p]) {
-            anchor_best[p] = T(-1), anchor_arg[p] = 0;
-            continue;
-          }
-          const T best = iou_row(abox[p], aarea[p], gt.x1.data(), gt.y1.data(), gt.x2.data(), gt.y2.data(),
-                                 garea.data(), row, gt_best, count);
-          const int64_t first = first_equal(row, best, count);
-          anchor_best[p] = best;
-          anchor_arg[p] = first < count ? first : 0;
-        }
-      });
-      std::vector<T> gt_best(count, T(-1));
-      for (int64_t t = 0; t < threads; ++t) {
-        for (int64_t g = 0; g < count; ++g) gt_best[g] = max2(gt_best[g], gt_best_per_thread[t * count + g]);
-      }
+      const ImageGts<T> image_gts(gts.data_ptr<scalar_t>() + img * gmax * 4, count);
+      const BestMatches<T> best = best_matches(planes, image_gts, ignored);
       for (int64_t p = 0; p < n; ++p) {
-        out[p] = ignored[p]
-                     ? kIgnore
-                     : max_iou_code(anchor_best[p], anchor_arg[p], static_cast<T>(pos_iou), static_cast<T>(neg_iou));
-        out_iou[p] = static_cast<scalar_t>(anchor_best[p]);
+        out[p] = ignored[p] ? kIgnore
+                            : max_iou_code(best.anchor_best[p], best.anchor_arg[p], static_cast<T>(pos_iou),
+                                           static_cast<T>(neg_iou));
+        out_iou[p] = static_cast<scalar_t>(best.anchor_best[p]);
       }
-      if (lq == LowQuality::kNone) continue;
-      // Pass 2: low-quality matches. torchvision: an anchor that is some GT's
-      // best (ties included) gets back its own best GT. mmdetection: it gets
-      // the last such GT whose best IoU reaches min_pos_iou (all tied anchors
-      // with gt_max_assign_all, else only the GT's first best anchor).
-      std::vector<T> unused(count, T(-1));
       if (lq == LowQuality::kMmdet && !gt_max_assign_all) {
-        std::vector<int64_t> first_best_anchor(count, -1);
-        T* row = rows_per_thread.data();
-        for (int64_t p = 0; p < n; ++p) {
-          if (ignored[p]) continue;
-          iou_row(abox[p], aarea[p], gt.x1.data(), gt.y1.data(), gt.x2.data(), gt.y2.data(), garea.data(), row,
-                  unused.data(), count);
-          for (int64_t g = 0; g < count; ++g) {
-            if (first_best_anchor[g] < 0 && row[g] == gt_best[g]) first_best_anchor[g] = p;
-          }
-        }
-        for (int64_t g = 0; g < count; ++g) {
-          if (gt_best[g] >= static_cast<T>(min_pos_iou) && first_best_anchor[g] >= 0) out[first_best_anchor[g]] = g;
-        }
-        continue;
+        match_first_best_anchors(planes, image_gts, ignored, best.gt_best, min_pos_iou, out);
+      } else if (lq != LowQuality::kNone) {
+        match_best_anchors(planes, image_gts, ignored, best, lq == LowQuality::kTorchvision, min_pos_iou, out);
       }
-      // torchvision counts every GT's best, mmdetection only those >= min_pos_iou.
-      const T floor =
-          lq == LowQuality::kTorchvision ? -std::numeric_limits<T>::infinity() : static_cast<T>(min_pos_iou);
-      // An anchor can be GT g's best only if its own best IoU reaches gt_best[g]:
-      // anchors below every GT's best (most negatives) skip the second pass.
-      const T prune = *std::min_element(gt_best.begin(), gt_best.end());
-      at::parallel_for(0, n, point_grain(count), [&](int64_t begin, int64_t end) {
-        const int64_t thread = at::get_thread_num();
-        T* row = rows_per_thread.data() + thread * count;
-        std::vector<T> unused_here(count, T(-1));
-        for (int64_t p = begin; p < end; ++p) {
-          if (ignored[p] || anchor_best[p] < prune) continue;
-          iou_row(abox[p], aarea[p], gt.x1.data(), gt.y1.data(), gt.x2.data(), gt.y2.data(), garea.data(), row,
-                  unused_here.data(), count);
-          const int64_t last = last_best_of_gt(row, gt_best.data(), floor, count);
-          if (last >= 0) out[p] = lq == LowQuality::kTorchvision ? anchor_arg[p] : last;
-        }
-      });
     }
   });
   return {matched, max_iou};
@@ -278,7 +324,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mutual_targets_cpu(
     const at::Tensor& cls_logits, const at::Tensor& priors, const std::optional<at::Tensor>& scale,
     c10::string_view box_coding, double gamma_cls, double gamma_loc) {
   const BoxCoding coding = parse_box_coding(box_coding);
-  check_mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls_logits, priors, scale, coding);
+  check_mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls_logits, priors, scale, coding, gamma_cls, gamma_loc);
   const int64_t images = matched.size(0), n = matched.size(1), classes = cls_logits.size(2);
   const at::Tensor m = matched.contiguous(), gts = gt_boxes.contiguous(), labels = gt_labels.to(at::kLong).contiguous();
   const at::Tensor pred = box_pred.contiguous(), logits = cls_logits.contiguous(), pri = priors.contiguous();

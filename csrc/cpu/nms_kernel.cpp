@@ -184,12 +184,6 @@ struct TopK {
   }
 };
 
-struct RescoreParams {
-  double alpha, score_threshold, iou_threshold;
-  int64_t top_k, max_detections;
-  bool class_agnostic;
-};
-
 // Padded outputs of rescored NMS, written image by image.
 struct PaddedDetections {
   at::Tensor boxes, scores, labels, indices, counts;
@@ -256,8 +250,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
     double iou_threshold, int64_t pre_nms_top_k, int64_t max_detections, bool class_agnostic, bool logits) {
   check_rescored_dense(boxes, scores, iou, level_index, levels, alpha, score_threshold, iou_threshold, max_detections);
   check_levels(level_index, levels);
-  const RescoreParams p{
-      rescore_alpha(iou, alpha), score_threshold, iou_threshold, pre_nms_top_k, max_detections, class_agnostic};
+  const RescoreParams p =
+      rescore_params(iou, alpha, score_threshold, iou_threshold, pre_nms_top_k, max_detections, class_agnostic, logits);
   const int64_t images = boxes.size(0), n = boxes.size(1), c = scores.size(2);
   const at::Tensor b = boxes.contiguous(), s = scores.contiguous();
   const at::Tensor q = iou.has_value() ? iou->contiguous() : at::Tensor();
@@ -302,8 +296,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
   check_rescored_flat(boxes, scores, labels, iou, batch_index, level_index, levels, num_images, alpha, score_threshold,
                       iou_threshold, max_detections);
   check_levels(level_index, levels);
-  const RescoreParams p{
-      rescore_alpha(iou, alpha), score_threshold, iou_threshold, pre_nms_top_k, max_detections, class_agnostic};
+  const RescoreParams p =
+      rescore_params(iou, alpha, score_threshold, iou_threshold, pre_nms_top_k, max_detections, class_agnostic, logits);
   const int64_t m = boxes.size(0);
   const at::Tensor b = boxes.contiguous(), s = scores.contiguous(), lab = labels.to(at::kLong).contiguous();
   const at::Tensor q = iou.has_value() ? iou->contiguous() : at::Tensor();

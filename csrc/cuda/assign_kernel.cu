@@ -85,6 +85,7 @@ __global__ void __launch_bounds__(kAnchorThreads)
   __shared__ T tile_best[kAnchorThreads];
   const int64_t image = blockIdx.y;
   const int64_t count = real_count(counts, image, gmax);
+  const T floor = low_quality_floor<T>(torchvision, min_pos_iou);
   // Every thread of a block runs the same iterations (the bounds are per
   // block), so that all of them reach the barriers.
   for (int64_t base = static_cast<int64_t>(blockIdx.x) * kAnchorThreads; base < n;
@@ -109,10 +110,7 @@ __global__ void __launch_bounds__(kAnchorThreads)
       for (int j = 0; j < tile_size; ++j) {
         const T iou = box_iou(a, tile[j]);
         if (iou > best) best = iou, arg = g0 + j;
-        if (gt_best) {
-          const T gt_max = tile_best[j];
-          last = iou == gt_max && (torchvision || gt_max >= static_cast<T>(min_pos_iou)) ? g0 + j : last;
-        }
+        if (gt_best && is_best_of_gt(iou, tile_best[j], floor)) last = g0 + j;
       }
     }
     if (!active) continue;
@@ -123,7 +121,7 @@ __global__ void __launch_bounds__(kAnchorThreads)
         is_ignored
             ? kIgnore
             : (count == 0 ? kNegative : max_iou_code(best, arg, static_cast<T>(pos_iou), static_cast<T>(neg_iou)));
-    if (!is_ignored && last >= 0) code = torchvision ? arg : last;
+    if (!is_ignored && last >= 0) code = low_quality_match(torchvision, arg, last);
     matched[t] = code;
   }
 }
@@ -189,7 +187,7 @@ __global__ void first_best_anchor_kernel(const T* __restrict__ gt_best, const in
     const int64_t count = real_count(counts, image, gmax);
     for (int64_t g = 0; g < count; ++g) {
       const int64_t t = image * gmax + g;
-      if (first[t] >= 0 && gt_best[t] >= static_cast<T>(min_pos_iou)) matched[image * n + first[t]] = g;
+      if (first[t] >= 0 && gt_best[t] >= low_quality_floor<T>(false, min_pos_iou)) matched[image * n + first[t]] = g;
     }
   }
 }
@@ -285,7 +283,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mutual_targets_cuda(
     const at::Tensor& cls_logits, const at::Tensor& priors, const std::optional<at::Tensor>& scale,
     c10::string_view box_coding, double gamma_cls, double gamma_loc) {
   const BoxCoding coding = parse_box_coding(box_coding);
-  check_mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls_logits, priors, scale, coding);
+  check_mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls_logits, priors, scale, coding, gamma_cls, gamma_loc);
   const c10::cuda::CUDAGuard guard(box_pred.device());
   const int64_t images = matched.size(0), n = matched.size(1), classes = cls_logits.size(2);
   const at::Tensor m = matched.contiguous(), gts = gt_boxes.contiguous(), labels = gt_labels.to(at::kLong).contiguous();

@@ -255,113 +255,183 @@ __global__ void candidate_scores_kernel(const scalar_t* __restrict__ boxes, cons
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_cuda(
-    const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& iou,
-    const std::optional<at::Tensor>& labels, const std::optional<at::Tensor>& batch_index,
-    const std::optional<at::Tensor>& level_index, int64_t num_levels, int64_t images, bool dense, double alpha,
-    double score_threshold, double iou_threshold, int64_t pre_nms_top_k, int64_t max_detections, bool class_agnostic,
-    bool logits) {
-  const c10::cuda::CUDAGuard guard(boxes.device());
-  const at::Tensor b = boxes.contiguous(), s = scores.contiguous();
-  const at::Tensor q = iou.has_value() ? iou->contiguous() : at::Tensor();
-  const at::Tensor bi = batch_index.has_value() ? batch_index->to(at::kLong).contiguous() : at::Tensor();
-  const at::Tensor lab = labels.has_value() ? labels->to(at::kLong).contiguous() : at::Tensor();
-  const int64_t points = dense ? b.size(1) : b.size(0);
-  const int64_t classes = dense ? s.size(2) : 1;
-  const int64_t per_image = points * classes;
-  const auto longs = b.options().dtype(at::kLong);
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> result;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "rescored_nms_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto accs = b.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-    at::Tensor cand = at::empty({images, per_image}, accs);
-    if (cand.numel() > 0) {
-      candidate_scores_kernel<scalar_t, acc_t><<<grid_for(cand.numel()), kThreads, 0, stream>>>(
-          b.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), q.defined() ? q.data_ptr<scalar_t>() : nullptr,
-          bi.defined() ? bi.data_ptr<int64_t>() : nullptr, lab.defined() ? lab.data_ptr<int64_t>() : nullptr, images,
-          points, classes, dense, logits, static_cast<acc_t>(rescore_alpha(iou, alpha)),
-          static_cast<acc_t>(score_threshold), cand.data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+using DetectionTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// One call's candidates, contiguous: dense (boxes [B,N,4], scores [B,N,C], iou [B,N]; candidate p of an image
+// is point p / C, class p % C) or flat (boxes [M,4], scores, labels, iou and batch_index [M], shared by all
+// images; candidate p is element p). Absent optional tensors are undefined.
+struct Candidates {
+  at::Tensor boxes, scores, iou, labels, batch_index;
+  std::optional<at::Tensor> level_index;
+  int64_t num_levels, images, points, classes;
+  bool dense;
+  int64_t per_image() const { return points * classes; }
+  at::TensorOptions longs() const { return boxes.options().dtype(at::kLong); }
+};
+
+Candidates dense_candidates(const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& iou,
+                            const std::optional<at::Tensor>& level_index, int64_t num_levels) {
+  return Candidates{boxes.contiguous(),
+                    scores.contiguous(),
+                    iou.has_value() ? iou->contiguous() : at::Tensor(),
+                    at::Tensor(),
+                    at::Tensor(),
+                    level_index,
+                    num_levels,
+                    boxes.size(0),
+                    boxes.size(1),
+                    scores.size(2),
+                    true};
+}
+
+Candidates flat_candidates(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& labels,
+                           const std::optional<at::Tensor>& iou, const std::optional<at::Tensor>& batch_index,
+                           const std::optional<at::Tensor>& level_index, int64_t num_levels, int64_t num_images) {
+  return Candidates{boxes.contiguous(),
+                    scores.contiguous(),
+                    iou.has_value() ? iou->contiguous() : at::Tensor(),
+                    labels.to(at::kLong).contiguous(),
+                    batch_index.has_value() ? batch_index->to(at::kLong).contiguous() : at::Tensor(),
+                    level_index,
+                    num_levels,
+                    num_images,
+                    boxes.size(0),
+                    1,
+                    false};
+}
+
+// [images, per_image] rescored scores of the candidates that pass, -inf for the others.
+template <typename scalar_t, typename acc_t>
+at::Tensor candidate_scores(const Candidates& c, const RescoreParams& p) {
+  const auto accs = c.boxes.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  at::Tensor cand = at::empty({c.images, c.per_image()}, accs);
+  if (cand.numel() == 0) return cand;
+  candidate_scores_kernel<scalar_t, acc_t><<<grid_for(cand.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      c.boxes.data_ptr<scalar_t>(), c.scores.data_ptr<scalar_t>(),
+      c.iou.defined() ? c.iou.data_ptr<scalar_t>() : nullptr,
+      c.batch_index.defined() ? c.batch_index.data_ptr<int64_t>() : nullptr,
+      c.labels.defined() ? c.labels.data_ptr<int64_t>() : nullptr, c.images, c.points, c.classes, c.dense, p.logits,
+      static_cast<acc_t>(p.alpha), static_cast<acc_t>(p.score_threshold), cand.data_ptr<acc_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return cand;
+}
+
+// The pre-NMS top-k per (image, level) as a fixed number of slots per image: each slot's score (-inf where
+// unused) and candidate index.
+struct Slots {
+  at::Tensor score, candidate;
+};
+
+Slots level_top_k(const at::Tensor& cand, const Candidates& c, const at::Tensor& point_of, int64_t top_k) {
+  const int64_t k = top_k < 0 ? c.per_image() : std::min(top_k, c.per_image());
+  std::vector<at::Tensor> scores, candidates;
+  for (int64_t level = 0; level < c.num_levels; ++level) {
+    at::Tensor level_scores = cand;
+    if (c.level_index.has_value()) {
+      const at::Tensor in_level = c.level_index->index_select(0, point_of).eq(level);
+      level_scores = cand.masked_fill(in_level.logical_not().unsqueeze(0), -INFINITY);
     }
-    // Top-k per (image, level): a fixed number of slots, -inf where unused.
-    const at::Tensor point_of = at::arange(per_image, longs).div_(classes, "floor");
-    const int64_t k = pre_nms_top_k < 0 ? per_image : std::min(pre_nms_top_k, per_image);
-    std::vector<at::Tensor> slot_scores, slot_ids;
-    for (int64_t level = 0; level < num_levels; ++level) {
-      at::Tensor level_scores = cand;
-      if (level_index.has_value()) {
-        const at::Tensor in_level = level_index->index_select(0, point_of).eq(level);
-        level_scores = cand.masked_fill(in_level.logical_not().unsqueeze(0), -INFINITY);
-      }
-      auto top = at::topk(level_scores, k, 1, /*largest=*/true, /*sorted=*/false);
-      slot_scores.push_back(std::get<0>(top));
-      slot_ids.push_back(std::get<1>(top));
-    }
-    const at::Tensor slot_score = at::cat(slot_scores, 1);  // [images, slots]
-    const at::Tensor slot_id = at::cat(slot_ids, 1);        // candidate p of each slot
-    const at::Tensor valid = slot_score.isfinite();
-    const at::Tensor slot_point = point_of.index_select(0, slot_id.reshape(-1)).view_as(slot_id);
-    const at::Tensor slot_label = dense ? slot_id.remainder(classes)
-                                        : labels->to(at::kLong).index_select(0, slot_id.reshape(-1)).view_as(slot_id);
-    at::Tensor key = class_agnostic ? at::zeros_like(slot_label) : slot_label;
-    key = key.masked_fill(valid.logical_not(), kInvalidKey);
-    // Sort slots by (key, score descending, candidate index); invalid slots last.
-    const at::Tensor perm = rank_rows(slot_score, slot_id, key);
-    const at::Tensor sorted_key = key.gather(1, perm).contiguous();
-    const at::Tensor sorted_point = slot_point.gather(1, perm);
-    const at::Tensor image_offset =
-        dense ? at::arange(images, longs).mul_(points).unsqueeze(1) : at::zeros({images, 1}, longs);
-    const at::Tensor box_row = (sorted_point + image_offset).reshape(-1);
-    const at::Tensor sorted_boxes =
-        b.reshape({-1, 4}).index_select(0, box_row).to(accs.dtype()).view({images, -1, 4}).contiguous();
-    const at::Tensor keep = greedy_nms_sorted<acc_t>(sorted_boxes, sorted_key, iou_threshold);
-    // Survivors by (score descending, candidate index); the first max_detections.
-    const at::Tensor kept_score = slot_score.gather(1, perm).masked_fill(keep.logical_not(), -INFINITY);
-    const at::Tensor best = rank_rows(kept_score, slot_id.gather(1, perm), std::nullopt);
-    const int64_t slots = best.size(1);
-    const int64_t width = detection_slots(max_detections, per_image);
-    const int64_t take = std::min(width, slots);
-    const at::Tensor pick = perm.gather(1, best.narrow(1, 0, take));  // slot index of each detection
-    const at::Tensor counts = keep.sum(1).clamp_max(width);
-    at::Tensor filled = at::arange(take, longs).unsqueeze(0).lt(counts.unsqueeze(1));
-    auto pad = [&](const at::Tensor& t, const at::Scalar& fill) {
-      at::Tensor out = t.new_full({images, width}, fill);
-      out.narrow(1, 0, take).copy_(t.masked_fill(filled.logical_not(), fill));
-      return out;
-    };
-    const at::Tensor det_point = slot_point.gather(1, pick);
-    const at::Tensor det_box_row = (det_point + image_offset).reshape(-1);
-    at::Tensor det_boxes = b.reshape({-1, 4}).index_select(0, det_box_row).view({images, take, 4});
-    det_boxes = det_boxes.masked_fill(filled.logical_not().unsqueeze(2), 0);
-    at::Tensor out_boxes = b.new_zeros({images, width, 4});
-    out_boxes.narrow(1, 0, take).copy_(det_boxes);
-    const at::Tensor source = dense ? det_point : slot_id.gather(1, pick);
-    result = {out_boxes, pad(slot_score.gather(1, pick).to(b.scalar_type()), 0), pad(slot_label.gather(1, pick), -1),
-              pad(source, -1), counts};
-  });
+    auto top = at::topk(level_scores, k, 1, /*largest=*/true, /*sorted=*/false);
+    scores.push_back(std::get<0>(top));
+    candidates.push_back(std::get<1>(top));
+  }
+  return Slots{at::cat(scores, 1), at::cat(candidates, 1)};
+}
+
+// Row offset of each image's points in the flattened boxes: dense boxes are per image, flat ones shared.
+at::Tensor image_point_offset(const Candidates& c) {
+  return c.dense ? at::arange(c.images, c.longs()).mul_(c.points).unsqueeze(1) : at::zeros({c.images, 1}, c.longs());
+}
+
+// Padded [images, width] outputs: the first `take` picked slots, `filled` where an image has that many.
+DetectionTensors write_detections(const Candidates& c, const Slots& slots, const at::Tensor& slot_point,
+                                  const at::Tensor& slot_label, const at::Tensor& pick, const at::Tensor& counts,
+                                  int64_t width) {
+  const int64_t take = pick.size(1);
+  const at::Tensor filled = at::arange(take, c.longs()).unsqueeze(0).lt(counts.unsqueeze(1));
+  auto pad = [&](const at::Tensor& t, const at::Scalar& fill) {
+    at::Tensor out = t.new_full({c.images, width}, fill);
+    out.narrow(1, 0, take).copy_(t.masked_fill(filled.logical_not(), fill));
+    return out;
+  };
+  const at::Tensor det_point = slot_point.gather(1, pick);
+  const at::Tensor image_offset = image_point_offset(c);
+  const at::Tensor det_box_row = (det_point + image_offset).reshape(-1);
+  at::Tensor det_boxes = c.boxes.reshape({-1, 4}).index_select(0, det_box_row).view({c.images, take, 4});
+  det_boxes = det_boxes.masked_fill(filled.logical_not().unsqueeze(2), 0);
+  at::Tensor out_boxes = c.boxes.new_zeros({c.images, width, 4});
+  out_boxes.narrow(1, 0, take).copy_(det_boxes);
+  const at::Tensor source = c.dense ? det_point : slots.candidate.gather(1, pick);
+  return {out_boxes, pad(slots.score.gather(1, pick).to(c.boxes.scalar_type()), 0), pad(slot_label.gather(1, pick), -1),
+          pad(source, -1), counts};
+}
+
+// Rescoring, threshold and top-k in static shapes, then one class-aware NMS over all slots (sorted by key,
+// score descending, candidate index; invalid slots last), then the best survivors: no host synchronisation.
+template <typename scalar_t>
+DetectionTensors rescored_typed(const Candidates& c, const RescoreParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const at::Tensor cand = candidate_scores<scalar_t, acc_t>(c, p);
+  const at::Tensor point_of = at::arange(c.per_image(), c.longs()).div_(c.classes, "floor");
+  const Slots slots = level_top_k(cand, c, point_of, p.top_k);
+  const at::Tensor valid = slots.score.isfinite();
+  const at::Tensor slot_point = point_of.index_select(0, slots.candidate.reshape(-1)).view_as(slots.candidate);
+  const at::Tensor slot_label = c.dense
+                                    ? slots.candidate.remainder(c.classes)
+                                    : c.labels.index_select(0, slots.candidate.reshape(-1)).view_as(slots.candidate);
+  at::Tensor key = p.class_agnostic ? at::zeros_like(slot_label) : slot_label;
+  key = key.masked_fill(valid.logical_not(), kInvalidKey);
+  const at::Tensor perm = rank_rows(slots.score, slots.candidate, key);
+  const at::Tensor sorted_key = key.gather(1, perm).contiguous();
+  const at::Tensor box_row = (slot_point.gather(1, perm) + image_point_offset(c)).reshape(-1);
+  const at::Tensor sorted_boxes = c.boxes.reshape({-1, 4})
+                                      .index_select(0, box_row)
+                                      .to(c10::CppTypeToScalarType<acc_t>::value)
+                                      .view({c.images, -1, 4})
+                                      .contiguous();
+  const at::Tensor keep = greedy_nms_sorted<acc_t>(sorted_boxes, sorted_key, p.iou_threshold);
+  // Survivors by (score descending, candidate index); the first `width`.
+  const at::Tensor kept_score = slots.score.gather(1, perm).masked_fill(keep.logical_not(), -INFINITY);
+  const at::Tensor best = rank_rows(kept_score, slots.candidate.gather(1, perm), std::nullopt);
+  const int64_t width = detection_slots(p.max_detections, c.per_image());
+  const int64_t take = std::min(width, best.size(1));
+  const at::Tensor pick = perm.gather(1, best.narrow(1, 0, take));  // slot index of each detection
+  const at::Tensor counts = keep.sum(1).clamp_max(width);
+  return write_detections(c, slots, slot_point, slot_label, pick, counts, width);
+}
+
+DetectionTensors rescored_cuda(const Candidates& c, const RescoreParams& p) {
+  const c10::cuda::CUDAGuard guard(c.boxes.device());
+  DetectionTensors result;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.boxes.scalar_type(), "rescored_nms_cuda",
+                                  [&] { result = rescored_typed<scalar_t>(c, p); });
   return result;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_nms_dense_cuda(
-    const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& iou,
-    const std::optional<at::Tensor>& level_index, int64_t num_levels, double alpha, double score_threshold,
-    double iou_threshold, int64_t pre_nms_top_k, int64_t max_detections, bool class_agnostic, bool logits) {
+DetectionTensors rescored_nms_dense_cuda(const at::Tensor& boxes, const at::Tensor& scores,
+                                         const std::optional<at::Tensor>& iou,
+                                         const std::optional<at::Tensor>& level_index, int64_t num_levels, double alpha,
+                                         double score_threshold, double iou_threshold, int64_t pre_nms_top_k,
+                                         int64_t max_detections, bool class_agnostic, bool logits) {
   check_rescored_dense(boxes, scores, iou, level_index, num_levels, alpha, score_threshold, iou_threshold,
                        max_detections);
-  return rescored_cuda(boxes, scores, iou, std::nullopt, std::nullopt, level_index, num_levels, boxes.size(0), true,
-                       alpha, score_threshold, iou_threshold, pre_nms_top_k, max_detections, class_agnostic, logits);
+  return rescored_cuda(dense_candidates(boxes, scores, iou, level_index, num_levels),
+                       rescore_params(iou, alpha, score_threshold, iou_threshold, pre_nms_top_k, max_detections,
+                                      class_agnostic, logits));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_nms_flat_cuda(
-    const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& labels, const std::optional<at::Tensor>& iou,
-    const std::optional<at::Tensor>& batch_index, const std::optional<at::Tensor>& level_index, int64_t num_levels,
-    int64_t num_images, double alpha, double score_threshold, double iou_threshold, int64_t pre_nms_top_k,
-    int64_t max_detections, bool class_agnostic, bool logits) {
+DetectionTensors rescored_nms_flat_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& labels,
+                                        const std::optional<at::Tensor>& iou,
+                                        const std::optional<at::Tensor>& batch_index,
+                                        const std::optional<at::Tensor>& level_index, int64_t num_levels,
+                                        int64_t num_images, double alpha, double score_threshold, double iou_threshold,
+                                        int64_t pre_nms_top_k, int64_t max_detections, bool class_agnostic,
+                                        bool logits) {
   check_rescored_flat(boxes, scores, labels, iou, batch_index, level_index, num_levels, num_images, alpha,
                       score_threshold, iou_threshold, max_detections);
-  return rescored_cuda(boxes, scores, iou, labels, batch_index, level_index, num_levels, num_images, false, alpha,
-                       score_threshold, iou_threshold, pre_nms_top_k, max_detections, class_agnostic, logits);
+  return rescored_cuda(flat_candidates(boxes, scores, labels, iou, batch_index, level_index, num_levels, num_images),
+                       rescore_params(iou, alpha, score_threshold, iou_threshold, pre_nms_top_k, max_detections,
+                                      class_agnostic, logits));
 }
 
 }  // namespace

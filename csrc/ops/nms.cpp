@@ -6,16 +6,15 @@ TORCH_LIBRARY_FRAGMENT(mutualops, m) {
   // descending, ties to the lower index. Boxes or scores that are not finite
   // are never kept and suppress nothing.
   m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
-}
 
-TORCH_LIBRARY_FRAGMENT(mutualops, m) {
   // Fused post-processing (docs/method.md, section 2.2): rescoring s = cls^(1-alpha) * iou^alpha,
   // s > score_threshold, top-k per image (and per level when level_index is
   // given, with values in [0, num_levels)), class-aware greedy NMS per image,
   // at most max_detections per image. pre_nms_top_k < 0 means no limit. With
   // logits, scores and iou are logits and go through a sigmoid in the same pass.
   // Outputs are padded per image: boxes [B,K,4], scores [B,K], labels [B,K]
-  // (-1 padding), indices [B,K] (source index, -1 padding) and counts [B].
+  // (-1 padding), indices [B,K] (source index, -1 padding) and counts [B];
+  // K = min(max_detections, candidates per image: N*C dense, M flat).
   //
   // Dense head outputs: boxes [B,N,4], scores [B,N,C] class probabilities,
   // iou [B,N], level_index [N]; indices are point indices n.

@@ -34,6 +34,21 @@ inline double rescore_alpha(const std::optional<at::Tensor>& iou, double alpha) 
   return iou.has_value() ? alpha : 0.0;
 }
 
+// What rescored NMS does with its candidates, for both layouts and both devices: the op's scalar arguments,
+// with alpha 0 when there is no IoU prediction.
+struct RescoreParams {
+  double alpha, score_threshold, iou_threshold;
+  int64_t top_k, max_detections;
+  bool class_agnostic, logits;
+};
+
+inline RescoreParams rescore_params(const std::optional<at::Tensor>& iou, double alpha, double score_threshold,
+                                    double iou_threshold, int64_t pre_nms_top_k, int64_t max_detections,
+                                    bool class_agnostic, bool logits) {
+  return RescoreParams{
+      rescore_alpha(iou, alpha), score_threshold, iou_threshold, pre_nms_top_k, max_detections, class_agnostic, logits};
+}
+
 inline void check_rescore_params(double alpha, double score_threshold, double iou_threshold, int64_t max_detections) {
   TORCH_CHECK_VALUE(alpha >= 0.0 && alpha <= 1.0, "alpha must be in [0, 1], got ", alpha);
   TORCH_CHECK_VALUE(score_threshold >= 0.0 && score_threshold <= 1.0, "score_threshold must be in [0, 1], got ",

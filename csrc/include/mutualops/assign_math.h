@@ -60,6 +60,25 @@ MUTUALOPS_HD int64_t max_iou_code(T iou, int64_t best_gt, T positive, T negative
   return iou < negative ? kNegative : kIgnore;
 }
 
+// Low-quality matches (docs/method.md, section 2.3). An anchor whose IoU with GT g equals g's best IoU over all
+// anchors is one of g's best anchors. torchvision counts every GT (floor -inf), mmdetection only the GTs whose
+// best reaches min_pos_iou.
+template <typename T>
+MUTUALOPS_HD T low_quality_floor(bool torchvision, double min_pos_iou) {
+  return torchvision ? T(-INFINITY) : static_cast<T>(min_pos_iou);
+}
+
+template <typename T>
+MUTUALOPS_HD bool is_best_of_gt(T iou, T gt_best, T floor) {
+  return (iou == gt_best) & (gt_best >= floor);
+}
+
+// The match of an anchor that is the best of some GTs (the last of which is last_gt): torchvision gives back
+// the anchor's own best GT, mmdetection that last GT.
+MUTUALOPS_HD int64_t low_quality_match(bool torchvision, int64_t own_best_gt, int64_t last_gt) {
+  return torchvision ? own_best_gt : last_gt;
+}
+
 // Box decoding. "distance": (l, t, r, b) from a point, times a scale (the
 // stride when the head predicts normalised distances, else 1).
 template <typename T>
