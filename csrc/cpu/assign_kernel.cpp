@@ -108,7 +108,7 @@ at::Tensor assign_fcos_cpu(const at::Tensor& points, const at::Tensor& gt_boxes,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pts.scalar_type(), "assign_fcos_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* pp = pts.data_ptr<scalar_t>();
-    const scalar_t* ps = str.data_ptr<scalar_t>();
+    const scalar_t* stride_data = str.data_ptr<scalar_t>();
     const scalar_t* pr = rng.data_ptr<scalar_t>();
     const T radius = static_cast<T>(center_radius);
     for (int64_t img = 0; img < images; ++img) {
@@ -123,7 +123,7 @@ at::Tensor assign_fcos_cpu(const at::Tensor& points, const at::Tensor& gt_boxes,
         std::vector<T> row(count);
         for (int64_t p = begin; p < end; ++p) {
           const T x = static_cast<T>(pp[2 * p]), y = static_cast<T>(pp[2 * p + 1]);
-          const T stride = static_cast<T>(ps[p]), lower = static_cast<T>(pr[2 * p]),
+          const T stride = static_cast<T>(stride_data[p]), lower = static_cast<T>(pr[2 * p]),
                   upper = static_cast<T>(pr[2 * p + 1]);
           // Pass 1 (vectorised): the smallest key among matching GTs.
           const T best = fcos_best_key(x, y, stride, radius, lower, upper, inclusive, gt.x1.data(), gt.y1.data(),
@@ -203,7 +203,7 @@ template <typename T>
 BestMatches<T> best_matches(const AnchorPlanes<T>& anchors, const ImageGts<T>& gts,
                             const std::vector<uint8_t>& ignored) {
   const int64_t n = anchors.size(), count = gts.count, threads = at::get_num_threads();
-  BestMatches<T> m{std::vector<T>(n), std::vector<int64_t>(n), std::vector<T>(count, T(-1))};
+  BestMatches<T> best{std::vector<T>(n), std::vector<int64_t>(n), std::vector<T>(count, T(-1))};
   std::vector<T> gt_best_per_thread(threads * count, T(-1));
   std::vector<T> rows_per_thread(threads * count);
   at::parallel_for(0, n, point_grain(count), [&](int64_t begin, int64_t end) {
@@ -211,19 +211,19 @@ BestMatches<T> best_matches(const AnchorPlanes<T>& anchors, const ImageGts<T>& g
     T* row = rows_per_thread.data() + thread * count;
     for (int64_t p = begin; p < end; ++p) {
       if (ignored[p]) {
-        m.anchor_best[p] = T(-1), m.anchor_arg[p] = 0;
+        best.anchor_best[p] = T(-1), best.anchor_arg[p] = 0;
         continue;
       }
-      const T best = gts.row(anchors, p, row, gt_best_per_thread.data() + thread * count);
-      const int64_t first = first_equal(row, best, count);
-      m.anchor_best[p] = best;
-      m.anchor_arg[p] = first < count ? first : 0;
+      const T anchor_max = gts.row(anchors, p, row, gt_best_per_thread.data() + thread * count);
+      const int64_t first = first_equal(row, anchor_max, count);
+      best.anchor_best[p] = anchor_max;
+      best.anchor_arg[p] = first < count ? first : 0;
     }
   });
   for (int64_t t = 0; t < threads; ++t) {
-    for (int64_t g = 0; g < count; ++g) m.gt_best[g] = max2(m.gt_best[g], gt_best_per_thread[t * count + g]);
+    for (int64_t g = 0; g < count; ++g) best.gt_best[g] = max2(best.gt_best[g], gt_best_per_thread[t * count + g]);
   }
-  return m;
+  return best;
 }
 
 // mmdetection with gt_max_assign_all=False: each GT whose best reaches min_pos_iou takes only the first anchor
@@ -326,7 +326,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mutual_targets_cpu(
   const BoxCoding coding = parse_box_coding(box_coding);
   check_mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls_logits, priors, scale, coding, gamma_cls, gamma_loc);
   const int64_t images = matched.size(0), n = matched.size(1), classes = cls_logits.size(2);
-  const at::Tensor m = matched.contiguous(), gts = gt_boxes.contiguous(), labels = gt_labels.to(at::kLong).contiguous();
+  const at::Tensor matches = matched.contiguous(), gts = gt_boxes.contiguous(),
+                   labels = gt_labels.to(at::kLong).contiguous();
   const at::Tensor pred = box_pred.contiguous(), logits = cls_logits.contiguous(), pri = priors.contiguous();
   const at::Tensor sc = scale.has_value() ? scale->to(pred.scalar_type()).contiguous() : at::Tensor();
   at::Tensor decoded = at::empty({images, n, 4}, pred.options());
@@ -334,13 +335,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mutual_targets_cpu(
   at::Tensor cls_target = at::zeros({images, n, classes}, logits.options());
   at::Tensor raw_weight = at::zeros({images, n}, pred.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "mutual_targets_cpu", [&] {
-    const auto args = mutual_target_args<scalar_t>(m, gts, labels, pred, logits, pri, sc, coding, gamma_cls, gamma_loc,
-                                                   decoded, iou_target, cls_target, raw_weight);
+    const auto args = mutual_target_args<scalar_t>(matches, gts, labels, pred, logits, pri, sc, coding, gamma_cls,
+                                                   gamma_loc, decoded, iou_target, cls_target, raw_weight);
     at::parallel_for(0, images * n, 4096, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) mutual_targets_at<at::opmath_type<scalar_t>>(args, i);
     });
   });
-  return {decoded, iou_target, cls_target, normalise_over_positives(raw_weight, m >= 0)};
+  return {decoded, iou_target, cls_target, normalise_over_positives(raw_weight, matches >= 0)};
 }
 
 }  // namespace

@@ -62,17 +62,17 @@ void pairwise_rows(const scalar_t* boxes1, const scalar_t* boxes2, scalar_t* out
 }
 
 at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view mode) {
-  const auto bnm = check_pairwise(boxes1, boxes2);
+  const auto sizes = check_pairwise(boxes1, boxes2);
   const IouMode iou_mode = parse_iou_mode(mode);
   const at::Tensor b1 = boxes1.contiguous();
   const at::Tensor b2 = boxes2.contiguous();
-  at::Tensor out =
-      boxes1.dim() == 2 ? at::empty({bnm[1], bnm[2]}, b1.options()) : at::empty({bnm[0], bnm[1], bnm[2]}, b1.options());
+  at::Tensor out = boxes1.dim() == 2 ? at::empty({sizes[1], sizes[2]}, b1.options())
+                                     : at::empty({sizes[0], sizes[1], sizes[2]}, b1.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_cpu", [&] {
     dispatch_iou_mode(iou_mode, [&](auto tag) {
       pairwise_rows<scalar_t, decltype(tag)::value>(b1.data_ptr<scalar_t>(), b2.data_ptr<scalar_t>(),
-                                                    out.data_ptr<scalar_t>(), bnm[0], bnm[1], bnm[2]);
+                                                    out.data_ptr<scalar_t>(), sizes[0], sizes[1], sizes[2]);
     });
   });
   return out;

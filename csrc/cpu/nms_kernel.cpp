@@ -88,26 +88,26 @@ at::Tensor batched_nms_typed(const at::Tensor& boxes, const at::Tensor& scores, 
                              double iou_threshold) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = boxes.size(0);
-  const scalar_t* pb = boxes.data_ptr<scalar_t>();
-  const scalar_t* ps = scores.data_ptr<scalar_t>();
-  const int64_t* pk = idxs.data_ptr<int64_t>();
-  auto score = [&](int64_t i) { return static_cast<acc_t>(ps[i]); };
+  const scalar_t* box_data = boxes.data_ptr<scalar_t>();
+  const scalar_t* score_data = scores.data_ptr<scalar_t>();
+  const int64_t* key_data = idxs.data_ptr<int64_t>();
+  auto score = [&](int64_t i) { return static_cast<acc_t>(score_data[i]); };
 
   // Finite candidates, ordered by (key, score descending, index).
   Scratch<int64_t> order(n);
   int64_t m = 0;
   for (int64_t i = 0; i < n; ++i) {
-    if (std::isfinite(score(i)) && finite_box(load_box<acc_t>(pb + 4 * i))) order[m++] = i;
+    if (std::isfinite(score(i)) && finite_box(load_box<acc_t>(box_data + 4 * i))) order[m++] = i;
   }
   std::sort(order.ptr, order.ptr + m, [&](int64_t a, int64_t b) {
-    return pk[a] != pk[b] ? pk[a] < pk[b] : ranks_before(score(a), a, score(b), b);
+    return key_data[a] != key_data[b] ? key_data[a] < key_data[b] : ranks_before(score(a), a, score(b), b);
   });
   BoxPlanes<acc_t> planes(m);
   Scratch<int64_t> key(m);
   std::vector<int64_t> run_start;
   for (int64_t p = 0; p < m; ++p) {
-    planes.set(p, load_box<acc_t>(pb + 4 * order[p]));
-    key[p] = pk[order[p]];
+    planes.set(p, load_box<acc_t>(box_data + 4 * order[p]));
+    key[p] = key_data[order[p]];
   }
   for_each_run(key.ptr, m, [&](int64_t s, int64_t) { run_start.push_back(s); });
   run_start.push_back(m);
@@ -259,23 +259,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
   PaddedDetections out(images, detection_slots(max_detections, n * c), b.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "rescored_nms_dense_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t a = static_cast<acc_t>(p.alpha);
+    const acc_t iou_weight = static_cast<acc_t>(p.alpha);
     const acc_t score_floor = static_cast<acc_t>(score_threshold);
     at::parallel_for(0, images, 1, [&](int64_t begin, int64_t end) {
       for (int64_t img = begin; img < end; ++img) {
-        const scalar_t* pb = b.data_ptr<scalar_t>() + img * n * 4;
-        const scalar_t* ps = s.data_ptr<scalar_t>() + img * n * c;
-        const scalar_t* pq = q.defined() ? q.data_ptr<scalar_t>() + img * n : nullptr;
-        const int64_t* pl = lv.defined() ? lv.data_ptr<int64_t>() : nullptr;
-        auto box_at = [&](int64_t point) { return load_box<acc_t>(pb + 4 * point); };
+        const scalar_t* box_data = b.data_ptr<scalar_t>() + img * n * 4;
+        const scalar_t* score_data = s.data_ptr<scalar_t>() + img * n * c;
+        const scalar_t* iou_data = q.defined() ? q.data_ptr<scalar_t>() + img * n : nullptr;
+        const int64_t* level_data = lv.defined() ? lv.data_ptr<int64_t>() : nullptr;
+        auto box_at = [&](int64_t point) { return load_box<acc_t>(box_data + 4 * point); };
         std::vector<TopK<acc_t>> top(levels, TopK<acc_t>(pre_nms_top_k, score_floor));
         // One pass over the image's (point, class) pairs: rescore, threshold, top-k.
         for (int64_t pt = 0; pt < n; ++pt) {
           if (!finite_box(box_at(pt))) continue;
-          const acc_t quality = pq ? probability(static_cast<acc_t>(pq[pt]), logits) : acc_t(1);
-          TopK<acc_t>& level_top = top[pl ? pl[pt] : 0];
+          const acc_t quality = iou_data ? probability(static_cast<acc_t>(iou_data[pt]), logits) : acc_t(1);
+          TopK<acc_t>& level_top = top[level_data ? level_data[pt] : 0];
           for (int64_t cls = 0; cls < c; ++cls) {
-            const acc_t score = rescore(probability(static_cast<acc_t>(ps[pt * c + cls]), logits), quality, a);
+            const acc_t score =
+                rescore(probability(static_cast<acc_t>(score_data[pt * c + cls]), logits), quality, iou_weight);
             if (score > level_top.floor) level_top.offer({score, pt * c + cls, pt, cls});
           }
         }
@@ -319,22 +320,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
   for (int64_t i = 0; i < m; ++i) by_image[cursor[pimg[i]]++] = i;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "rescored_nms_flat_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t a = static_cast<acc_t>(p.alpha);
+    const acc_t iou_weight = static_cast<acc_t>(p.alpha);
     const acc_t score_floor = static_cast<acc_t>(score_threshold);
-    const scalar_t* pb = b.data_ptr<scalar_t>();
-    const scalar_t* ps = s.data_ptr<scalar_t>();
-    const scalar_t* pq = q.defined() ? q.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* box_data = b.data_ptr<scalar_t>();
+    const scalar_t* score_data = s.data_ptr<scalar_t>();
+    const scalar_t* iou_data = q.defined() ? q.data_ptr<scalar_t>() : nullptr;
     const int64_t* plab = lab.data_ptr<int64_t>();
-    const int64_t* pl = lv.defined() ? lv.data_ptr<int64_t>() : nullptr;
-    auto box_at = [&](int64_t e) { return load_box<acc_t>(pb + 4 * e); };
+    const int64_t* level_data = lv.defined() ? lv.data_ptr<int64_t>() : nullptr;
+    auto box_at = [&](int64_t e) { return load_box<acc_t>(box_data + 4 * e); };
     at::parallel_for(0, num_images, 1, [&](int64_t begin, int64_t end) {
       for (int64_t img = begin; img < end; ++img) {
         std::vector<TopK<acc_t>> top(levels, TopK<acc_t>(pre_nms_top_k, score_floor));
         for (int64_t k = offsets[img]; k < offsets[img + 1]; ++k) {
           const int64_t e = by_image[k];
-          const acc_t score = rescore(probability(static_cast<acc_t>(ps[e]), logits),
-                                      pq ? probability(static_cast<acc_t>(pq[e]), logits) : acc_t(1), a);
-          TopK<acc_t>& level_top = top[pl ? pl[e] : 0];
+          const acc_t score =
+              rescore(probability(static_cast<acc_t>(score_data[e]), logits),
+                      iou_data ? probability(static_cast<acc_t>(iou_data[e]), logits) : acc_t(1), iou_weight);
+          TopK<acc_t>& level_top = top[level_data ? level_data[e] : 0];
           // A negative label marks a padding candidate, as in the padded outputs: never kept.
           if (score > level_top.floor && plab[e] >= 0 && finite_box(box_at(e))) level_top.offer({score, e, e, plab[e]});
         }

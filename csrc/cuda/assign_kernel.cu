@@ -286,7 +286,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mutual_targets_cuda(
   check_mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls_logits, priors, scale, coding, gamma_cls, gamma_loc);
   const c10::cuda::CUDAGuard guard(box_pred.device());
   const int64_t images = matched.size(0), n = matched.size(1), classes = cls_logits.size(2);
-  const at::Tensor m = matched.contiguous(), gts = gt_boxes.contiguous(), labels = gt_labels.to(at::kLong).contiguous();
+  const at::Tensor matches = matched.contiguous(), gts = gt_boxes.contiguous(),
+                   labels = gt_labels.to(at::kLong).contiguous();
   const at::Tensor pred = box_pred.contiguous(), logits = cls_logits.contiguous(), pri = priors.contiguous();
   const at::Tensor sc = scale.has_value() ? scale->to(pred.scalar_type()).contiguous() : at::Tensor();
   at::Tensor decoded = at::empty({images, n, 4}, pred.options());
@@ -295,14 +296,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mutual_targets_cuda(
   at::Tensor raw_weight = at::zeros({images, n}, pred.options());
   if (images * n > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "mutual_targets_cuda", [&] {
-      const auto args = mutual_target_args<scalar_t>(m, gts, labels, pred, logits, pri, sc, coding, gamma_cls,
+      const auto args = mutual_target_args<scalar_t>(matches, gts, labels, pred, logits, pri, sc, coding, gamma_cls,
                                                      gamma_loc, decoded, iou_target, cls_target, raw_weight);
       mutual_targets_kernel<scalar_t>
           <<<grid_for(images * n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(args, images * n);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  return {decoded, iou_target, cls_target, normalise_over_positives(raw_weight, m >= 0)};
+  return {decoded, iou_target, cls_target, normalise_over_positives(raw_weight, matches >= 0)};
 }
 
 }  // namespace
