@@ -17,7 +17,6 @@ import onnx_ir as ir
 from onnxscript import opset18 as op
 import torch
 
-from .nms import rescored_nms
 from .train import CliParser, UserError, exit_on_user_error, write_atomically
 
 MIN_OPSET = 18
@@ -346,25 +345,14 @@ def _rescored_nms_flat(boxes, scores, labels, iou=None, batch_index=None, level_
 
 class DetectorGraph(torch.nn.Module):
     """A trained Detector as one graph: images [B, 3, H, W] -> boxes [B, K, 4], scores [B, K], labels [B, K]
-    (-1 in empty slots) and counts [B], the fixed-shape form of Detector.predict's detections."""
+    (-1 in empty slots) and counts [B], Detector.detect's fixed-shape detections (those predict splits per image)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, images):
-        # Detector.predict's post-processing, without the host read that splits it per image.
-        m, cfg = self.model, self.model.config
-        cls, box, quality, priors = m.outputs(images)
-        decoded, _ = m.decode(box, priors)
-        h, w = images.shape[-2:]
-        decoded = torch.stack([decoded[..., 0].clamp(0, w), decoded[..., 1].clamp(0, h),
-                               decoded[..., 2].clamp(0, w), decoded[..., 3].clamp(0, h)], -1)
-        alpha, use_quality = m.score_parts()
-        det = rescored_nms(decoded, cls, quality if use_quality else None, logits=True, alpha=alpha,
-                           level_index=priors["level_index"], num_levels=len(cfg.strides),
-                           score_threshold=cfg.score_threshold, iou_threshold=cfg.nms_threshold,
-                           pre_nms_top_k=cfg.pre_nms_top_k, max_detections=cfg.max_detections, fixed_shape=True)
+        det = self.model.detect(images)
         return det.boxes, det.scores, det.labels, det.counts
 
 

@@ -286,14 +286,16 @@ class Detector(nn.Module):
             return cfg.alpha, True
         return (0.5, True) if cfg.family == "fcos" else (0.0, False)
 
-    @torch.no_grad()
-    def predict(self, images, raw=False):
-        """Detections per image (boxes, scores, labels), or with raw=True also every
-        prior's pre-NMS decoded box and ranking score per class, [B, P, 4] and
-        [B, P, C] (for the harmony metric)."""
-        cls, box, quality, priors = self.outputs(images)
+    def detect(self, images):
+        """Fixed-shape detections (rescored_nms with fixed_shape=True: [B, K] slots, label -1 where empty, and
+        counts [B]) with no host read: predict splits them per image, mutualops.export exports this very call,
+        so that the two cannot drift apart."""
+        return self._detect(*self.outputs(images), images.shape[-2:])[0]
+
+    def _detect(self, cls, box, quality, priors, image_size):
+        """(fixed-shape detections, decoded boxes clamped to the image) of the head's outputs."""
         decoded, _ = self.decode(box, priors)
-        h, w = images.shape[-2:]
+        h, w = image_size
         decoded = torch.stack([decoded[..., 0].clamp(0, w), decoded[..., 1].clamp(0, h),
                                decoded[..., 2].clamp(0, w), decoded[..., 3].clamp(0, h)], -1)
         alpha, use_quality = self.score_parts()
@@ -302,10 +304,20 @@ class Detector(nn.Module):
                            level_index=priors["level_index"], num_levels=len(cfg.strides),
                            score_threshold=cfg.score_threshold, iou_threshold=cfg.nms_threshold,
                            pre_nms_top_k=cfg.pre_nms_top_k, max_detections=cfg.max_detections, fixed_shape=True)
+        return det, decoded
+
+    @torch.no_grad()
+    def predict(self, images, raw=False):
+        """Detections per image (boxes, scores, labels), or with raw=True also every
+        prior's pre-NMS decoded box and ranking score per class, [B, P, 4] and
+        [B, P, C] (for the harmony metric)."""
+        cls, box, quality, priors = self.outputs(images)
+        det, decoded = self._detect(cls, box, quality, priors, images.shape[-2:])
         out = [{"boxes": det.boxes[b, :n], "scores": det.scores[b, :n], "labels": det.labels[b, :n]}
                for b, n in enumerate(det.counts.tolist())]
         if not raw:
             return out
+        alpha, use_quality = self.score_parts()
         p = torch.sigmoid(cls)
         q = torch.sigmoid(quality) if use_quality else torch.ones_like(quality)
         return out, {"boxes": decoded, "class_scores": p ** (1 - alpha) * q[..., None] ** alpha}
