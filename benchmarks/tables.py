@@ -68,7 +68,9 @@ def budget_table(budget):
 
 
 def variants_table(result):
-    rows = ["| variant | AP mean ± std | AP per seed | AP50 | AP75 | harmony mean ± std | harmony per seed | objects |",
+    total = result["runs"][0]["objects_total"]
+    rows = ["| variant | AP mean ± std | AP per seed | AP50 | AP75 | harmony mean ± std | harmony per seed "
+            f"| objects in harmony (of {total}) |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for variant, s in result["variants"].items():
         rows.append(f"| {variant} | {number(s['AP']['mean'])} ± {number(s['AP']['std'])} "
@@ -95,7 +97,7 @@ def full_tables(family, result, data):
     return "\n".join([
         f"Family {family}; command `{data['command']}` ({data['run_minutes']:.0f} minutes of runs). Scale: "
         f"{p['num_images']} training images of {p['image_size']}x{p['image_size']}, width {p['width']}, "
-        f"{p['threads']} thread; {p['val_images']} validation and {p['test_images']} test images "
+        f"batch {p['batch_size']}, {p['threads']} thread; {p['val_images']} validation and {p['test_images']} test images "
         f"(split seeds {p['split_seeds']}).", "",
         f"Budget on validation (seed {result['budget']['seed']}; the smallest candidate within "
         f"{result['budget']['tolerance']} AP of the best):", "", budget_table(result["budget"]), "",

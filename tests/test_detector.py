@@ -8,7 +8,7 @@ import torch
 
 from helpers import HAS_CUDA
 from mutualops.detector.data import ShapesDataset, collate, export_coco
-from mutualops.detector.model import Detector, DetectorConfig
+from mutualops.detector.model import Detector, DetectorConfig, ignore_points_in_crowds
 
 pytest.importorskip("pycocotools", reason="evaluation uses pycocotools")
 
@@ -43,6 +43,87 @@ def test_images_without_objects_train():
     out = model(images, [empty, empty])
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
+
+
+TERMS = ("cls", "box", "quality")
+
+
+def batch_with_crowds():
+    return collate([ShapesDataset(4, image_size=(64, 64), seed=1, crowd_prob=1.0)[i] for i in range(4)])
+
+
+def losses_of(family, images, targets, state=None, **config):
+    """Loss terms of a detector with the given weights (`state`) and options; its state for the next call."""
+    torch.manual_seed(0)
+    model = Detector(DetectorConfig(family=family, width=16, **config))
+    if state is not None:
+        model.load_state_dict(state)
+    out = model(images, targets)
+    return {k: out[k].detach() for k in TERMS}, model.state_dict()
+
+
+# What each switch or hyperparameter may change, given the same weights and data: its own loss term, nothing else.
+CHANGES = [
+    (dict(), dict(mutual_cls=True), {"cls"}),
+    (dict(), dict(mutual_box=True), {"box"}),
+    (dict(), dict(iou_rescoring=True), {"quality"}),
+    (dict(mutual_cls=True), dict(mutual_cls=True, gamma_cls=2.0), {"cls"}),
+    (dict(mutual_cls=True), dict(mutual_cls=True, qfl_beta=1.0), {"cls"}),
+    (dict(mutual_box=True), dict(mutual_box=True, gamma_loc=2.0), {"box"}),
+    (dict(), dict(gamma_cls=2.0, gamma_loc=2.0, qfl_beta=1.0), set()),  # without their switches they do nothing
+]
+
+
+@pytest.mark.parametrize("family", ["fcos", "retinanet"])
+@pytest.mark.parametrize("before, after, changed", CHANGES, ids=lambda v: "+".join(map(str, v)) if isinstance(v, dict) else None)
+def test_each_switch_changes_its_loss_and_nothing_else(family, before, after, changed):
+    images, targets = batch_with_crowds()
+    first, state = losses_of(family, images, targets, **before)
+    second, _ = losses_of(family, images, targets, state, **after)
+    differing = {k for k in TERMS if not torch.equal(first[k], second[k])}
+    assert differing == changed, (first, second)
+
+
+@pytest.mark.parametrize("family", ["fcos", "retinanet"])
+@pytest.mark.parametrize("switches", SWITCHES, ids=lambda s: "+".join(s) or "baseline")
+def test_no_gradient_flows_into_a_target(family, switches):
+    """Each loss term reaches only its own output conv: a mutual target that kept its graph (the IoU of the
+    decoded box in the class or quality target, the class probability in the box weight) would carry the
+    term's gradient into another branch."""
+    images, targets = batch_with_crowds()
+    torch.manual_seed(0)
+    model = Detector(DetectorConfig(family=family, width=16, **switches))
+    out = model(images, targets)
+    convs = {"cls": model.head.cls.weight, "box": model.head.box.weight, "quality": model.head.quality.weight}
+    # RetinaNet without IoU rescoring has no quality branch to train: its term is a zero that reaches nothing.
+    unused = {"quality"} if family == "retinanet" and not switches.get("iou_rescoring") else set()
+    for term in TERMS:
+        grads = torch.autograd.grad(out[term], list(convs.values()), retain_graph=True, allow_unused=True)
+        reached = {name for name, g in zip(convs, grads) if g is not None and bool(g.abs().sum() > 0)}
+        assert reached == {term} - unused, (term, reached)
+
+
+def test_fcos_ignores_background_points_inside_crowd_regions():
+    points = torch.tensor([[5.0, 5.0], [15.0, 15.0], [25.0, 25.0], [35.0, 35.0]])
+    matched = torch.tensor([[-1, -1, 0, -1], [-1, -1, -1, -1]])
+    crowds = torch.tensor([[[10.0, 10.0, 30.0, 30.0]], [[0.0, 0.0, 40.0, 40.0]]])
+    out = ignore_points_in_crowds(matched, points, crowds, torch.tensor([1, 0]))  # image 1's row is padding
+    assert out.tolist() == [[-1, -2, 0, -1], [-1, -1, -1, -1]]  # the positive inside stays positive
+
+
+@pytest.mark.parametrize("family", ["fcos", "retinanet"])
+def test_crowd_regions_are_ignored_in_training(family):
+    """A crowd region (large enough for RetinaNet's smallest anchors, 32 pixels, to reach IoF > 0.5) changes
+    the classification loss; in FCOS a point assigned to a real object stays positive, so the box and
+    quality losses do not move, where the max-IoU assigner ignores such anchors too."""
+    images, targets = batch_with_crowds()
+    without = [{**t, "ignore_boxes": torch.zeros(0, 4)} for t in targets]
+    crowded = [{**t, "ignore_boxes": torch.tensor([[8.0, 8.0, 56.0, 56.0]])} for t in targets]
+    with_crowds, state = losses_of(family, images, crowded)
+    no_crowds, _ = losses_of(family, images, without, state)
+    assert not torch.equal(with_crowds["cls"], no_crowds["cls"])
+    if family == "fcos":
+        assert torch.equal(with_crowds["box"], no_crowds["box"]) and torch.equal(with_crowds["quality"], no_crowds["quality"])
 
 
 def run(args, **kwargs):
@@ -91,21 +172,49 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert state["epoch"] == 0 and state["config"]["family"] == "fcos"
 
 
-def test_ablation_script_runs_every_variant(tmp_path):
+def load_benchmark(name):
     import importlib.util
 
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "ablation.py")
-    spec = importlib.util.spec_from_file_location("ablation", path)
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
-    ablation.main(["--out", str(tmp_path), "--seeds", "0", "--epochs", "2", "--eval-every", "1", "--num-images", "16",
-                   "--val-images", "4", "--width", "16", "--threads", "1"])
-    result = json.loads((tmp_path / "ablation.json").read_text())
-    assert len(result["runs"]) == 2 * len(ablation.VARIANTS)
-    assert all([p["epoch"] for p in run["curve"]] == [1, 2] for run in result["runs"])
-    table = (tmp_path / "ablation.md").read_text()
-    assert "| retinanet | all |" in table and "epoch 1 | epoch 2" in table
-    assert (tmp_path / "ap_vs_harmony.png").exists()
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_protocol_chooses_the_budget_on_validation_and_reports_test(tmp_path):
+    ablation = load_benchmark("ablation")
+    args = ["--results", str(tmp_path / "ablation-t.json"), "--work", str(tmp_path / "work"), "--seeds", "0", "1",
+            "--budgets", "1", "2", "--num-images", "16", "--val-images", "4", "--test-images", "6", "--image-size", "64",
+            "--width", "16", "--families", "fcos", "retinanet"]
+    result = ablation.main(args)
+    assert json.loads((tmp_path / "ablation-t.json").read_text())["families"].keys() == {"fcos", "retinanet"}
+    for family in result["families"].values():
+        assert {r["split"] for r in family["budget"]["runs"]} == {"val"} and {r["split"] for r in family["runs"]} == {"test"}
+        assert family["epochs"] in (1, 2) and {r["epochs"] for r in family["runs"]} == {family["epochs"]}
+        assert len(family["runs"]) == 2 * len(ablation.VARIANTS)
+        ap = family["vs_baseline"]["all"]["AP"]
+        by = {(r["variant"], r["seed"]): r["AP"] for r in family["runs"]}
+        assert ap["per_seed"] == [by[("all", s)] - by[("baseline", s)] for s in (0, 1)]
+        assert ap["ci95"][0] <= ap["mean"] <= ap["ci95"][1]
+    again = ablation.main(args)  # every run is on record: nothing is trained again
+    assert json.dumps(again["families"]) == json.dumps(result["families"])  # NaN harmony of untrained models too
+
+
+def test_tables_are_rendered_from_the_committed_results():
+    """README.md and benchmarks/RESULTS.md hold exactly what benchmarks/tables.py renders from benchmarks/results."""
+    tables = load_benchmark("tables")
+    assert tables.tables(), "no committed ablation result"
+    assert tables.main(["--check"]) == 0
+
+
+def test_tables_replace_hand_edits_and_reject_unknown_keys():
+    tables = load_benchmark("tables")
+    rendered = {"x:summary": "| rendered |"}
+    text = "before\n<!-- table:x:summary -->\n| hand-edited |\n<!-- /table:x:summary -->\nafter"
+    assert tables.fill(text, rendered) == text.replace("hand-edited", "rendered")
+    with pytest.raises(KeyError):
+        tables.fill("<!-- table:y:full -->\nx\n<!-- /table:y:full -->", rendered)
 
 
 def test_evaluate_several_checkpoints_plots_ap_against_harmony(tmp_path):
@@ -116,10 +225,13 @@ def test_evaluate_several_checkpoints_plots_ap_against_harmony(tmp_path):
     assert trained.returncode == 0, trained.stderr
     assert (out / "epoch1.pt").exists() and (out / "epoch2.pt").exists()
     evaluated = run(["-m", "mutualops.evaluate", "--checkpoint", str(out / "epoch1.pt"), str(out / "epoch2.pt"),
-                     "--num-images", "8", "--out", str(tmp_path / "eval"), "--device", "cpu"])
+                     "--num-images", "8", "--out", str(tmp_path / "eval"), "--device", "cpu", "--paired"])
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert set(metrics) == {"run/epoch1.pt", "run/epoch2.pt"} and all("harmony" in m for m in metrics.values())
+    assert set(metrics) == {"run/epoch1.pt", "run/epoch2.pt", "paired_harmony"}
+    assert all("harmony" in metrics[name] for name in ("run/epoch1.pt", "run/epoch2.pt"))
+    paired = metrics["paired_harmony"]
+    assert (paired["of"], paired["against"], paired["min_size"]) == ("run/epoch2.pt", "run/epoch1.pt", 5)
     assert (tmp_path / "eval" / "ap_vs_harmony.png").exists()
 
 
