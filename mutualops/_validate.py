@@ -28,6 +28,19 @@ def check_boxes(x, name, ranks=(2,)):
         raise ValueError(f"{name} must have shape {shapes}, got {list(x.shape)}")
 
 
+def check_index(t, name, shape, device):
+    """Ids or indices: an integer tensor (not bool) of `shape` on `device`. None passes."""
+    if t is None:
+        return
+    check_tensor(t, name)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} must be on {device}, got {t.device}")
+
+
 def check_same(a, b, name_a, name_b, dtype=True):
     if a.device != b.device:
         raise ValueError(f"{name_a} and {name_b} must be on the same device, got {a.device} and {b.device}")

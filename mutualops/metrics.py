@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._validate import check_boxes, check_choice, check_float, check_tensor
+from ._validate import check_boxes, check_choice, check_float, check_index, check_tensor
 from .box_iou import box_iou
 from .ranking import spearman
 
@@ -63,8 +63,7 @@ def harmony(scores, ious, gt_index, min_size=2, aggregate="mean", num_ids=None):
             f"scores, ious and gt_index must be 1-D of one length, got {list(scores.shape)}, "
             f"{list(ious.shape)} and {list(gt_index.shape)}"
         )
-    if gt_index.is_floating_point() or gt_index.dtype == torch.bool:
-        raise TypeError(f"gt_index must be an integer tensor, got {gt_index.dtype}")
+    check_index(gt_index, "gt_index", scores.shape, scores.device)
     check_choice(aggregate, "aggregate", AGGREGATES)
     if min_size < 2:
         raise ValueError(f"min_size must be >= 2 (a rank correlation needs two elements), got {min_size}")

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._validate import as_int, check_boxes, check_float, check_same, check_tensor, unit_interval
+from ._validate import as_int, check_boxes, check_float, check_index, check_same, unit_interval
 
 
 def _check_nms(boxes, scores, iou_threshold):
@@ -33,12 +33,7 @@ def nms(boxes, scores, iou_threshold):
 def batched_nms(boxes, scores, idxs, iou_threshold):
     """torchvision.ops.batched_nms: NMS within each value of `idxs` (class, image...)."""
     iou_threshold = _check_nms(boxes, scores, iou_threshold)
-    check_tensor(idxs, "idxs")
-    if idxs.is_floating_point() or idxs.dtype == torch.bool:
-        raise TypeError(f"idxs must be an integer tensor, got {idxs.dtype}")
-    if idxs.shape != scores.shape:
-        raise ValueError(f"idxs must have shape [{boxes.shape[0]}], got {list(idxs.shape)}")
-    check_same(boxes, idxs, "boxes", "idxs", dtype=False)
+    check_index(idxs, "idxs", scores.shape, boxes.device)
     return torch.ops.mutualops.batched_nms(boxes, scores, idxs, iou_threshold)
 
 
@@ -138,7 +133,7 @@ def rescored_nms(
                              f"got {list(scores.shape)}")
         if iou is not None and iou.shape != boxes.shape[:2]:
             raise ValueError(f"iou must have shape {list(boxes.shape[:2])}, got {list(iou.shape)}")
-        _check_index(level_index, "level_index", boxes.shape[1], boxes.device)
+        check_index(level_index, "level_index", (boxes.shape[1],), boxes.device)
         out = torch.ops.mutualops.rescored_nms_dense(boxes, scores, iou, level_index, num_levels, *common)
     else:
         check_boxes(boxes, "boxes")
@@ -147,11 +142,11 @@ def rescored_nms(
             raise ValueError(f"scores must have shape [{m}] for flat boxes [M, 4], got {list(scores.shape)}")
         if labels is None:
             raise ValueError("labels are required with flat boxes [M, 4]")
-        _check_index(labels, "labels", m, boxes.device)
+        check_index(labels, "labels", (m,), boxes.device)
         if iou is not None and iou.shape != (m,):
             raise ValueError(f"iou must have shape [{m}], got {list(iou.shape)}")
-        _check_index(batch_index, "batch_index", m, boxes.device)
-        _check_index(level_index, "level_index", m, boxes.device)
+        check_index(batch_index, "batch_index", (m,), boxes.device)
+        check_index(level_index, "level_index", (m,), boxes.device)
         if num_images is None and batch_index is not None:
             _given_when_exporting("num_images", "batch_index")
         if num_images is None:
@@ -178,18 +173,6 @@ def _check_has_data(boxes, name, fixed_shape=False):
     if boxes.device.type == "meta" and not fixed_shape:
         raise ValueError(f"{name} is a meta tensor: the number of kept boxes depends on values it does not hold "
                          "(rescored_nms with fixed_shape=True has a static shape)")
-
-
-def _check_index(t, name, n, device):
-    if t is None:
-        return
-    check_tensor(t, name)
-    if t.is_floating_point() or t.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
-    if t.shape != (n,):
-        raise ValueError(f"{name} must have shape [{n}], got {list(t.shape)}")
-    if t.device != device:
-        raise ValueError(f"{name} must be on {device}, got {t.device}")
 
 
 def _padded_fake(boxes, images, k):

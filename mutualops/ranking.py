@@ -8,7 +8,7 @@ Ranks are float64 for every tie method, so that NaN can propagate.
 
 import torch
 
-from ._validate import check_choice, check_float, check_tensor
+from ._validate import check_choice, check_float, check_index
 
 TIES = ("average", "min", "max", "dense", "ordinal")
 
@@ -19,18 +19,6 @@ def _check_values(x, name):
         raise ValueError(f"{name} must be 1-D, got shape {list(x.shape)}")
 
 
-def _check_groups(groups, x):
-    if groups is None:
-        return
-    check_tensor(groups, "groups")
-    if groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
-        raise TypeError(f"groups must be an integer tensor, got {groups.dtype}")
-    if groups.shape != x.shape:
-        raise ValueError(f"groups must have shape {list(x.shape)} (one id per element), got {list(groups.shape)}")
-    if groups.device != x.device:
-        raise ValueError(f"groups must be on {x.device}, got {groups.device}")
-
-
 def rank(x, groups=None, ties="average"):
     """Ranks of x within each group: float64, 1-based, scipy.stats.rankdata ties.
 
@@ -38,7 +26,7 @@ def rank(x, groups=None, ties="average"):
     one group.
     """
     _check_values(x, "x")
-    _check_groups(groups, x)
+    check_index(groups, "groups", x.shape, x.device)
     check_choice(ties, "ties", TIES)
     return torch.ops.mutualops.rank(x, groups, ties)
 
@@ -55,7 +43,7 @@ def spearman(x, y, groups=None, num_groups=None):
         raise ValueError(f"x and y must have the same length, got {x.shape[0]} and {y.shape[0]}")
     if x.device != y.device:
         raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
-    _check_groups(groups, x)
+    check_index(groups, "groups", x.shape, x.device)
     if num_groups is not None and (not isinstance(num_groups, int) or num_groups < 0):
         raise ValueError(f"num_groups must be a non-negative int, got {num_groups!r}")
     return torch.ops.mutualops.spearman(x, y, groups, num_groups)
