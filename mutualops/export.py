@@ -10,9 +10,16 @@ status 2; --debug adds the traceback.
 """
 
 import argparse
+import contextlib
+import copy
+import logging
+import math
+import operator
 import os
+from typing import NamedTuple
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 from onnxscript import opset18 as op
 import torch
@@ -61,12 +68,12 @@ def _as(x, dtype):
     return x if x.dtype == dtype else op.Cast(x, to=dtype)
 
 
-def _nms_math(boxes, name):
+def _refuse_float64_nms(boxes, name):
     # ONNX NonMaxSuppression takes float32 only; float64 NMS would round IoUs and merge scores differently.
+    # The NMS translations compute in float32, as the kernels do for the half types.
     if boxes.dtype == _DOUBLE:
         raise TypeError(f"{name}: float64 inputs cannot be exported (ONNX NonMaxSuppression computes in float32); "
                         f"cast boxes and scores to float32 first")
-    return _FLOAT
 
 
 def _min2(a, b):  # box_math.h's min2/max2/clamp_min0, NaN handling included (ONNX Min/Max leave it open)
@@ -91,6 +98,24 @@ def _safe_div(a, b, zero, one):
     return op.Where(positive, op.Div(a, op.Where(positive, b, one)), op.Where(op.LessOrEqual(b, zero), zero, b))
 
 
+def _sides_and_area(x1, y1, x2, y2, zero, nan):
+    """box_math.h's box width, height (flipped sides clamped to 0) and area, NaN for a non-finite box."""
+    w, h = _clamp0(op.Sub(x2, x1), zero), _clamp0(op.Sub(y2, y1), zero)
+    finite = op.And(op.And(_finite(x1), _finite(y1)), op.And(_finite(x2), _finite(y2)))
+    return w, h, op.Where(finite, op.Mul(w, h), nan)
+
+
+def _enclosing_side(a1, a2, b1, b2, zero):
+    """The side of the smallest interval enclosing both boxes' corners along one axis, flipped boxes included."""
+    return _clamp0(op.Sub(_max2(_max2(a2, b2), _max2(a1, b1)), _min2(_min2(a1, b1), _min2(a2, b2))), zero)
+
+
+def _aspect_angle(w, h, zero, one, half_pi):
+    """atan(w / h) of CIoU's aspect term, pi / 2 for a box of height 0 and width > 0, 0 for a point."""
+    tall = op.Greater(h, zero)
+    return op.Where(tall, op.Atan(op.Div(w, op.Where(tall, h, one))), op.Where(op.Greater(w, zero), half_pi, zero))
+
+
 def _overlap(a, b, mode, t, eps=0.0):
     """box_math.h's box_overlap of broadcastable [..., 4] boxes of math type t, operation by operation, so
     that every rounding is the kernel's; the result keeps a trailing axis of 1. eps (IoU losses) is added to
@@ -99,14 +124,8 @@ def _overlap(a, b, mode, t, eps=0.0):
     zero, one, nan = (_const(v, t) for v in (0.0, 1.0, float("nan")))
     ax1, ay1, ax2, ay2 = op.Split(a, num_outputs=4, axis=-1)
     bx1, by1, bx2, by2 = op.Split(b, num_outputs=4, axis=-1)
-
-    def shape(x1, y1, x2, y2):
-        w, h = _clamp0(op.Sub(x2, x1), zero), _clamp0(op.Sub(y2, y1), zero)
-        finite = op.And(op.And(_finite(x1), _finite(y1)), op.And(_finite(x2), _finite(y2)))
-        return w, h, op.Where(finite, op.Mul(w, h), nan)
-
-    wa, ha, area_a = shape(ax1, ay1, ax2, ay2)
-    wb, hb, area_b = shape(bx1, by1, bx2, by2)
+    wa, ha, area_a = _sides_and_area(ax1, ay1, ax2, ay2, zero, nan)
+    wb, hb, area_b = _sides_and_area(bx1, by1, bx2, by2, zero, nan)
     iw = _clamp0(op.Sub(_min2(ax2, bx2), _max2(ax1, bx1)), zero)
     ih = _clamp0(op.Sub(_min2(ay2, by2), _max2(ay1, by1)), zero)
     inter = op.Mul(iw, ih)
@@ -116,11 +135,7 @@ def _overlap(a, b, mode, t, eps=0.0):
     iou = _safe_div(inter, union if loss_eps is None else op.Add(union, loss_eps), zero, one)
     if mode == "iou":
         return iou
-
-    def extent(a1, a2, b1, b2):
-        return _clamp0(op.Sub(_max2(_max2(a2, b2), _max2(a1, b1)), _min2(_min2(a1, b1), _min2(a2, b2))), zero)
-
-    cw, ch = extent(ax1, ax2, bx1, bx2), extent(ay1, ay2, by1, by2)
+    cw, ch = _enclosing_side(ax1, ax2, bx1, bx2, zero), _enclosing_side(ay1, ay2, by1, by2, zero)
     if mode == "giou":
         enclosing = op.Mul(cw, ch)
         denominator = enclosing if loss_eps is None else op.Add(enclosing, loss_eps)
@@ -134,12 +149,7 @@ def _overlap(a, b, mode, t, eps=0.0):
     if mode == "diou":
         return diou
     half_pi = _const(1.5707963267948966, t)
-
-    def angle(w, h):
-        tall = op.Greater(h, zero)
-        return op.Where(tall, op.Atan(op.Div(w, op.Where(tall, h, one))), op.Where(op.Greater(w, zero), half_pi, zero))
-
-    dt = op.Sub(angle(wa, ha), angle(wb, hb))
+    dt = op.Sub(_aspect_angle(wa, ha, zero, one, half_pi), _aspect_angle(wb, hb, zero, one, half_pi))
     v = op.Mul(op.Mul(_const(0.40528473456935109, t), dt), dt)
     alpha = op.Div(v, op.Add(op.Add(op.Sub(one, iou), v), eps))
     return op.Sub(diou, op.Mul(alpha, v))
@@ -211,7 +221,8 @@ def _greedy_keep(boxes, valid, classes, num_classes, iou_threshold):
 
 
 def _batched_nms(boxes, scores, idxs, iou_threshold):
-    t = _nms_math(boxes, "batched_nms")
+    _refuse_float64_nms(boxes, "batched_nms")
+    t = _FLOAT
     b, s = _as(boxes, t), _as(scores, t)
     ok = op.And(_finite(s), _box_finite(b))
     order_scores, order = op.TopK(op.Unsqueeze(op.Where(ok, s, _const(-np.inf, t)), _ints(0)), _size(s, 0), axis=1)
@@ -264,39 +275,67 @@ def _candidates(scores, ok, level, num_levels, pre_nms_top_k):
     return values, op.GatherElements(positions, perm, axis=1)
 
 
-def _padded(values, pad, width, slots, rank=2):
-    """[B, width, ...] -> [B, slots, ...], padded with `pad`."""
-    pads = op.Concat(_ints(*([0] * (rank + 1))), op.Sub(slots, width), _ints(*([0] * (rank - 2))), axis=0)
+def _padded(values, pad, width, slots, ndim=2):
+    """[B, width, ...] of ndim axes -> [B, slots, ...], padded with `pad`."""
+    # ONNX Pad's pads are every axis' begin, then every axis' end: ndim begins and axis 0's end are 0, axis 1
+    # ends slots - width later, the remaining ndim - 2 ends are 0.
+    pads = op.Concat(_ints(*([0] * (ndim + 1))), op.Sub(slots, width), _ints(*([0] * (ndim - 2))), axis=0)
     return op.Pad(values, pads, op.CastLike(_const(pad, _FLOAT), values))
 
 
-def _detections(boxes_of, values, index, labels, classes, num_classes, dtype, candidates, iou_threshold,
-                max_detections, class_agnostic):
-    """rescored NMS's padded outputs from its candidates (values [B, K] in detection order, -inf for none):
-    boxes_of(index) gathers boxes by source index, labels [B, K] are the candidates' own, classes [B, K] in
-    [0, num_classes) their NMS classes. The outputs have min(max_detections, candidates) slots per image, as
-    the kernel's (nms.h, detection_slots)."""
-    valid = op.Greater(values, _const(-np.inf, _FLOAT))
-    kept, ranked = _greedy_keep(_as(boxes_of(index), _FLOAT), valid, None if class_agnostic else classes,
-                                num_classes, iou_threshold)
-    # The first slots kept candidates in detection order: the highest ranks among the kept.
-    slots = op.Min(_ints(max_detections), candidates)
-    width = op.Min(slots, _size(values, 1))
+def _declared_slots(max_detections, candidate_dims, candidates):
+    """The padded width min(max_detections, candidates) [1] as the exported graph declares it (nms.h's
+    detection_slots; the op's fake in nms.py). torch.export's symbols for dynamic dimensions are positive
+    integers, which turns min(1, candidates) into 1 in the declared shape: with max_detections 1 the graph pads
+    to one slot even for no candidate, so that its outputs keep their declared shapes. Other widths stay
+    min(max_detections, candidates) in the declared shape and in the graph alike."""
+    dynamic = any(not isinstance(d, int) for d in candidate_dims)
+    if dynamic and max_detections == 1 and math.prod(d for d in candidate_dims if isinstance(d, int)) > 0:
+        return _ints(1)
+    return op.Min(_ints(max_detections), candidates)
+
+
+class _Candidates(NamedTuple):
+    """What rescored NMS chose to enter NMS, [B, K] each in detection order (score descending, then position)."""
+
+    values: object  # ranking scores; -inf where the slot holds no candidate
+    index: object  # source index of each: the point n (dense) or the element m (flat)
+    labels: object  # the candidates' labels, as the outputs report them
+    classes: object  # their NMS classes in [0, num_classes): suppression happens within one
+    num_classes: object  # [1] int64
+    boxes: object  # dense [B, N, 4] or flat [M, 4]: the boxes that index points into
+
+    def boxes_at(self, index):
+        """[B, K] source indices -> [B, K, 4] boxes."""
+        if self.boxes.shape.rank() == 3:
+            return op.GatherND(self.boxes, op.Unsqueeze(index, _ints(-1)), batch_dims=1)
+        return op.Gather(self.boxes, index, axis=0)
+
+
+def _detections(c, slots, iou_threshold, class_agnostic):
+    """rescored NMS's padded outputs (boxes, scores, labels, indices, counts) from its candidates c, with
+    `slots` [1] per image (_declared_slots)."""
+    valid = op.Greater(c.values, _const(-np.inf, _FLOAT))
+    kept, ranked = _greedy_keep(_as(c.boxes_at(c.index), _FLOAT), valid, None if class_agnostic else c.classes,
+                                c.num_classes, iou_threshold)
+    # The first slots hold the kept candidates in detection order: the highest ranks among the kept.
+    width = op.Min(slots, _size(c.values, 1))
     top, pick = op.TopK(op.Where(kept, ranked, _const(0.0, _FLOAT)), width, axis=1)
     found = op.Greater(top, _const(0.0, _FLOAT))
-    det_index = op.Where(found, op.GatherElements(index, pick, axis=1), _ints(-1))
-    det_boxes = boxes_of(op.Max(det_index, _ints(0)))
+    det_index = op.Where(found, op.GatherElements(c.index, pick, axis=1), _ints(-1))
+    det_boxes = c.boxes_at(op.Max(det_index, _ints(0)))
     det_boxes = op.Where(op.Unsqueeze(found, _ints(-1)), det_boxes, op.CastLike(_const(0.0, _FLOAT), det_boxes))
-    det_scores = _as(op.Where(found, op.GatherElements(values, pick, axis=1), _const(0.0, _FLOAT)), dtype)
-    det_labels = op.Where(found, op.GatherElements(labels, pick, axis=1), _ints(-1))
+    det_scores = _as(op.Where(found, op.GatherElements(c.values, pick, axis=1), _const(0.0, _FLOAT)), c.boxes.dtype)
+    det_labels = op.Where(found, op.GatherElements(c.labels, pick, axis=1), _ints(-1))
     counts = op.ReduceSum(op.Cast(found, to=_INT64), _ints(1), keepdims=0)
-    return (_padded(det_boxes, 0.0, width, slots, rank=3), _padded(det_scores, 0.0, width, slots),
+    return (_padded(det_boxes, 0.0, width, slots, ndim=3), _padded(det_scores, 0.0, width, slots),
             _padded(det_labels, -1, width, slots), _padded(det_index, -1, width, slots), counts)
 
 
 def _rescored_nms_dense(boxes, scores, iou=None, level_index=None, num_levels=1, alpha=0.5, score_threshold=0.05,
                         iou_threshold=0.5, pre_nms_top_k=1000, max_detections=100, class_agnostic=False, logits=False):
-    t = _nms_math(boxes, "rescored_nms")
+    _refuse_float64_nms(boxes, "rescored_nms")
+    t = _FLOAT
     cls = _probability(_as(scores, t), logits)  # [B, N, C]
     quality = None if iou is None else op.Unsqueeze(_probability(_as(iou, t), logits), _ints(-1))
     s = _rescore(cls, quality, alpha)
@@ -309,16 +348,19 @@ def _rescored_nms_dense(boxes, scores, iou=None, level_index=None, num_levels=1,
         _ints(-1))
     values, positions = _candidates(op.Reshape(s, _ints(0, -1)), op.Reshape(ok, _ints(0, -1)), level, num_levels,
                                     pre_nms_top_k)
-    point, label = op.Div(positions, num_classes), op.Mod(positions, num_classes)
-    return _detections(lambda i: op.GatherND(boxes, op.Unsqueeze(i, _ints(-1)), batch_dims=1), values, point, label,
-                       label, num_classes, boxes.dtype, op.Mul(_size(scores, 1), num_classes), iou_threshold,
-                       max_detections, class_agnostic)
+    label = op.Mod(positions, num_classes)
+    # Dense labels are class ids 0 .. C - 1 already: they are the NMS classes too.
+    c = _Candidates(values, op.Div(positions, num_classes), labels=label, classes=label, num_classes=num_classes,
+                    boxes=boxes)
+    slots = _declared_slots(max_detections, scores.shape[1:], op.Mul(_size(scores, 1), num_classes))
+    return _detections(c, slots, iou_threshold, class_agnostic)
 
 
 def _rescored_nms_flat(boxes, scores, labels, iou=None, batch_index=None, level_index=None, num_levels=1, num_images=1,
                        alpha=0.5, score_threshold=0.05, iou_threshold=0.5, pre_nms_top_k=1000, max_detections=100,
                        class_agnostic=False, logits=False):
-    t = _nms_math(boxes, "rescored_nms")
+    _refuse_float64_nms(boxes, "rescored_nms")
+    t = _FLOAT
     quality = None if iou is None else _probability(_as(iou, t), logits)
     s = _rescore(_probability(_as(scores, t), logits), quality, alpha)  # [M]
     labels = op.Cast(labels, to=_INT64)
@@ -336,9 +378,10 @@ def _rescored_nms_flat(boxes, scores, labels, iou=None, batch_index=None, level_
     values, positions = _candidates(s, ok, level, num_levels, pre_nms_top_k)
     # NMS classes must be 0 .. U - 1: the labels' ranks among their distinct values.
     distinct, _, compact, _ = op.Unique(labels, sorted=1)
-    return _detections(lambda i: op.Gather(boxes, i, axis=0), values, positions, op.Gather(labels, positions, axis=0),
-                       op.Gather(compact, positions, axis=0), _size(distinct, 0), boxes.dtype, _size(boxes, 0),
-                       iou_threshold, max_detections, class_agnostic)
+    c = _Candidates(values, positions, labels=op.Gather(labels, positions, axis=0),
+                    classes=op.Gather(compact, positions, axis=0), num_classes=_size(distinct, 0), boxes=boxes)
+    slots = _declared_slots(max_detections, boxes.shape[:1], _size(boxes, 0))
+    return _detections(c, slots, iou_threshold, class_agnostic)
 
 
 # ---- the detector ---------------------------------------------------------
@@ -359,20 +402,74 @@ class DetectorGraph(torch.nn.Module):
 OUTPUT_NAMES = ["boxes", "scores", "labels", "counts"]
 
 
+class ExportOptionError(ValueError):
+    """An export_detector argument it cannot honour (image size, opset): the CLI's user error."""
+
+
+def max_opset():
+    """The newest opset the installed onnx knows, thus the newest its version converter can produce."""
+    return onnx.defs.onnx_opset_version()
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _version_converter_messages():
+    """The version converter's warnings, kept instead of printed: when it cannot produce the requested opset it
+    logs a traceback and leaves the graph at its own opset, which export_detector then reports as an error."""
+    logger, records = logging.getLogger("onnxscript.version_converter"), _Records()
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(records)
+    try:
+        yield records.messages
+    finally:
+        logger.removeHandler(records)
+        logger.propagate = propagate
+
+
+def _positive_size(image_size):
+    try:
+        h, w = (operator.index(v) for v in image_size)
+    except (TypeError, ValueError):
+        raise ExportOptionError(f"image_size must be two ints (H, W), got {image_size!r}") from None
+    if h < 1 or w < 1:
+        raise ExportOptionError(f"image_size must be positive, got ({h}, {w})")
+    return h, w
+
+
 def export_detector(model, path, image_size, *, batch_size=2, opset=MIN_OPSET, dynamic_batch=True):
     """Writes `model` (a Detector) to the ONNX file `path` (through a temporary file: an existing file is
     replaced whole or not at all) with input "images" [B, 3, H, W] (B dynamic unless dynamic_batch=False) and
-    outputs boxes, scores, labels, counts. Returns the torch.onnx.ONNXProgram."""
-    if int(opset) < MIN_OPSET:
-        raise ValueError(f"opset must be at least {MIN_OPSET}, got {opset}")
-    h, w = image_size
-    images = torch.zeros(batch_size, 3, h, w)
-    graph = DetectorGraph(model.cpu()).eval()
+    outputs boxes, scores, labels, counts: Detector.detect's. The caller's model is left as it was (the export
+    traces a copy on the CPU in eval mode). Returns the torch.onnx.ONNXProgram. ExportOptionError: an
+    image_size or opset that cannot be exported."""
+    newest = max_opset()
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ExportOptionError(f"opset must be between {MIN_OPSET} and {newest}, got {opset!r}")
+    h, w = _positive_size(image_size)
+    try:  # the tracing example: the one real allocation whose size the image size sets
+        images = torch.zeros(batch_size, 3, h, w)
+    except RuntimeError as e:
+        gib = batch_size * 3 * h * w * 4 / 2**30
+        raise ExportOptionError(f"image_size ({h}, {w}) is too large: the example batch of {batch_size} float32 "
+                                f"images ({gib:.1f} GiB) cannot be allocated") from e
+    graph = DetectorGraph(copy.deepcopy(model).cpu().eval())
     dynamic = {"images": {0: torch.export.Dim("batch")}} if dynamic_batch else None
-    with torch.no_grad():
+    with torch.no_grad(), _version_converter_messages() as messages:
         program = torch.onnx.export(graph, (images,), dynamo=True, input_names=["images"], output_names=OUTPUT_NAMES,
                                     custom_translation_table=translation_table(), dynamic_shapes=dynamic,
-                                    opset_version=int(opset), verbose=False)
+                                    opset_version=opset, verbose=False)
+    produced = {o.domain: o.version for o in program.model_proto.opset_import}.get("")
+    if produced != opset:
+        reason = next((m.splitlines()[0] for m in messages if "ailed" in m), "no reason given")
+        raise ExportOptionError(f"the exporter produced opset {produced}, not the requested {opset} ({reason})")
     write_atomically(path, lambda f: f.write(program.model_proto.SerializeToString()))
     return program
 
@@ -382,22 +479,25 @@ def parse_args(argv=None):
                   formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a checkpoint of python -m mutualops.train")
     p.add_argument("--out", required=True, help="the ONNX file to write")
-    p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (at least {MIN_OPSET})")
+    p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset ({MIN_OPSET} to {max_opset()})")
     p.add_argument("--max-detections", type=int, default=None, help="detections per image (default: the model's)")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="input height and width (default: the checkpoint's training size)")
+                   help="input height and width (default: the checkpoint's training size; required for a "
+                        "checkpoint that has none)")
     p.add_argument("--static-batch", type=int, default=0, metavar="B",
-                   help="fix the batch size to B (default: any batch size)")
+                   help="fix the batch size to B (default 0: any batch size)")
     p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     args = p.parse_args(argv)
-    if args.opset < MIN_OPSET:
-        raise UserError(f"--opset must be at least {MIN_OPSET}, got {args.opset}")
+    if not MIN_OPSET <= args.opset <= max_opset():
+        raise UserError(f"--opset must be between {MIN_OPSET} and {max_opset()}")
     if args.max_detections is not None and args.max_detections < 1:
         raise UserError(f"--max-detections must be at least 1, got {args.max_detections}")
     if args.image_size and min(args.image_size) < 1:
         raise UserError(f"--image-size must be positive, got {' '.join(map(str, args.image_size))}")
     if args.static_batch < 0:
-        raise UserError(f"--static-batch must be positive, got {args.static_batch}")
+        raise UserError(f"--static-batch must be 0 (any batch size) or a batch size, got {args.static_batch}")
+    if os.path.isdir(args.checkpoint):
+        raise UserError(f"--checkpoint {args.checkpoint} is a folder; name the checkpoint file in it (e.g. last.pt)")
     if os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is a folder; name the ONNX file to write")
     folder = os.path.dirname(os.path.abspath(args.out))
@@ -414,10 +514,18 @@ def main(argv=None):
         model, state = load_detector(args.checkpoint)
         if args.max_detections is not None:
             model.config.max_detections = args.max_detections
-        size = tuple(args.image_size or state.get("image_size") or (128, 128))
+        size = args.image_size or state.get("image_size")
+        if size is None:
+            raise UserError(f"{args.checkpoint} records no training image size; pass --image-size H W")
+        try:
+            size = _positive_size(size)
+        except ExportOptionError as e:
+            raise UserError(f"{args.checkpoint}: {e}") from e  # --image-size itself was checked above
         try:
             export_detector(model, args.out, size, batch_size=args.static_batch or 2, opset=args.opset,
                             dynamic_batch=not args.static_batch)
+        except ExportOptionError as e:
+            raise UserError(str(e)) from e
         except OSError as e:
             raise UserError(f"cannot write {args.out} ({e.strerror or e})") from e
         print(f"wrote {args.out}: images [{args.static_batch or 'B'}, 3, {size[0]}, {size[1]}] -> "

@@ -6,6 +6,9 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
 import pytest
 import torch
 
@@ -33,13 +36,17 @@ class Call(torch.nn.Module):
         return tuple(t for t in out if t is not None) if isinstance(out, tuple) else out
 
 
-def exported(tmp_path, fn, args, dynamic_dims):
-    """An ONNX Runtime session of fn's graph, exported with the given dynamic input dimensions."""
+def exported_program(fn, args, dynamic_dims):
     dims = {}
     dynamic = tuple({dim: dims.setdefault(name, torch.export.Dim(name)) for dim, name in spec.items()} if spec else None
                     for spec in dynamic_dims)
-    program = torch.onnx.export(Call(fn).eval(), tuple(args), dynamo=True, verbose=False,
-                                custom_translation_table=export.translation_table(), dynamic_shapes=(dynamic,))
+    return torch.onnx.export(Call(fn).eval(), tuple(args), dynamo=True, verbose=False,
+                             custom_translation_table=export.translation_table(), dynamic_shapes=(dynamic,))
+
+
+def exported(tmp_path, fn, args, dynamic_dims):
+    """An ONNX Runtime session of fn's graph, exported with the given dynamic input dimensions."""
+    program = exported_program(fn, args, dynamic_dims)
     path = os.path.join(tmp_path, "graph.onnx")
     program.save(path)
     return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -137,6 +144,66 @@ def test_nms_keeps_ties_in_index_order(tmp_path, gen):
     keep = mutualops.nms(boxes, scores, 0.3)
     assert keep[0] == 0 and (keep[1:] % 2 == 1).all()  # the first of the tied duplicates wins
     assert_same(run(session, (boxes, scores)), keep)
+
+
+class NonMaxSuppression(OpRun):  # ReferenceEvaluator replaces the op of the class's name
+    """ONNX NonMaxSuppression (corner boxes) that takes equal scores in the order ONNX Runtime does not: the
+    higher index first. The standard leaves that order open, so a graph must not depend on it."""
+
+    op_domain = ""
+
+    def _run(self, boxes, scores, max_output=None, iou_threshold=None, score_threshold=None, center_point_box=0):
+        def scalar(x, default):
+            return default if x is None or np.size(x) == 0 else np.asarray(x).reshape(-1)[0]
+
+        limit, iou_t, score_t = scalar(max_output, 0), scalar(iou_threshold, 0.0), scalar(score_threshold, -np.inf)
+        low, high = np.minimum(boxes[..., :2], boxes[..., 2:]), np.maximum(boxes[..., :2], boxes[..., 2:])
+        area = np.prod(high - low, axis=-1)
+        selected = []
+        for b in range(scores.shape[0]):
+            for c in range(scores.shape[1]):
+                s, kept = scores[b, c], []
+                for i in sorted(range(len(s)), key=lambda i: (-s[i], -i)):
+                    if len(kept) == limit or not s[i] > score_t:
+                        break
+                    inter = np.prod(np.clip(np.minimum(high[b, i], high[b, kept]) - np.maximum(low[b, i], low[b, kept]),
+                                            0, None), axis=-1)
+                    if not (inter / (area[b, i] + area[b, kept] - inter) > iou_t).any():
+                        kept.append(i)
+                selected += [(b, c, i) for i in kept]
+        return (np.array(selected, dtype=np.int64).reshape(-1, 3),)
+
+
+def test_tie_order_does_not_depend_on_the_runtimes_nms(gen):
+    """The translation hands NonMaxSuppression ranks, never equal scores: under an NMS that breaks ties the
+    other way than ONNX Runtime, the graph still keeps the lower index of tied candidates, as eager does."""
+    boxes, scores = random_boxes(8, generator=gen), torch.rand(8)
+    for fn, args in [(lambda b, s: mutualops.nms(b, s, 0.3), (boxes, scores)),
+                     (lambda b, s, i: mutualops.batched_nms(b, s, i, 0.5), (boxes, scores, torch.randint(0, 3, (8,))))]:
+        model = exported_program(fn, args, [{0: "n"}] * len(args)).model_proto
+        evaluator = ReferenceEvaluator(model, new_ops=[NonMaxSuppression])
+        for boxes, _, idxs in list(nms_cases(gen))[1:3]:
+            scores = torch.full((len(boxes),), 0.5)
+            scores[::3] = 0.25  # two tied groups
+            args = (boxes, scores, idxs)[:len(args)]
+            got = evaluator.run(None, {i.name: a.numpy() for i, a in zip(model.graph.input, args)})
+            assert_same(got, fn(*args))
+
+
+@pytest.mark.parametrize("boxes,scores,threshold,keep", [
+    # a flipped box has zero width (kernels) where ONNX NonMaxSuppression would reorder its corners: no overlap
+    ([[10, 10, 0, 0], [0, 0, 10, 10]], [0.9, 0.8], 0.3, [0, 1]),
+    # IoU 2/5 is float32(0.4) exactly, and nms suppresses float(IoU) > 0.4 in double: only the rounded-down
+    # float32 threshold compares the same in ONNX's float32 NMS
+    ([[0, 0, 5, 1], [0, 0, 2, 1]], [0.9, 0.8], 0.4, [0]),
+], ids=["flipped-box", "threshold-rounding"])
+def test_nms_edge_cases_match_eager(tmp_path, gen, boxes, scores, threshold, keep):
+    boxes, scores = torch.tensor(boxes, dtype=torch.float32), torch.tensor(scores)
+    session = exported(tmp_path, lambda b, s: mutualops.nms(b, s, threshold), (random_boxes(8, generator=gen), torch.rand(8)),
+                       [{0: "n"}, {0: "n"}])
+    expected = mutualops.nms(boxes, scores, threshold)
+    assert expected.tolist() == keep
+    assert_same(run(session, (boxes, scores)), expected)
 
 
 # ---- rescored NMS -----------------------------------------------------------------------------------------
@@ -262,6 +329,30 @@ def test_rescored_nms_flat_matches_eager(tmp_path, gen, config):
     for m, case in [(30, "random"), (200, "random"), (80, "ties"), (7, "random"), (4, "random")]:
         args = flat_inputs(gen, m, config, case)
         assert_detections(run(session, args), call(*args), config.get("logits", False))
+
+
+@pytest.mark.parametrize("max_detections", [1, 2])
+def test_outputs_keep_their_declared_shape_for_few_candidates(tmp_path, gen, max_detections):
+    """torch.export's dynamic dimensions are positive, so a dynamic M declares min(1, M) = 1 slot: with
+    max_detections 1 the graph pads to one slot at M = 0 too (eager gives none), with the same counts (0).
+    max_detections 2 declares Min(2, M) slots, and the graph gives eager's width."""
+    def call(boxes, scores, labels):
+        return mutualops.rescored_nms(boxes, scores, labels=labels, score_threshold=0.0,
+                                      max_detections=max_detections, fixed_shape=True)
+
+    args = flat_inputs(gen, 8, dict(iou=False))[:3]
+    session = exported(tmp_path, call, args, [{0: "m"}] * 3)
+    declared = onnx.load(tmp_path / "graph.onnx").graph.output[0].type.tensor_type.shape.dim[1]
+    assert declared.dim_value == 1 if max_detections == 1 else declared.dim_param.startswith("Min(2")
+    for m in (0, 1, 2, 5):
+        args = flat_inputs(gen, m, dict(iou=False))[:3]
+        args[2] = args[2].abs()  # no padding candidate: each one can be kept
+        got, expected = run(session, args), call(*args)
+        width = expected.labels.shape[1]
+        assert width == min(max_detections, m)
+        assert got[0].shape[1] == (1 if max_detections == 1 else width)
+        assert_same([g[:, :width] for g in got[:4]] + [got[4]], tuple(t for t in expected if t is not None))
+        assert (got[2][:, width:] == -1).all() and (got[3][:, width:] == -1).all()
 
 
 def test_variable_size_detections_export(tmp_path, gen):
