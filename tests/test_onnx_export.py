@@ -463,9 +463,63 @@ def test_cli_user_errors_are_one_line(checkpoint, tmp_path, capsys):
                       "does not exist")
     expect_user_error(capsys, ["--checkpoint", path, "--out", str(tmp_path)], "is a folder")
     expect_user_error(capsys, ["--checkpoint", path, "--out", str(tmp_path / "m.onnx"), "--opset", "12"],
-                      "at least 18")
+                      f"--opset must be between 18 and {export.max_opset()}")
+    expect_user_error(capsys, ["--checkpoint", str(tmp_path), "--out", str(tmp_path / "m.onnx")], "is a folder")
+    expect_user_error(capsys, ["--checkpoint", path, "--out", str(tmp_path / "m.onnx"), "--static-batch", "-1"],
+                      "0 (any batch size) or a batch size")
     expect_user_error(capsys, ["--checkpoint", path], "--out")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     expect_user_error(capsys, ["--checkpoint", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "m.onnx")],
                       "cannot read checkpoint")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_refusals_keep_the_old_file(checkpoint, tmp_path, capsys):
+    """An opset above onnx's newest, an image size of 0 (the checkpoint's) or too large for memory (the
+    example batch) are one-line errors before anything is written; the old file stays."""
+    path, model = checkpoint
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"an older export")
+    newest = export.max_opset()
+    expect_user_error(capsys, ["--checkpoint", str(path), "--out", str(out), "--opset", str(newest + 1)],
+                      f"--opset must be between 18 and {newest}")
+    zero = tmp_path / "zero.pt"
+    torch.save({**torch.load(path), "image_size": [0, 0]}, zero)
+    expect_user_error(capsys, ["--checkpoint", str(zero), "--out", str(out)], "image_size must be positive")
+    none = tmp_path / "none.pt"
+    torch.save({k: v for k, v in torch.load(path).items() if k != "image_size"}, none)
+    expect_user_error(capsys, ["--checkpoint", str(none), "--out", str(out)], "pass --image-size")
+    expect_user_error(capsys, ["--checkpoint", str(path), "--out", str(out), "--image-size", "100000", "100000"],
+                      "cannot be allocated")
+    assert out.read_bytes() == b"an older export"
+    with pytest.raises(ValueError, match="image_size must be positive"):
+        export.export_detector(model, out, (0, 0))
+    with pytest.raises(ValueError, match="opset must be between"):
+        export.export_detector(model, out, (64, 96), opset=newest + 1)
+    assert out.read_bytes() == b"an older export"
+
+
+def test_an_opset_the_converter_cannot_produce_is_an_error(checkpoint, tmp_path, monkeypatch):
+    """The exporter logs a failed version conversion and returns the graph at opset 18: that is an error, not
+    a file at another opset than the one asked for."""
+    def fail(*args, **kwargs):
+        raise RuntimeError("conversion failed")
+
+    monkeypatch.setattr(onnx.version_converter, "convert_version", fail)
+    out = tmp_path / "model.onnx"
+    with pytest.raises(export.ExportOptionError, match=f"produced opset 18, not the requested {export.max_opset()}"):
+        export.export_detector(checkpoint[1], out, (64, 96), opset=export.max_opset())
+    assert not out.exists()
+
+
+def test_export_leaves_the_callers_model_as_it_was(checkpoint, tmp_path):
+    model = checkpoint[1]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    try:
+        export.export_detector(model, tmp_path / "model.onnx", (64, 96))
+        assert model.training and all(m.training for m in model.modules())
+    finally:
+        model.eval()
+    after = model.state_dict()
+    assert all(after[k].device == v.device and torch.equal(after[k], v) for k, v in before.items())
