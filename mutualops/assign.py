@@ -62,12 +62,13 @@ def fcos_points(feature_sizes, strides, regress_ranges=FCOS_REGRESS_RANGES, offs
     regress_ranges [P, 2], level_index [P]). feature_sizes: [(H, W), ...]."""
     pts, st, rg, lv = [], [], [], []
     for level, ((h, w), s, r) in enumerate(zip(feature_sizes, strides, regress_ranges)):
-        ys, xs = torch.meshgrid(torch.arange(h, dtype=dtype), torch.arange(w, dtype=dtype), indexing="ij")
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=dtype, device=device), torch.arange(w, dtype=dtype, device=device),
+                                indexing="ij")
         pts.append(torch.stack([(xs.reshape(-1) + offset) * s, (ys.reshape(-1) + offset) * s], 1))
-        st.append(torch.full((h * w,), float(s), dtype=dtype))
-        rg.append(torch.tensor(r, dtype=dtype).expand(h * w, 2))
-        lv.append(torch.full((h * w,), level, dtype=torch.long))
-    return tuple(torch.cat(t).to(device) for t in (pts, st, rg, lv))
+        st.append(torch.full((h * w,), float(s), dtype=dtype, device=device))
+        rg.append(torch.tensor(r, dtype=dtype, device=device).expand(h * w, 2))
+        lv.append(torch.full((h * w,), level, dtype=torch.long, device=device))
+    return tuple(torch.cat(t) for t in (pts, st, rg, lv))
 
 
 def torchvision_fcos_priors(anchors, num_anchors_per_level, center_sampling_radius=1.5):

@@ -47,7 +47,7 @@ def load_detector(path, device="cpu"):
     which the checkpoint's weights replace: it may be gone since training."""
     state = read_checkpoint(path)
     try:
-        model = Detector(DetectorConfig(**{**state["config"], "backbone_weights": ""}))
+        model = Detector(DetectorConfig.from_dict({**state["config"], "backbone_weights": ""}))
         model.load_state_dict(state["model"])
     except (TypeError, ValueError, RuntimeError) as e:  # what a config or weights of another detector raise
         raise UserError(f"{path} does not fit this version's detector: {str(e).splitlines()[0]}") from e

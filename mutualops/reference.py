@@ -336,22 +336,36 @@ def assign_max_iou(anchors, gt_boxes, num_gt, pos_iou_threshold=0.5, neg_iou_thr
     return matched, max_iou
 
 
+# torchvision's BoxCoder clamp of dw and dh, as assign_math.h has it.
+DELTA_CLIP = math.log(1000.0 / 16)
+
+
+def decode_distance(points, ltrb, scale=None):
+    """Boxes [..., P, 4] from (l, t, r, b) distances [..., P, 4] to points [P, 2], times scale [P] (the stride
+    for normalised distances). Differentiable: the detector decodes its predictions with it."""
+    s = torch.ones_like(points[:, 0]) if scale is None else scale
+    x, y = points[:, 0], points[:, 1]
+    return torch.stack([x - ltrb[..., 0] * s, y - ltrb[..., 1] * s, x + ltrb[..., 2] * s, y + ltrb[..., 3] * s], -1)
+
+
+def decode_delta(anchors, deltas):
+    """Boxes [..., P, 4] from (dx, dy, dw, dh) deltas [..., P, 4] relative to anchors [P, 4], as torchvision's
+    BoxCoder with weights (1, 1, 1, 1) (dw, dh clamped at DELTA_CLIP). Differentiable."""
+    w, h = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    cx, cy = anchors[:, 0] + 0.5 * w, anchors[:, 1] + 0.5 * h
+    dw, dh = deltas[..., 2].clamp(max=DELTA_CLIP), deltas[..., 3].clamp(max=DELTA_CLIP)
+    pcx, pcy = deltas[..., 0] * w + cx, deltas[..., 1] * h + cy
+    pw, ph = torch.exp(dw) * w, torch.exp(dh) * h
+    return torch.stack([pcx - 0.5 * pw, pcy - 0.5 * ph, pcx + 0.5 * pw, pcy + 0.5 * ph], dim=-1)
+
+
 def mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls_logits, priors, scale=None, box_coding="distance",
                    gamma_cls=1.0, gamma_loc=1.0):
     """Mutual targets with plain tensor ops: (decoded, iou_target, cls_target, box_weight)."""
     if box_coding == "distance":
-        s = scale if scale is not None else torch.ones(priors.shape[0], dtype=priors.dtype, device=priors.device)
-        x, y, d = priors[:, 0], priors[:, 1], box_pred
-        decoded = torch.stack([x - d[..., 0] * s, y - d[..., 1] * s, x + d[..., 2] * s, y + d[..., 3] * s], dim=-1)
+        decoded = decode_distance(priors, box_pred, scale)
     else:
-        w = priors[:, 2] - priors[:, 0]
-        h = priors[:, 3] - priors[:, 1]
-        cx, cy = priors[:, 0] + 0.5 * w, priors[:, 1] + 0.5 * h
-        clip = math.log(1000.0 / 16)
-        dw, dh = box_pred[..., 2].clamp(max=clip), box_pred[..., 3].clamp(max=clip)
-        pcx, pcy = box_pred[..., 0] * w + cx, box_pred[..., 1] * h + cy
-        pw, ph = torch.exp(dw) * w, torch.exp(dh) * h
-        decoded = torch.stack([pcx - 0.5 * pw, pcy - 0.5 * ph, pcx + 0.5 * pw, pcy + 0.5 * ph], dim=-1)
+        decoded = decode_delta(priors, box_pred)
     positive = matched >= 0
     gt_index = matched.clamp(min=0)
     # Background anchors read GT row 0 and its class, which need not exist (no GT rows, no classes): a spare

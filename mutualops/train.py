@@ -24,6 +24,7 @@ import random
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -368,7 +369,7 @@ def differing_config(saved, wanted):
     """The model options that differ, each as "key: checkpoint X, flags Y". The
     backbone weights only initialise the model, so they may differ; an option the
     checkpoint predates had its default."""
-    saved = {**DetectorConfig().to_dict(), **saved}
+    saved = {k: v for k, v in {**DetectorConfig().to_dict(), **saved}.items() if k not in DetectorConfig.RETIRED}
     saved, wanted = json.loads(json.dumps(saved)), json.loads(json.dumps(wanted))  # tuples and lists alike
     keys = sorted((saved.keys() | wanted.keys()) - {"backbone_weights"})
     return [f"{k}: checkpoint {saved.get(k)!r}, flags {wanted.get(k)!r}" for k in keys if saved.get(k) != wanted.get(k)]
@@ -379,29 +380,79 @@ def amp_dtype(device):
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
-def train_step(net, model, images, targets, optimizer, schedule, scaler, amp):
+@dataclass
+class Run:
+    """What every step of a training run uses."""
+
+    args: argparse.Namespace
+    model: Detector
+    net: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    rank: int
+    world: int
+    steps: int  # per epoch
+    started: float  # time.perf_counter() at the start, for --max-minutes
+
+    def out_of_time(self):
+        return bool(self.args.max_minutes) and time.perf_counter() - self.started > self.args.max_minutes * 60
+
+
+def train_step(run, images, targets):
     """One optimisation step; returns the losses. A non-finite loss stops the run
     rather than poisoning the weights that the next checkpoint would keep."""
-    with torch.autocast(images.device.type, dtype=amp_dtype(images.device), enabled=amp):
-        losses = net(images, targets)
+    with torch.autocast(images.device.type, dtype=amp_dtype(images.device), enabled=run.args.amp):
+        losses = run.net(images, targets)
     loss = float(losses["loss"].detach())
     if not math.isfinite(loss):
         raise UserError(f"the loss is {loss}: training stopped, last.pt keeps the last good epoch "
                         f"(a lower --lr may help)")
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(losses["loss"]).backward()
-    scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-    scaler.step(optimizer)
-    scaler.update()
-    schedule.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(losses["loss"]).backward()
+    run.scaler.unscale_(run.optimizer)
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), 10.0)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.schedule.step()
     return losses
 
 
-def save_epoch(args, epoch, entry, model, optimizer, schedule, scaler, dataset):
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-             "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch, "config": model.config.to_dict(),
-             "classes": list(dataset.classes), "image_size": list(args.image_size)}
+def train_epoch(run, epoch, loader):
+    """(the epoch's log entry: mean losses and images per second, whether --max-minutes ran out)."""
+    run.model.train()
+    bar = loader
+    if run.rank == 0 and not run.args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{run.args.epochs}", unit="batch", leave=False)
+    seen, t0, sums, stop = 0, time.perf_counter(), {}, False
+    for step, (images, targets) in enumerate(bar):
+        if step >= run.steps:
+            break
+        images = images.to(run.device)
+        targets = [{k: (v.to(run.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+        losses = train_step(run, images, targets)
+        seen += images.shape[0] * run.world
+        for k in ("loss", "cls", "box", "quality"):
+            sums[k] = sums.get(k, 0.0) + float(losses[k].detach())
+        if bar is not loader:
+            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.3f}", img_s=f"{seen / (time.perf_counter() - t0):.1f}")
+        if run.out_of_time():
+            stop = True
+            break
+    entry = {"epoch": epoch, **{k: v / max(step + 1, 1) for k, v in sums.items()},
+             "images_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+    return entry, stop
+
+
+def save_epoch(run, epoch, entry, dataset):
+    state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+             "schedule": run.schedule.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng_state(),
+             "epoch": epoch, "config": run.model.config.to_dict(), "classes": list(dataset.classes),
+             "image_size": list(run.args.image_size)}
+    args = run.args
     save_checkpoint(state, os.path.join(args.out, "last.pt"))
     if args.checkpoint_every and (epoch + 1) % args.checkpoint_every == 0:
         save_checkpoint(state, os.path.join(args.out, f"epoch{epoch + 1}.pt"))
@@ -409,6 +460,23 @@ def save_epoch(args, epoch, entry, model, optimizer, schedule, scaler, dataset):
         f.write(json.dumps(entry) + "\n")
     if not args.no_progress:
         print(f"epoch {epoch + 1}: loss {entry.get('loss', 0):.4f} ({entry['images_per_s']:.1f} img/s)")
+
+
+def start_run(args, dataset, rank, world, device):
+    """(Run, the epoch to start from): model, optimizer, schedule and loss scaler, resumed with --resume."""
+    steps = steps_per_epoch(dataset, args.batch_size, world)
+    model = Detector(config_from(args, len(dataset.classes))).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.epochs * steps))
+    # float16 needs loss scaling against underflow; bfloat16 (the CPU's half type) keeps float32's range.
+    scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
+    os.makedirs(args.out, exist_ok=True)
+    start_epoch = resume(os.path.join(args.out, "last.pt"), model, optimizer, schedule, scaler) if args.resume else 0
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    run = Run(args, model, net, optimizer, schedule, scaler, device, rank, world, steps, time.perf_counter())
+    return run, start_epoch
 
 
 def train(args, dataset=None):
@@ -421,62 +489,27 @@ def train(args, dataset=None):
         check_backbone_weights(args)  # before seeding: it builds a model, drawing random numbers
     seed_everything(args.seed)
     dataset = dataset_from(args) if dataset is None else dataset
-    steps = steps_per_epoch(dataset, args.batch_size, world)
-    model = Detector(config_from(args, len(dataset.classes))).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.epochs * steps))
-    amp = args.amp
-    # float16 needs loss scaling against underflow; bfloat16 (the CPU's half type) keeps float32's range.
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
-    os.makedirs(args.out, exist_ok=True)
-    start_epoch = resume(os.path.join(args.out, "last.pt"), model, optimizer, schedule, scaler) if args.resume else 0
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    run, start_epoch = start_run(args, dataset, rank, world, device)
     sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True, seed=args.seed, drop_last=True)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                                          collate_fn=collate, drop_last=True)
     if rank == 0:
-        settings = {**vars(args), "model": model.config.to_dict()}
+        settings = {**vars(args), "model": run.model.config.to_dict()}
         write_atomically(os.path.join(args.out, "config.json"),
                          lambda f: f.write(json.dumps(settings, indent=2, default=str).encode()))
     log = []
-    started = time.perf_counter()
-    stop = False
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
-        model.train()
-        bar = loader
-        if rank == 0 and not args.no_progress:
-            from tqdm import tqdm
-
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", leave=False)
-        seen, t0, sums = 0, time.perf_counter(), {}
-        for step, (images, targets) in enumerate(bar):
-            if step >= steps:
-                break
-            images = images.to(device)
-            targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-            losses = train_step(net, model, images, targets, optimizer, schedule, scaler, amp)
-            seen += images.shape[0] * world
-            for k in ("loss", "cls", "box", "quality"):
-                sums[k] = sums.get(k, 0.0) + float(losses[k].detach())
-            if bar is not loader:
-                bar.set_postfix(loss=f"{float(losses['loss'].detach()):.3f}", img_s=f"{seen / (time.perf_counter() - t0):.1f}")
-            if args.max_minutes and time.perf_counter() - started > args.max_minutes * 60:
-                stop = True
-                break
-        entry = {"epoch": epoch, **{k: v / max(step + 1, 1) for k, v in sums.items()},
-                 "images_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+        entry, stop = train_epoch(run, epoch, loader)
         log.append(entry)
         if rank == 0:
-            save_epoch(args, epoch, entry, model, optimizer, schedule, scaler, dataset)
+            save_epoch(run, epoch, entry, dataset)
         if stop:
             break
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    return model, log
+    return run.model, log
 
 
 def main(argv=None):

@@ -13,12 +13,28 @@ import json
 import logging
 import math
 import os
+from typing import NamedTuple
 
 import torch
 
 log = logging.getLogger(__name__)
 
 SHAPE_CLASSES = ("square", "disc", "triangle", "ring", "frame", "cross")
+# Discs and rings look the same at every angle: only these shapes draw one.
+ROTATED_SHAPES = ("square", "triangle", "frame", "cross")
+
+
+class ShapeSpec(NamedTuple):
+    """One shape of a synthetic scene: its class, centre, size and rotation; crowd members are not annotated
+    one by one (their region becomes an ignore box)."""
+
+    kind: int
+    cx: float
+    cy: float
+    width: float
+    height: float
+    angle: float
+    in_crowd: bool
 # Synthetic splits from disjoint seeds (image i of seed s is drawn from s * 1_000_003 + i): train on
 # "train", choose budgets and settings on "val", report numbers measured on "test".
 SPLIT_SEEDS = {"train": 0, "val": 10_000, "test": 20_000}
@@ -81,69 +97,16 @@ class ShapesDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         if not 0 <= index < self.num_images:
             raise IndexError(index)
+        # Every random draw comes from this generator, in this order: the images depend on it.
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         h, w = self.image_size
         xs, ys = _grid(h, w)
-        rand = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
-
-        # Background: a smooth colour gradient plus a little noise.
-        corner = rand(2, 3)
-        t = (ys / h)[None]
-        image = corner[0][:, None, None] * (1 - t) + corner[1][:, None, None] * t
-        image = (image * 0.6 + rand(3, h, w) * 0.15).clamp(0, 1)
-        owner = torch.full((h, w), -1, dtype=torch.long)
-
-        specs = []
-        count = int(torch.randint(self.objects[0], self.objects[1] + 1, (1,), generator=g))
-        for _ in range(count):
-            kind = int(torch.randint(0, len(self.classes), (1,), generator=g))
-            size = self.size_range[0] + float(rand(1)) * (self.size_range[1] - self.size_range[0])
-            aspect = math.exp((float(rand(1)) - 0.5) * 1.2)
-            specs.append((kind, float(rand(1)) * w, float(rand(1)) * h, size * aspect, size / aspect,
-                          float(rand(1)) * math.pi if kind in (0, 2, 4, 5) else 0.0, False))
-        crowd = None
-        if float(rand(1)) < self.crowd_prob:
-            cx, cy = float(rand(1)) * w, float(rand(1)) * h
-            spread = min(h, w) * 0.12
-            crowd = (cx, cy, spread)
-            for _ in range(int(torch.randint(6, 14, (1,), generator=g))):
-                kind = int(torch.randint(0, len(self.classes), (1,), generator=g))
-                size = 4 + float(rand(1)) * 5
-                specs.append((kind, cx + (float(rand(1)) - 0.5) * 2 * spread, cy + (float(rand(1)) - 0.5) * 2 * spread,
-                              size, size, 0.0, True))
-
-        for obj, (kind, cx, cy, bw, bh, angle, _) in enumerate(specs):
-            mask = _shape_mask(self.classes[kind], xs, ys, cx, cy, bw, bh, angle)
-            colour = rand(3)
-            if float(rand(1)) < 0.4:  # striped texture
-                period = 3 + float(rand(1)) * 5
-                stripes = (torch.sin((xs + ys) * (2 * math.pi / period)) > 0).float()
-                texture = colour[:, None, None] * (0.7 + 0.3 * stripes)[None]
-            else:
-                texture = colour[:, None, None].expand(3, h, w)
-            image = torch.where(mask[None], texture, image)
-            owner[mask] = obj
-
-        boxes, labels = [], []
-        for obj, (kind, cx, cy, bw, bh, angle, in_crowd) in enumerate(specs):
-            if in_crowd:
-                continue
-            full = int(_shape_mask(self.classes[kind], xs, ys, cx, cy, bw, bh, angle).sum())
-            visible = owner == obj
-            if full == 0 or int(visible.sum()) < self.min_visible * full:
-                continue
-            vy, vx = torch.nonzero(visible, as_tuple=True)
-            boxes.append([float(vx.min()), float(vy.min()), float(vx.max()) + 1, float(vy.max()) + 1])
-            labels.append(kind)
-        ignore = []
-        if crowd is not None:
-            members = torch.zeros(h, w, dtype=torch.bool)
-            for obj, spec in enumerate(specs):
-                if spec[-1]:
-                    members |= owner == obj
-            if members.any():
-                vy, vx = torch.nonzero(members, as_tuple=True)
-                ignore.append([float(vx.min()), float(vy.min()), float(vx.max()) + 1, float(vy.max()) + 1])
+        image = self._background(g, ys)
+        specs = self._objects(g)
+        crowd = self._crowd(g, specs)
+        image, owner = self._paint(g, image, specs, xs, ys)
+        boxes, labels = self._visible_objects(specs, owner, xs, ys)
+        ignore = self._crowd_region(specs, owner) if crowd else []
         target = {
             "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.tensor(labels, dtype=torch.long),
@@ -151,6 +114,96 @@ class ShapesDataset(torch.utils.data.Dataset):
             "image_id": index,
         }
         return image.clamp(0, 1), target
+
+    def _background(self, g, ys):
+        """A smooth colour gradient plus a little noise."""
+        h, w = self.image_size
+        corner = torch.rand(2, 3, generator=g)
+        t = (ys / h)[None]
+        image = corner[0][:, None, None] * (1 - t) + corner[1][:, None, None] * t
+        return (image * 0.6 + torch.rand(3, h, w, generator=g) * 0.15).clamp(0, 1)
+
+    def _objects(self, g):
+        """The scene's annotated shapes."""
+        h, w = self.image_size
+        specs = []
+        count = int(torch.randint(self.objects[0], self.objects[1] + 1, (1,), generator=g))
+        for _ in range(count):
+            kind = int(torch.randint(0, len(self.classes), (1,), generator=g))
+            size = self.size_range[0] + _uniform(g) * (self.size_range[1] - self.size_range[0])
+            aspect = math.exp((_uniform(g) - 0.5) * 1.2)
+            cx, cy = _uniform(g) * w, _uniform(g) * h
+            angle = _uniform(g) * math.pi if self.classes[kind] in ROTATED_SHAPES else 0.0
+            specs.append(ShapeSpec(kind, cx, cy, size * aspect, size / aspect, angle, in_crowd=False))
+        return specs
+
+    def _crowd(self, g, specs):
+        """With probability crowd_prob, a tight cluster of small shapes appended to specs; whether there is one."""
+        h, w = self.image_size
+        if _uniform(g) >= self.crowd_prob:
+            return False
+        cx, cy = _uniform(g) * w, _uniform(g) * h
+        spread = min(h, w) * 0.12
+        for _ in range(int(torch.randint(6, 14, (1,), generator=g))):
+            kind = int(torch.randint(0, len(self.classes), (1,), generator=g))
+            size = 4 + _uniform(g) * 5
+            x, y = cx + (_uniform(g) - 0.5) * 2 * spread, cy + (_uniform(g) - 0.5) * 2 * spread
+            specs.append(ShapeSpec(kind, x, y, size, size, 0.0, in_crowd=True))
+        return True
+
+    def _mask(self, spec, xs, ys):
+        return _shape_mask(self.classes[spec.kind], xs, ys, spec.cx, spec.cy, spec.width, spec.height, spec.angle)
+
+    def _paint(self, g, image, specs, xs, ys):
+        """(the image with the shapes painted in order, later ones on top; owner: the shape each pixel shows)."""
+        h, w = self.image_size
+        owner = torch.full((h, w), -1, dtype=torch.long)
+        for obj, spec in enumerate(specs):
+            mask = self._mask(spec, xs, ys)
+            colour = torch.rand(3, generator=g)
+            if _uniform(g) < 0.4:  # striped texture
+                period = 3 + _uniform(g) * 5
+                stripes = (torch.sin((xs + ys) * (2 * math.pi / period)) > 0).float()
+                texture = colour[:, None, None] * (0.7 + 0.3 * stripes)[None]
+            else:
+                texture = colour[:, None, None].expand(3, h, w)
+            image = torch.where(mask[None], texture, image)
+            owner[mask] = obj
+        return image, owner
+
+    def _visible_objects(self, specs, owner, xs, ys):
+        """(boxes, labels) of the shapes outside crowds that stay at least min_visible visible: each box is
+        the extent of the visible pixels."""
+        boxes, labels = [], []
+        for obj, spec in enumerate(specs):
+            if spec.in_crowd:
+                continue
+            full = int(self._mask(spec, xs, ys).sum())
+            visible = owner == obj
+            if full == 0 or int(visible.sum()) < self.min_visible * full:
+                continue
+            boxes.append(_extent(visible))
+            labels.append(spec.kind)
+        return boxes, labels
+
+    @staticmethod
+    def _crowd_region(specs, owner):
+        """The ignore box over the crowd's visible pixels (none when other shapes hide them all)."""
+        members = torch.zeros_like(owner, dtype=torch.bool)
+        for obj, spec in enumerate(specs):
+            if spec.in_crowd:
+                members |= owner == obj
+        return [_extent(members)] if members.any() else []
+
+
+def _uniform(g):
+    return float(torch.rand(1, generator=g))
+
+
+def _extent(mask):
+    """[x1, y1, x2, y2] of a mask's pixels, each pixel a unit square."""
+    vy, vx = torch.nonzero(mask, as_tuple=True)
+    return [float(vx.min()), float(vy.min()), float(vx.max()) + 1, float(vy.max()) + 1]
 
 
 def coco_dict(dataset, indices=None, image_dir=None):

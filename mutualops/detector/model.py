@@ -14,16 +14,17 @@ a mutual variant through three independent switches (docs/method.md, section 1):
 """
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from ..assign import assign_fcos, assign_max_iou, mutual_targets, pad_gt
+from ..assign import assign_fcos, assign_max_iou, fcos_points, mutual_targets, pad_gt
 from ..box_iou import iou_loss
 from ..nms import rescored_nms
+from ..reference import decode_delta, decode_distance
 
 FAMILIES = ("fcos", "retinanet")
 BACKBONES = ("small", "resnet18", "resnet34", "resnet50")
@@ -52,10 +53,17 @@ class DetectorConfig:
     nms_threshold: float = 0.6
     pre_nms_top_k: int = 1000
     max_detections: int = 100
-    extra: dict = field(default_factory=dict)
+
+    # Keys that checkpoints of earlier versions carry and this config no longer has (it never read them).
+    RETIRED = ("extra",)
 
     def to_dict(self):
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        """The config of a checkpoint or a file; retired keys are dropped, so that a saved model keeps loading."""
+        return cls(**{k: v for k, v in values.items() if k not in cls.RETIRED})
 
 
 class SmallBackbone(nn.Module):
@@ -130,7 +138,7 @@ class Head(nn.Module):
                 layers += [nn.Conv2d(width, width, 3, 1, 1), nn.GroupNorm(8, width), nn.ReLU(inplace=True)]
             return nn.Sequential(*layers)
 
-        self.a = anchors_per_point
+        self.anchors_per_point = anchors_per_point
         self.cls_tower, self.box_tower = tower(), tower()
         self.cls = nn.Conv2d(width, anchors_per_point * num_classes, 3, 1, 1)
         self.box = nn.Conv2d(width, anchors_per_point * 4, 3, 1, 1)
@@ -147,10 +155,12 @@ class Head(nn.Module):
             c, b = self.cls_tower(f), self.box_tower(f)
             n, _, h, w = f.shape
 
-            def flat(t, k):  # [N, A*k, H, W] -> [N, H*W*A, k]
-                return t.view(n, self.a, k, h, w).permute(0, 3, 4, 1, 2).reshape(n, h * w * self.a, k)
+            a = self.anchors_per_point
 
-            out.append((flat(self.cls(c), self.cls.out_channels // self.a), flat(self.box(b), 4),
+            def flat(x, k):  # [N, A*k, H, W] -> [N, H*W*A, k]
+                return x.view(n, a, k, h, w).permute(0, 3, 4, 1, 2).reshape(n, h * w * a, k)
+
+            out.append((flat(self.cls(c), self.cls.out_channels // a), flat(self.box(b), 4),
                         flat(self.quality(b), 1)[..., 0]))
         return out
 
@@ -179,19 +189,12 @@ class Detector(nn.Module):
         """Points (FCOS) or anchors (RetinaNet) level by level, with per-prior
         strides, FCOS regression ranges and level indices."""
         cfg = self.config
-        pts, strides, levels = [], [], []
-        for level, ((h, w), s) in enumerate(zip(feature_sizes, cfg.strides)):
-            ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-            p = torch.stack([(xs.reshape(-1) + 0.5) * s, (ys.reshape(-1) + 0.5) * s], 1).float()
-            pts.append(p)
-            strides.append(torch.full((h * w,), float(s), device=device))
-            levels.append(torch.full((h * w,), level, dtype=torch.long, device=device))
-        points, stride, level = torch.cat(pts), torch.cat(strides), torch.cat(levels)
+        # Regression ranges 8x the stride apart, open at both ends of the pyramid.
+        bounds = [0.0] + [s * 4.0 for s in cfg.strides[1:]] + [math.inf]
+        points, stride, ranges, level = fcos_points(feature_sizes, cfg.strides, list(zip(bounds[:-1], bounds[1:])),
+                                                    device=device)
         if cfg.family == "fcos":
-            # Regression ranges 8x the stride apart, open at both ends of the pyramid.
-            bounds = [0.0] + [s * 4.0 for s in cfg.strides[1:]] + [math.inf]
-            ranges = torch.tensor([[bounds[i], bounds[i + 1]] for i in range(len(cfg.strides))], device=device)
-            return {"points": points, "strides": stride, "regress_ranges": ranges[level], "level_index": level}
+            return {"points": points, "strides": stride, "regress_ranges": ranges, "level_index": level}
         sizes = torch.tensor([cfg.anchor_size * sc for sc in cfg.anchor_scales], device=device)
         ratios = torch.tensor(cfg.anchor_ratios, device=device).sqrt()
         wh = torch.stack([(sizes[:, None] / ratios[None, :]).reshape(-1), (sizes[:, None] * ratios[None, :]).reshape(-1)], 1)
@@ -220,15 +223,8 @@ class Detector(nn.Module):
         """Differentiable decoding: FCOS distances in stride units (softplus), or deltas."""
         if self.config.family == "fcos":
             ltrb = F.softplus(box) * priors["strides"][None, :, None]
-            x, y = priors["points"][:, 0], priors["points"][:, 1]
-            return torch.stack([x - ltrb[..., 0], y - ltrb[..., 1], x + ltrb[..., 2], y + ltrb[..., 3]], -1), ltrb
-        a = priors["anchors"]
-        w, h = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
-        cx, cy = a[:, 0] + 0.5 * w, a[:, 1] + 0.5 * h
-        clip = math.log(1000.0 / 16)
-        pcx, pcy = box[..., 0] * w + cx, box[..., 1] * h + cy
-        pw, ph = torch.exp(box[..., 2].clamp(max=clip)) * w, torch.exp(box[..., 3].clamp(max=clip)) * h
-        return torch.stack([pcx - pw / 2, pcy - ph / 2, pcx + pw / 2, pcy + ph / 2], -1), None
+            return decode_distance(priors["points"], ltrb), ltrb
+        return decode_delta(priors["anchors"], box), None
 
     # ---- training -------------------------------------------------------
     def loss(self, images, targets):
@@ -250,13 +246,13 @@ class Detector(nn.Module):
         else:
             matched, _ = assign_max_iou(priors["anchors"], gt_boxes, num_gt, ignore_boxes=ign, num_ignore=num_ign)
             coding_priors, scale, coding, box_pred = priors["anchors"], None, "delta", box
-        t = mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls, coding_priors, num_gt=num_gt, scale=scale,
-                           box_coding=coding, gamma_cls=cfg.gamma_cls, gamma_loc=cfg.gamma_loc)
-        positive = t.positive
+        mutual = mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls, coding_priors, num_gt=num_gt, scale=scale,
+                                box_coding=coding, gamma_cls=cfg.gamma_cls, gamma_loc=cfg.gamma_loc)
+        positive = mutual.positive
         valid = matched != -2  # ignored anchors contribute no loss
         num_pos = max(float(positive.sum()), 1.0)
         if cfg.mutual_cls:
-            loss_cls = quality_focal_loss(cls[valid], t.cls_target[valid], cfg.qfl_beta).sum() / num_pos
+            loss_cls = quality_focal_loss(cls[valid], mutual.cls_target[valid], cfg.qfl_beta).sum() / num_pos
         else:
             onehot = torch.zeros_like(cls)
             labels = torch.gather(gt_labels, 1, matched.clamp(min=0))
@@ -264,10 +260,10 @@ class Detector(nn.Module):
             loss_cls = sigmoid_focal_loss(cls[valid], onehot[valid]).sum() / num_pos
         gt_idx = matched.clamp(min=0)[..., None].expand(-1, -1, 4)
         gt_for = torch.gather(gt_boxes, 1, gt_idx)[positive]
-        weight = t.box_weight[positive] if cfg.mutual_box else None
+        weight = mutual.box_weight[positive] if cfg.mutual_box else None
         loss_box = iou_loss(decoded[positive], gt_for, "giou", "sum", weight) / num_pos
         if cfg.iou_rescoring:
-            target_q = t.iou_target[positive]
+            target_q = mutual.iou_target[positive]
         elif cfg.family == "fcos":
             target_q = centerness(priors["points"].expand(len(targets), -1, -1)[positive], gt_for)
         else:
@@ -279,7 +275,7 @@ class Detector(nn.Module):
                 "positives": num_pos}
 
     # ---- inference ------------------------------------------------------
-    def score_parts(self):
+    def ranking_terms(self):
         """(alpha, whether the quality branch enters the ranking score)."""
         cfg = self.config
         if cfg.iou_rescoring:
@@ -298,7 +294,7 @@ class Detector(nn.Module):
         h, w = image_size
         decoded = torch.stack([decoded[..., 0].clamp(0, w), decoded[..., 1].clamp(0, h),
                                decoded[..., 2].clamp(0, w), decoded[..., 3].clamp(0, h)], -1)
-        alpha, use_quality = self.score_parts()
+        alpha, use_quality = self.ranking_terms()
         cfg = self.config
         det = rescored_nms(decoded, cls, quality if use_quality else None, logits=True, alpha=alpha,
                            level_index=priors["level_index"], num_levels=len(cfg.strides),
@@ -317,7 +313,7 @@ class Detector(nn.Module):
                for b, n in enumerate(det.counts.tolist())]
         if not raw:
             return out
-        alpha, use_quality = self.score_parts()
+        alpha, use_quality = self.ranking_terms()
         p = torch.sigmoid(cls)
         q = torch.sigmoid(quality) if use_quality else torch.ones_like(quality)
         return out, {"boxes": decoded, "class_scores": p ** (1 - alpha) * q[..., None] ** alpha}
