@@ -328,3 +328,17 @@ def test_partial_backbone_weights_report_missing_and_unexpected_keys(tmp_path, c
     [record] = caplog.records
     message = record.getMessage()
     assert "1 of 122 keys loaded" in message and "unexpected 1 (head.bias)" in message and "bn1.weight" in message
+
+
+def test_checkpoints_with_retired_config_keys_keep_loading(tmp_path):
+    # Checkpoints written before DetectorConfig.extra was retired carry "extra": {}; evaluate, resume and export
+    # must still read them, and resume must not report the retired key as a difference.
+    from mutualops.evaluate import load_detector
+    from mutualops.train import differing_config
+
+    config = DetectorConfig(width=16, num_classes=3)
+    path = tmp_path / "old.pt"
+    torch.save({"model": Detector(config).state_dict(), "config": {**config.to_dict(), "extra": {}}, "epoch": 0}, path)
+    model, _ = load_detector(str(path))
+    assert model.config == config
+    assert differing_config({**config.to_dict(), "extra": {}}, config.to_dict()) == []
