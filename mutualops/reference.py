@@ -7,6 +7,7 @@ conventions as the kernels (docs/method.md, section 2.1) and make no attempt to 
 
 import math
 
+import numpy as np
 import torch
 
 from .box_iou import reduce_loss
@@ -205,7 +206,7 @@ def rescored_nms(boxes, scores, iou=None, *, labels=None, batch_index=None, num_
     if boxes.dim() == 3:  # dense: every (point, class) pair, candidate order n * C + c
         b_, n, c = scores.shape
         q = torch.ones(b_, n, dtype=scores.dtype, device=scores.device) if iou is None else iou
-        flat_scores = _rescore(scores, q[..., None], alpha).reshape(-1)
+        flat_scores = rescore(scores, q[..., None], alpha).reshape(-1)
         points = torch.arange(n, device=boxes.device).repeat_interleave(c)
         images = torch.arange(b_, device=boxes.device).repeat_interleave(n * c)
         cand = dict(
@@ -219,7 +220,7 @@ def rescored_nms(boxes, scores, iou=None, *, labels=None, batch_index=None, num_
         m = boxes.shape[0]
         q = torch.ones_like(scores) if iou is None else iou
         images = torch.zeros(m, dtype=torch.long, device=boxes.device) if batch_index is None else batch_index.long()
-        rescored = _rescore(scores, q, alpha)
+        rescored = rescore(scores, q, alpha)
         rescored = torch.where(labels >= 0, rescored, torch.full_like(rescored, -math.inf))  # padding candidates
         cand = dict(boxes=boxes, scores=rescored, labels=labels.long(), images=images,
                     order=torch.arange(m, device=boxes.device), source=torch.arange(m, device=boxes.device),
@@ -247,14 +248,25 @@ def rescored_nms(boxes, scores, iou=None, *, labels=None, batch_index=None, num_
     return results
 
 
-def _rescore(cls, q, alpha):
+def rescore(cls, q, alpha):
+    """The ranking score cls^(1 - alpha) * q^alpha, rounded as the kernels round it (sqrt(cls * q) at 0.5)."""
     if alpha == 0:
         return cls * torch.ones_like(q)
     if alpha == 1:
         return q * torch.ones_like(cls)
     if alpha == 0.5:
-        return torch.sqrt(cls * q)
+        return ieee_sqrt(cls * q)
     return cls ** (1 - alpha) * q**alpha
+
+
+def ieee_sqrt(x):
+    """The correctly rounded square root, as the kernels' sqrtf/sqrt give it. torch 2.14's vectorised CPU sqrt is
+    not: one float32 value in five (one float64 in seventy) comes out one ulp off, which reorders near-tied scores.
+    float32 and the half types go through float64 (exact: double rounding is harmless for sqrt); float64 through
+    NumPy, whose sqrt is the hardware's."""
+    if x.dtype == torch.float64:
+        return torch.from_numpy(np.sqrt(x.detach().cpu().numpy())).to(x.device)
+    return x.double().sqrt().to(x.dtype)
 
 
 def _rank_order(scores, order):
