@@ -27,7 +27,8 @@ $(STAMPS)/build: $(STAMPS)/deps $(NATIVE_SOURCES)
 	@touch $@
 
 # The main job: a baseline and a mutual FCOS trained and evaluated on the
-# synthetic shapes (a few minutes on 2 cores, the same numbers every run).
+# synthetic shapes (about 3 minutes on 2 cores after the set-up; the same
+# numbers on every run on one machine and thread count).
 demo: $(STAMPS)/build
 	$(VPY) -m mutualops.demo --out runs/demo
 

@@ -24,7 +24,8 @@ def parse_args(description, extra=None):
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per contestant")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--json", default=None, help="where to save the results (default benchmarks/out/)")
+    parser.add_argument("--json", default=None, help="where to save the results (default benchmarks/results/, "
+                        "committed: README and RESULTS render their tables from it)")
     parser.add_argument("--quick", action="store_true", help="smaller cases, fewer repeats (smoke test)")
     if extra:
         extra(parser)
@@ -170,7 +171,7 @@ def plot_sweep(points, path, title, peer_label):
 
 
 def save_json(name, args, rows, extra=None):
-    path = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", f"{name}-{args.device}.json")
+    path = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{name}-{args.device}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     payload = {"benchmark": name, "machine": machine(args.device), "rows": rows}
     if extra:

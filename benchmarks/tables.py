@@ -5,8 +5,12 @@
     python benchmarks/tables.py --check    # exit 1 if a committed table differs from its result file
 
 A table lives between the lines `<!-- table:KEY -->` and `<!-- /table:KEY -->`,
-KEY being NAME:summary or NAME:full for benchmarks/results/ablation-NAME.json.
-Nothing between the markers is written by hand.
+KEY being NAME:summary or NAME:full for benchmarks/results/ablation-NAME.json,
+BENCH:DEVICE for benchmarks/results/BENCH-DEVICE.json (every row, with the
+machine and date), BENCH:DEVICE-sweep for its sweep over G, targets:DEVICE for
+the rows of every benchmark that carry a target, and demo:DEVICE for
+benchmarks/results/demo-DEVICE.json. Nothing between the markers is written by
+hand.
 """
 
 import argparse
@@ -106,9 +110,69 @@ def full_tables(family, result, data):
         f"at least {result['runs'][0]['harmony_min_size']} predictions each):", "", comparison_table(result)])
 
 
+MIB = 2**20
+BENCH_HEADER = ("| case | peer | peer ms | ours ms | speed-up | peer MiB | ours MiB | memory | target |\n"
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+
+
+def bench_row(r, prefix=""):
+    memory = r["ours_peak_bytes"] / r["peer_peak_bytes"] if r["peer_peak_bytes"] else math.nan
+    return (f"| {prefix}{r['case']} | {r['peer']} | {r['peer_ms']:.2f} | {r['ours_ms']:.2f} | {r['speedup']:.1f}x "
+            f"| {r['peer_peak_bytes'] / MIB:.1f} | {r['ours_peak_bytes'] / MIB:.1f} | "
+            f"{'n/a' if math.isnan(memory) else f'{memory:.2f}x'} | {r['target']} |")
+
+
+def machine_line(data, path):
+    m = data["machine"]
+    return (f"Measured {m['date']} on {m['platform']} ({m['cpu_count']} cores), torch {m['torch']}, "
+            f"{m['torch_threads']} threads, device {m['device']}; `{os.path.relpath(path, ROOT)}`.")
+
+
+def sweep_table(points):
+    rows = ["| G | ours ms | ours MiB | peer ms | peer MiB |", "| --- | --- | --- | --- | --- |"]
+    for p in points:
+        peer = (f"{p['peer_ms']:.1f} | {p['peer_peak_bytes'] / MIB:.1f}" if p.get("peer_ms") is not None else "- | -")
+        rows.append(f"| {p['G']} | {p['ours_ms']:.2f} | {p['ours_peak_bytes'] / MIB:.2f} | {peer} |")
+    return "\n".join(rows)
+
+
+def demo_table(data, path):
+    rows = [f"`{data['command']}` on {data['machine']}, {data['date']}: {data['elapsed']} "
+            f"(training {data['training']}); `{os.path.relpath(path, ROOT)}`.", "",
+            "| variant | AP | AP50 | AP75 | harmony | objects in harmony |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, m in data["variants"].items():
+        rows.append(f"| {name} | {number(m['AP'])} | {number(m['AP50'])} | {number(m['AP75'])} | {number(m['harmony'])} "
+                    f"| {m['objects']} of {m['objects_total']} |")
+    p = data["paired_harmony"]
+    rows += ["", f"Harmony, mutual - baseline over the {p['num_objects']} objects both cover: "
+             f"{number(p['difference'], sign=True)} [{number(p['low'], sign=True)}, {number(p['high'], sign=True)}] "
+             "(95% bootstrap interval over objects)."]
+    return "\n".join(rows)
+
+
+def benchmark_tables():
+    """{key: markdown} for every committed op benchmark and demo result."""
+    out, targeted = {}, {}
+    for path in sorted(glob.glob(os.path.join(HERE, "results", "bench_*-*.json"))):
+        bench, device = os.path.basename(path)[:-len(".json")].rsplit("-", 1)
+        with open(path) as f:
+            data = json.load(f)
+        out[f"{bench}:{device}"] = "\n\n".join([machine_line(data, path),
+                                                 "\n".join([BENCH_HEADER] + [bench_row(r) for r in data["rows"]])])
+        if data.get("sweep"):
+            out[f"{bench}:{device}-sweep"] = sweep_table(data["sweep"])
+        targeted.setdefault(device, []).extend(bench_row(r, f"{bench}: ") for r in data["rows"] if r["target"])
+    for device, rows in targeted.items():
+        out[f"targets:{device}"] = "\n".join([BENCH_HEADER] + rows)
+    for path in sorted(glob.glob(os.path.join(HERE, "results", "demo-*.json"))):
+        with open(path) as f:
+            out[f"demo:{os.path.basename(path)[len('demo-'):-len('.json')]}"] = demo_table(json.load(f), path)
+    return out
+
+
 def tables():
-    """{key: markdown} for every committed ablation result."""
-    out = {}
+    """{key: markdown} for every committed result."""
+    out = benchmark_tables()
     for path in sorted(glob.glob(os.path.join(HERE, "results", "ablation-*.json"))):
         name = os.path.basename(path)[len("ablation-"):-len(".json")]
         with open(path) as f:

@@ -14,6 +14,7 @@ about 0.01 between machines of the same kind.
 import argparse
 import json
 import os
+import platform
 import time
 
 import torch
@@ -76,13 +77,19 @@ def run(args):
     print(f"\nharmony, mutual - baseline over the {paired.num_objects} test objects both cover: "
           f"{paired.difference:+.3f} [{paired.low:+.3f}, {paired.high:+.3f}] (95% bootstrap interval)")
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump({"variants": metrics, "paired_harmony": paired._asdict(), "args": vars(args)}, f, indent=2)
     print("\nplots:")
     print(" ", plot_score_vs_iou(details, os.path.join(args.out, "score_vs_iou.png")))
     print(" ", plot_ap_vs_harmony(metrics, os.path.join(args.out, "ap_vs_harmony.png")))
-    print(" ", os.path.join(args.out, "metrics.json"))
     total = time.perf_counter() - start
+    # What benchmarks/tables.py renders into the README (copy it to benchmarks/results/demo-cpu.json).
+    record = {"command": "make demo", "date": time.strftime("%Y-%m-%d"),
+              "machine": f"{platform.platform()} ({os.cpu_count()} cores), torch {torch.__version__}, "
+                         f"{args.threads} threads",
+              "elapsed": minutes(total), "training": minutes(train_seconds), "variants": metrics,
+              "paired_harmony": paired._asdict(), "args": vars(args)}
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    print(" ", os.path.join(args.out, "metrics.json"))
     print(f"\ndemo finished in {minutes(total)} (training {minutes(train_seconds)}, "
           f"evaluation and plots {minutes(total - train_seconds)})")
 

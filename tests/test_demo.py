@@ -16,6 +16,7 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert set(saved["variants"]) == {"FCOS baseline", "FCOS mutual"}
     assert {"difference", "low", "high", "num_objects"} <= set(saved["paired_harmony"])
+    assert saved["elapsed"].endswith(" s") and saved["command"] == "make demo"
     assert (tmp_path / "score_vs_iou.png").stat().st_size > 0 and (tmp_path / "ap_vs_harmony.png").stat().st_size > 0
 
 
