@@ -460,7 +460,7 @@ def export_detector(model, path, image_size, *, batch_size=2, opset=MIN_OPSET, d
         gib = batch_size * 3 * h * w * 4 / 2**30
         raise ExportOptionError(f"image_size ({h}, {w}) is too large: the example batch of {batch_size} float32 "
                                 f"images ({gib:.1f} GiB) cannot be allocated") from e
-    graph = DetectorGraph(copy.deepcopy(model).cpu().eval())
+    graph = DetectorGraph(copy.deepcopy(model).cpu()).eval()  # the wrapper too, or the exporter warns of training
     dynamic = {"images": {0: torch.export.Dim("batch")}} if dynamic_batch else None
     with torch.no_grad(), _version_converter_messages() as messages:
         program = torch.onnx.export(graph, (images,), dynamo=True, input_names=["images"], output_names=OUTPUT_NAMES,

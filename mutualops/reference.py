@@ -265,7 +265,8 @@ def ieee_sqrt(x):
     float32 and the half types go through float64 (exact: double rounding is harmless for sqrt); float64 through
     NumPy, whose sqrt is the hardware's."""
     if x.dtype == torch.float64:
-        return torch.from_numpy(np.sqrt(x.detach().cpu().numpy())).to(x.device)
+        with np.errstate(invalid="ignore"):  # a negative input is NaN, as torch.sqrt gives it, without a warning
+            return torch.from_numpy(np.sqrt(x.detach().cpu().numpy())).to(x.device)
     return x.double().sqrt().to(x.dtype)
 
 
