@@ -120,6 +120,8 @@ def rescored_nms(
         num_levels = 1
     elif num_levels is None:
         _given_when_exporting("num_levels", "level_index")
+        if level_index.device.type == "meta":
+            raise ValueError("num_levels must be given with a meta level_index (it has no values to count)")
         num_levels = int(level_index.max()) + 1 if level_index.numel() else 1
     else:
         num_levels = as_int(num_levels, "num_levels")
@@ -149,6 +151,8 @@ def rescored_nms(
         check_index(level_index, "level_index", (m,), boxes.device)
         if num_images is None and batch_index is not None:
             _given_when_exporting("num_images", "batch_index")
+            if batch_index.device.type == "meta":
+                raise ValueError("num_images must be given with a meta batch_index (it has no values to count)")
         if num_images is None:
             num_images = 1 if batch_index is None else (int(batch_index.max()) + 1 if m else 0)
         out = torch.ops.mutualops.rescored_nms_flat(boxes, scores, labels, iou, batch_index, level_index,

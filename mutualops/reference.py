@@ -177,7 +177,7 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
     descending, ties to the lower index; non-finite boxes or scores are dropped."""
     finite = torch.isfinite(scores) & torch.isfinite(boxes).all(dim=1)
     cand = finite.nonzero().squeeze(1)
-    cand = cand[torch.sort(scores[cand].float(), descending=True, stable=True).indices]
+    cand = cand[torch.sort(scores[cand].to(_math_dtype(scores)), descending=True, stable=True).indices]
     b = boxes[cand]
     same = idxs[cand][:, None] == idxs[cand][None, :]
     b = b.to(_math_dtype(b))
@@ -239,9 +239,10 @@ def rescored_nms(boxes, scores, iou=None, *, labels=None, batch_index=None, num_
             sub = idx[levels == lv]
             rank = _rank_order(s[sub], cand["order"][sub])
             chosen.append(sub[rank[: pre_nms_top_k] if pre_nms_top_k >= 0 else rank])
-        idx = torch.cat(chosen) if chosen else idx
+        # Candidate order again (the levels' picks came level by level), so that ties go to the lower index.
+        idx = torch.cat(chosen).sort().values if chosen else idx
         keys = torch.zeros_like(idx) if class_agnostic else cand["labels"][idx]
-        keep = batched_nms(cand["boxes"][idx], s[idx].float(), keys, iou_threshold)
+        keep = batched_nms(cand["boxes"][idx], s[idx], keys, iou_threshold)
         idx = idx[keep]
         idx = idx[_rank_order(s[idx], cand["order"][idx])][:max_detections]
         results.append((cand["boxes"][idx], s[idx], cand["labels"][idx], cand["source"][idx]))
@@ -249,14 +250,21 @@ def rescored_nms(boxes, scores, iou=None, *, labels=None, batch_index=None, num_
 
 
 def rescore(cls, q, alpha):
-    """The ranking score cls^(1 - alpha) * q^alpha, rounded as the kernels round it (sqrt(cls * q) at 0.5)."""
+    """The ranking score cls^(1 - alpha) * q^alpha, rounded as the kernels round it at alpha 0, 0.5 (a
+    correctly rounded sqrt(cls * q)) and 1. Other alphas are within one ulp of the kernels', whose powf/pow come
+    from the C library, which neither torch's nor NumPy's pow reproduces exactly (float32 goes through float64:
+    2 values in 2000 differ, against 57 with torch's float32 pow): exact near-ties can order differently there."""
     if alpha == 0:
         return cls * torch.ones_like(q)
     if alpha == 1:
         return q * torch.ones_like(cls)
     if alpha == 0.5:
         return ieee_sqrt(cls * q)
-    return cls ** (1 - alpha) * q**alpha
+    a = torch.tensor(alpha, dtype=_math_dtype(cls))
+    exponents = (float(1 - a), float(a))
+    if cls.dtype == torch.float64:
+        return cls ** exponents[0] * q ** exponents[1]
+    return (cls.double() ** exponents[0]).to(cls.dtype) * (q.double() ** exponents[1]).to(q.dtype)
 
 
 def ieee_sqrt(x):

@@ -51,7 +51,9 @@ def exit_on_user_error(argv):
     --debug, after its traceback); any other exception is a bug and keeps its traceback."""
     try:
         yield
-    except (UserError, DatasetError) as e:
+    # OSError: a file or folder the user named cannot be made or read (an --out under a file, a read-only
+    # disk): their environment, not a bug.
+    except (UserError, DatasetError, OSError) as e:
         if "--debug" in (sys.argv[1:] if argv is None else argv):
             traceback.print_exc()
         print(f"error: {one_line(e)}", file=sys.stderr)

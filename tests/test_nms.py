@@ -428,3 +428,37 @@ def test_reference_rescores_with_a_correctly_rounded_sqrt():
     expected = reference.rescored_nms(boxes, cls, quality, labels=torch.zeros(16, dtype=torch.long), alpha=0.5,
                                       score_threshold=0.0)[0]
     assert det.indices.tolist() == expected[3].tolist() == list(range(16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reference_agrees_with_the_kernel_on_ties_levels_and_rounding(dtype):
+    # The reference is the tests' oracle: ties go to the lower index also when levels are given, and float64
+    # scores are ranked in float64.
+    boxes = torch.tensor([[[0.0, 0, 10, 10], [0, 0, 10, 10]]], dtype=dtype)
+    for scores, levels in ((torch.tensor([[[0.8], [0.8]]], dtype=dtype), [1, 0]),
+                           (torch.tensor([[[0.6000000001], [0.6000000002]]], dtype=dtype), [0, 1])):
+        level_index = torch.tensor(levels)
+        det = mutualops.rescored_nms(boxes, scores, level_index=level_index, num_levels=2, score_threshold=0.0)
+        expected = reference.rescored_nms(boxes, scores, level_index=level_index, score_threshold=0.0)[0][3]
+        assert det.indices.tolist() == expected.tolist()
+    # A general alpha: the C library's powf/pow, which the reference reproduces to one ulp, not exactly.
+    gen = torch.Generator().manual_seed(0)
+    cls, q = torch.rand(2000, generator=gen, dtype=dtype), torch.rand(2000, generator=gen, dtype=dtype)
+    boxes = torch.rand(2000, 2, generator=gen, dtype=dtype) * 1000
+    boxes = torch.cat([boxes, boxes + 1], 1)
+    det = mutualops.rescored_nms(boxes, cls, q, labels=torch.zeros(2000, dtype=torch.long), alpha=0.7,
+                                 score_threshold=0.0, pre_nms_top_k=-1, max_detections=2000, fixed_shape=True)
+    kept = det.indices[0, : det.counts[0]]
+    ulp = torch.finfo(dtype).eps  # relative to the binade's top: one ulp is up to 2 eps of the value
+    torch.testing.assert_close(det.scores[0, : det.counts[0]], reference.rescore(cls, q, 0.7)[kept], rtol=2 * ulp,
+                               atol=0)
+
+
+def test_meta_level_index_needs_num_levels():
+    boxes, scores = torch.zeros(1, 3, 4, device="meta"), torch.zeros(1, 3, 2, device="meta")
+    with pytest.raises(ValueError, match="num_levels"):
+        mutualops.rescored_nms(boxes, scores, level_index=torch.zeros(3, dtype=torch.long, device="meta"),
+                               fixed_shape=True)
+    det = mutualops.rescored_nms(boxes, scores, level_index=torch.zeros(3, dtype=torch.long, device="meta"),
+                                 num_levels=1, fixed_shape=True)
+    assert det.scores.shape == (1, 6)
