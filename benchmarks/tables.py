@@ -124,7 +124,8 @@ def bench_row(r, prefix=""):
 
 def machine_line(data, path):
     m = data["machine"]
-    return (f"Measured {m['date']} on {m['platform']} ({m['cpu_count']} cores), torch {m['torch']}, "
+    card = f"one {m['gpu']}, " if m.get("gpu") else ""
+    return (f"Measured {m['date']} on {card}{m['platform']} ({m['cpu_count']} cores), torch {m['torch']}, "
             f"{m['torch_threads']} threads, device {m['device']}; `{os.path.relpath(path, ROOT)}`.")
 
 

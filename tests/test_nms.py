@@ -369,7 +369,7 @@ def test_torchvision_postprocess_replacement(name, score_thresh):
 def test_rescored_without_iou_ranks_plain_scores(device, gen):
     # No IoU prediction: alpha has nothing to weigh, so a 0.01 probability stays 0.01 (not its square root).
     boxes = random_boxes(50, generator=gen, device=device)
-    scores = torch.rand(50, generator=gen, device=device) * 0.2
+    scores = torch.rand(50, generator=gen).to(device) * 0.2
     labels = torch.randint(0, 3, (50,), generator=gen).to(device)
     for alpha in (0.0, 0.5, 1.0):
         det = mutualops.rescored_nms(boxes, scores, labels=labels, alpha=alpha, score_threshold=0.05)
@@ -391,7 +391,7 @@ def torchvision_kept(boxes, scores, labels):
 @pytest.mark.parametrize("fixed_shape", [False, True])
 def test_rescored_flat_negative_labels_are_padding(device, fixed_shape, gen):
     boxes = random_boxes(40, generator=gen, device=device)
-    scores = torch.rand(40, generator=gen, device=device)
+    scores = torch.rand(40, generator=gen).to(device)
     labels = torch.randint(0, 3, (40,), generator=gen).to(device)
     labels[::2] = -1
     batch_index = (torch.arange(40, device=device) % 2)
