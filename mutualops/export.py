@@ -35,6 +35,7 @@ def translation_table():
     return {
         ops.box_iou.default: _box_iou,
         ops.box_iou_aligned.default: _box_iou_aligned,
+        ops.nms.default: _nms,
         ops.batched_nms.default: _batched_nms,
         ops.rescored_nms_dense.default: _rescored_nms_dense,
         ops.rescored_nms_flat.default: _rescored_nms_flat,
@@ -220,18 +221,28 @@ def _greedy_keep(boxes, valid, classes, num_classes, iou_threshold):
     return op.Greater(kept, zero), ranked
 
 
-def _batched_nms(boxes, scores, idxs, iou_threshold):
-    _refuse_float64_nms(boxes, "batched_nms")
+def _nms_kept(boxes, scores, iou_threshold, idxs, name):
+    """Kept indices of greedy NMS, within each idxs value (idxs None: one class), in detection order."""
+    _refuse_float64_nms(boxes, name)
     t = _FLOAT
     b, s = _as(boxes, t), _as(scores, t)
     ok = op.And(_finite(s), _box_finite(b))
     order_scores, order = op.TopK(op.Unsqueeze(op.Where(ok, s, _const(-np.inf, t)), _ints(0)), _size(s, 0), axis=1)
-    values, _, classes, _ = op.Unique(op.Cast(idxs, to=_INT64), sorted=1)
-    num_classes = _size(values, 0)
+    classes = num_classes = None
+    if idxs is not None:
+        values, _, ids, _ = op.Unique(op.Cast(idxs, to=_INT64), sorted=1)
+        classes, num_classes = op.Gather(ids, order, axis=0), _size(values, 0)
     valid = op.Greater(order_scores, _const(-np.inf, t))
-    kept, _ = _greedy_keep(op.Gather(b, order, axis=0), valid, op.Gather(classes, order, axis=0), num_classes,
-                           iou_threshold)
+    kept, _ = _greedy_keep(op.Gather(b, order, axis=0), valid, classes, num_classes, iou_threshold)
     return op.Compress(op.Squeeze(order, _ints(0)), op.Squeeze(kept, _ints(0)), axis=0)
+
+
+def _nms(boxes, scores, iou_threshold):
+    return _nms_kept(boxes, scores, iou_threshold, None, "nms")
+
+
+def _batched_nms(boxes, scores, idxs, iou_threshold):
+    return _nms_kept(boxes, scores, iou_threshold, idxs, "batched_nms")
 
 
 def _probability(x, logits):

@@ -26,8 +26,7 @@ def _check_nms(boxes, scores, iou_threshold):
 def nms(boxes, scores, iou_threshold):
     """torchvision.ops.nms: indices of the kept boxes, by decreasing score."""
     iou_threshold = _check_nms(boxes, scores, iou_threshold)
-    idxs = torch.zeros(boxes.shape[0], dtype=torch.long, device=boxes.device)
-    return torch.ops.mutualops.batched_nms(boxes, scores, idxs, iou_threshold)
+    return torch.ops.mutualops.nms(boxes, scores, iou_threshold)
 
 
 def batched_nms(boxes, scores, idxs, iou_threshold):
@@ -39,6 +38,11 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
 
 @torch.library.register_fake("mutualops::batched_nms")
 def _batched_nms_fake(boxes, scores, idxs, iou_threshold):
+    return _nms_fake(boxes, scores, iou_threshold)
+
+
+@torch.library.register_fake("mutualops::nms")
+def _nms_fake(boxes, scores, iou_threshold):
     size = torch.library.get_ctx().new_dynamic_size()
     return scores.new_empty((size,), dtype=torch.long)
 

@@ -462,3 +462,70 @@ def test_meta_level_index_needs_num_levels():
     det = mutualops.rescored_nms(boxes, scores, level_index=torch.zeros(3, dtype=torch.long, device="meta"),
                                  num_levels=1, fixed_shape=True)
     assert det.scores.shape == (1, 6)
+
+
+# ---- sizes that reach the CUDA kernels' tiling and grid limits -----------------------------------------------
+
+def spread_clusters(gen, n, clusters):
+    """n jittered copies of `clusters` boxes, with distinct scores (torchvision's sort breaks ties its own way)."""
+    centres = random_boxes(clusters, generator=gen, scale=20000.0, min_size=20.0)
+    boxes = centres[torch.randint(0, clusters, (n,), generator=gen)] + torch.randn(n, 4, generator=gen) * 2
+    boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 1)
+    return boxes, torch.randperm(n, generator=gen).float() / n
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nms_of_200000_boxes(device, gen):
+    # On CUDA the suppression mask of 200000 boxes (5 GB at once) is built a few hundred rows at a time: a
+    # kept box must still remove its cluster's boxes in later tiles.
+    boxes, scores = spread_clusters(gen, 200_000, clusters=400)
+    keep = mutualops.nms(boxes.to(device), scores.to(device), 0.5).cpu()
+    assert torch.equal(keep, tvo.nms(boxes, scores, 0.5))
+    idxs = torch.randint(0, 80, (200_000,), generator=gen)
+    keep = mutualops.batched_nms(boxes.to(device), scores.to(device), idxs.to(device), 0.5).cpu()
+    assert torch.equal(keep, _batched_nms_vanilla(boxes, scores, idxs, 0.5))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rescored_nms_of_more_than_65535_images(device, gen):
+    # A grid dimension holds 65535 blocks: images must not be one.
+    images = 70_000
+    boxes, scores, iou = dense_case(gen, images=images, points=3, classes=2)
+    boxes[:, 1] = boxes[:, 0] + 0.5  # a suppressed twin in every image
+    kwargs = dict(score_threshold=0.0, pre_nms_top_k=4, max_detections=3, fixed_shape=True)
+    det = mutualops.rescored_nms(boxes.to(device), scores.to(device), iou.to(device), **kwargs)
+    assert det.scores.shape == (images, 3)
+    for img in (0, 1, 65535, 65536, images - 1):
+        alone = mutualops.rescored_nms(boxes[img:img + 1], scores[img:img + 1], iou[img:img + 1], **kwargs)
+        for got, want in zip(det, alone):
+            assert (got is None and want is None) or torch.equal(got[img:img + 1].cpu(), want), img
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rescored_top_k_ties_at_the_cut(device, dtype, gen):
+    # Scores on a coarse grid tie across the pre-NMS top-k cut of each level: the lower candidate index wins
+    # (the CUDA radix select orders by score, then index, like the CPU heap and the reference).
+    boxes, scores, iou = dense_case(gen, images=3, points=400, classes=6)
+    scores = (scores * 8).round() / 8
+    levels = torch.randint(0, 4, (400,), generator=gen)
+    kwargs = dict(alpha=0.0, score_threshold=0.1, iou_threshold=0.5, pre_nms_top_k=37, max_detections=50)
+    det = mutualops.rescored_nms(boxes.to(device, dtype), scores.to(device, dtype), iou.to(device, dtype),
+                                 level_index=levels.to(device), num_levels=4, **kwargs)
+    expected = reference.rescored_nms(boxes.to(dtype), scores.to(dtype), iou.to(dtype), level_index=levels, **kwargs)
+    for img, (_, _, labels, indices) in enumerate(expected):
+        mine = det.batch_index == img
+        assert torch.equal(det.indices[mine].cpu(), indices) and torch.equal(det.labels[mine].cpu(), labels)
+
+
+def test_nms_op_opcheck_and_raw_input(gen):
+    boxes, scores = clustered_case(gen, 50)
+    torch.library.opcheck(torch.ops.mutualops.nms.default, (boxes, scores, 0.5),
+                          test_utils=("test_schema", "test_faketensor"))
+    assert torch.equal(torch.ops.mutualops.nms(boxes, scores, 0.5), tvo.nms(boxes, scores, 0.5))
+    with pytest.raises(ValueError, match="scores must have shape"):
+        torch.ops.mutualops.nms(boxes, scores[:-1], 0.5)
+    with pytest.raises(TypeError, match="scores must have the dtype"):
+        torch.ops.mutualops.nms(boxes, scores.double(), 0.5)
+    with pytest.raises(ValueError, match="iou_threshold"):
+        torch.ops.mutualops.nms(boxes, scores, float("nan"))

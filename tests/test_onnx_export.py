@@ -380,6 +380,8 @@ def export_error(fn, args):
 def test_float64_nms_is_refused_by_name(gen):
     b, s = random_boxes(6, generator=gen, dtype=torch.float64), torch.rand(6, dtype=torch.float64)
     message = export_error(lambda b, s: mutualops.nms(b, s, 0.5), (b, s))
+    assert "nms: float64 inputs cannot be exported" in message
+    message = export_error(lambda b, s, i: mutualops.batched_nms(b, s, i, 0.5), (b, s, torch.zeros(6, dtype=torch.long)))
     assert "batched_nms: float64 inputs cannot be exported" in message
     message = export_error(lambda b, s: mutualops.rescored_nms(b, s, fixed_shape=True), (b[None], s[None, :, None]))
     assert "rescored_nms: float64 inputs cannot be exported" in message

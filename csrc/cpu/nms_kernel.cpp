@@ -139,6 +139,11 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
   return keep;
 }
 
+at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
+  check_nms_boxes_scores(boxes, scores, iou_threshold);
+  return batched_nms_cpu(boxes, scores, at::zeros({boxes.size(0)}, boxes.options().dtype(at::kLong)), iou_threshold);
+}
+
 // ---- rescored NMS -------------------------------------------------------
 
 // One detection candidate of an image. `order` is its position in the
@@ -352,6 +357,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rescored_
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mutualops, CPU, m) {
+  m.impl("nms", &nms_cpu);
   m.impl("batched_nms", &batched_nms_cpu);
   m.impl("rescored_nms_dense", &rescored_nms_dense_cpu);
   m.impl("rescored_nms_flat", &rescored_nms_flat_cpu);

@@ -1,18 +1,23 @@
-// CUDA kernels of the NMS family. Candidates are sorted on the device by
-// (key, score descending, index); a 64x64 bitmask kernel compares boxes of one
-// key; an on-device greedy pass (one block per image) reduces the mask, which
-// never goes to the host. IoU and rescoring come from the shared headers.
+// CUDA kernels of the NMS family. Candidates are put in detection order (score descending, then index) by one
+// radix sort of rank keys (score_math.h), then stably by key when there are classes; a 64x64 bitmask kernel
+// compares boxes of one key; an on-device greedy pass (one block per image) reduces the mask, which never
+// goes to the host. The mask is built and reduced a tile of rows at a time, so that its memory stays under
+// kMaskTileBytes (or one 64-row strip per image) for any number of boxes, and every kernel loops over its
+// work with a grid stride, so that no grid dimension limits the images or boxes of a call. IoU and rescoring
+// come from the shared headers.
 //
-// rescored_nms works on static shapes only (rescoring and thresholding in one
-// kernel, then top-k, sorts and the NMS above over a fixed number of
-// candidate slots per image, invalid slots marked), so it makes no host
-// synchronisation: fixed-shape outputs are CUDA-graph and torch.compile safe.
+// rescored_nms works on static shapes only: each (image, level)'s best pre_nms_top_k candidates are found by
+// a radix select over rank keys computed on the fly from the head outputs (no [B, N*C] score buffer), then
+// ordered and suppressed as above over a fixed number of slots per image, invalid slots marked. It makes no
+// host synchronisation: fixed-shape outputs are CUDA-graph and torch.compile safe.
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
+#include <type_traits>
 
 #include "../ops/nms.h"
 #include "launch.cuh"
@@ -26,8 +31,47 @@ constexpr int kMaskBits = 64;
 // The greedy pass keeps its "removed" bitmap in shared memory when it fits
 // (44 KiB, leaving room under the 48 KiB default for the chunk's own arrays).
 constexpr int64_t kSharedRemovedWords = 5632;
-// Key of an invalid candidate slot: sorts after every real key.
+// Key of an invalid rescored slot: groups after every label, so that mask blocks of valid keys skip them.
 constexpr int64_t kInvalidKey = std::numeric_limits<int64_t>::max();
+// Suppression mask per tile of rows (all images together). 8 MiB holds 5000 boxes of one image in one tile,
+// and keeps detector post-processing (8 images of 5000 slots) near torchvision's own peak memory.
+constexpr int64_t kMaskTileBytes = int64_t(8) << 20;
+// Grid of the grid-stride kernels that loop over blocks of work.
+constexpr int64_t kMaxBlocks = int64_t(1) << 20;
+
+unsigned int blocks_for(int64_t work_blocks) {
+  return static_cast<unsigned int>(std::max<int64_t>(1, std::min(work_blocks, kMaxBlocks)));
+}
+
+// ---- detection order --------------------------------------------------------
+
+// Signed rank keys of rows of scores, index taken from `index` (or the position when null).
+__global__ void rank_key_kernel(const float* __restrict__ score, const int64_t* __restrict__ index, int64_t total,
+                                int64_t* __restrict__ key) {
+  for (int64_t t = grid_start(); t < total; t += grid_stride()) {
+    key[t] = signed_rank_key(rank_key(score[t], index ? index[t] : t));
+  }
+}
+
+// Positions of each row of `score` [rows, m] (the math type) in detection order: score descending, then
+// `index` ascending. One radix sort of rank keys for float scores and indices below 2^32 (`index_bound`);
+// two stable sorts otherwise. index must hold distinct values per row.
+at::Tensor detection_order(const at::Tensor& score, const at::Tensor& index, int64_t index_bound) {
+  if (score.scalar_type() == at::kFloat && index_bound <= kRankKeyIndices) {
+    const at::Tensor s = score.contiguous(), i = index.contiguous();
+    at::Tensor key = at::empty(s.sizes(), i.options());
+    if (key.numel() > 0) {
+      rank_key_kernel<<<grid_for(key.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          s.data_ptr<float>(), i.data_ptr<int64_t>(), key.numel(), key.data_ptr<int64_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    return std::get<1>(at::sort(key, /*stable=*/false, 1, false));
+  }
+  at::Tensor perm = std::get<1>(at::sort(index, /*stable=*/true, 1, false));
+  return perm.gather(1, std::get<1>(at::sort(score.gather(1, perm), /*stable=*/true, 1, /*descending=*/true)));
+}
+
+// ---- greedy NMS over sorted rows --------------------------------------------
 
 // Per (image, sorted position): one past the last position with the same key,
 // by binary search (keys ascend along each row).
@@ -48,221 +92,266 @@ __global__ void run_end_kernel(const int64_t* __restrict__ key, int64_t images, 
   }
 }
 
-// mask[b][i][w] bit t: in image b, sorted box i suppresses box w*64+t (later,
-// same key, IoU > threshold). blockIdx.z is the image.
+// One tile of the suppression mask: sorted rows [row_begin, row_begin + tile_rows) of every image against
+// the words from row_begin / 64 on. Word (image, r, w) of the tile, at mask[(image * row_stride + r) *
+// tile_words + w], has bit t set when row row_begin + r suppresses box (first_word + w) * 64 + t (later,
+// same key or no key, IoU > threshold). Words left of the diagonal are never read and not written.
+struct MaskTile {
+  int64_t row_begin, tile_rows, row_stride, first_word, tile_words;
+};
+
 template <typename T>
-__global__ void nms_mask_kernel(const T* __restrict__ boxes, const int64_t* __restrict__ key, int64_t m,
-                                int64_t col_blocks, T threshold, unsigned long long* __restrict__ mask) {
-  const int64_t row_block = blockIdx.y, col_block = blockIdx.x, image = blockIdx.z;
-  if (col_block < row_block) return;
-  boxes += image * m * 4;
-  key += image * m;
-  mask += image * m * col_blocks;
-  const int64_t row_start = row_block * kMaskBits, col_start = col_block * kMaskBits;
-  const int64_t rows = min(m - row_start, (int64_t)kMaskBits);
-  const int64_t cols = min(m - col_start, (int64_t)kMaskBits);
-  // Keys are sorted: blocks whose key ranges do not meet have no pair.
-  if (key[col_start] > key[row_start + rows - 1]) {
-    if (threadIdx.x < rows) mask[(row_start + threadIdx.x) * col_blocks + col_block] = 0;
-    return;
+__global__ void nms_mask_kernel(const T* __restrict__ boxes, const int64_t* __restrict__ key, int64_t images, int64_t m,
+                                MaskTile tile, T threshold, unsigned long long* __restrict__ mask) {
+  __shared__ T col_boxes[kMaskBits * 4];
+  __shared__ int64_t col_key[kMaskBits];
+  const int64_t row_blocks = (tile.tile_rows + kMaskBits - 1) / kMaskBits;
+  const int64_t blocks = images * row_blocks * tile.tile_words;
+  // Every bound below is the same for all threads of a block, so all of them reach the barriers.
+  for (int64_t b = blockIdx.x; b < blocks; b += gridDim.x) {
+    const int64_t w = b % tile.tile_words, row_block = (b / tile.tile_words) % row_blocks;
+    const int64_t image = b / (tile.tile_words * row_blocks);
+    const int64_t row_start = tile.row_begin + row_block * kMaskBits;
+    const int64_t col_start = (tile.first_word + w) * kMaskBits;
+    if (col_start < row_start) continue;
+    const T* image_boxes = boxes + image * m * 4;
+    const int64_t* image_key = key ? key + image * m : nullptr;
+    const int64_t rows = min(tile.row_begin + tile.tile_rows - row_start, static_cast<int64_t>(kMaskBits));
+    const int64_t cols = min(m - col_start, static_cast<int64_t>(kMaskBits));
+    unsigned long long* out = mask + (image * tile.row_stride + (row_start - tile.row_begin)) * tile.tile_words + w;
+    // Keys are sorted: blocks whose key ranges do not meet have no pair.
+    if (image_key && image_key[col_start] > image_key[row_start + rows - 1]) {
+      if (threadIdx.x < rows) out[threadIdx.x * tile.tile_words] = 0;
+      continue;
+    }
+    __syncthreads();  // the previous block's columns are no longer read
+    if (threadIdx.x < cols) {
+      for (int c = 0; c < 4; ++c) col_boxes[threadIdx.x * 4 + c] = image_boxes[(col_start + threadIdx.x) * 4 + c];
+      col_key[threadIdx.x] = image_key ? image_key[col_start + threadIdx.x] : 0;
+    }
+    __syncthreads();
+    if (threadIdx.x < rows) {
+      const int64_t i = row_start + threadIdx.x;
+      const Box<T> a = load_box<T>(image_boxes + 4 * i);
+      const int64_t ki = image_key ? image_key[i] : 0;
+      unsigned long long bits = 0;
+      for (int64_t t = 0; t < cols; ++t) {
+        const int64_t j = col_start + t;
+        if (j > i && col_key[t] == ki && box_iou(a, load_box<T>(col_boxes + 4 * t)) > threshold) bits |= 1ULL << t;
+      }
+      out[threadIdx.x * tile.tile_words] = bits;
+    }
   }
-  __shared__ T tile[kMaskBits * 4];
-  __shared__ int64_t tile_key[kMaskBits];
-  if (threadIdx.x < cols) {
-    for (int c = 0; c < 4; ++c) tile[threadIdx.x * 4 + c] = boxes[(col_start + threadIdx.x) * 4 + c];
-    tile_key[threadIdx.x] = key[col_start + threadIdx.x];
-  }
-  __syncthreads();
-  if (threadIdx.x >= rows) return;
-  const int64_t i = row_start + threadIdx.x;
-  const Box<T> a = load_box<T>(boxes + 4 * i);
-  const int64_t ki = key[i];
-  unsigned long long bits = 0;
-  for (int64_t t = 0; t < cols; ++t) {
-    const int64_t j = col_start + t;
-    if (j > i && tile_key[t] == ki && box_iou(a, load_box<T>(tile + 4 * t)) > threshold) bits |= 1ULL << t;
-  }
-  mask[i * col_blocks + col_block] = bits;
 }
 
-// Greedy pass in sorted order, one block per image, 64 boxes (one mask word)
-// at a time: the block stages the chunk's diagonal words, then one thread
-// settles the chunk's boxes among themselves from shared memory, then every
-// thread ORs (kept box, later word) pairs of the mask into the "removed"
-// bitmap. Three barriers per 64 boxes, and the mask loads of a chunk are issued
-// in parallel: a barrier per box, or a thread per word looping over the kept
-// boxes, left the pass bound by one load latency after another. Each kept box
-// removes only up to the end of its key's run. Invalid slots are never kept.
+// Greedy pass over one tile's rows in sorted order, one block per image, 64 boxes (one mask word) at a time:
+// the block stages the chunk's diagonal words, then one thread settles the chunk's boxes among themselves
+// from shared memory, then every thread ORs (kept box, later word) pairs of the mask into the "removed"
+// bitmap. Three barriers per 64 boxes, and the mask loads of a chunk are issued in parallel: a barrier per
+// box, or a thread per word looping over the kept boxes, left the pass bound by one load latency after
+// another. Each kept box removes only up to the end of its key's run. Invalid slots are never kept. The
+// bitmap lives in global memory between tiles and in shared memory during one when it fits.
 constexpr int kReduceThreads = 512;
 
 __global__ void __launch_bounds__(kReduceThreads)
     nms_reduce_kernel(const unsigned long long* __restrict__ mask, const int64_t* __restrict__ run_end,
-                      const int64_t* __restrict__ key, int64_t m, int64_t col_blocks,
+                      const bool* __restrict__ valid, int64_t images, int64_t m, int64_t col_blocks, MaskTile tile,
                       unsigned long long* __restrict__ removed_global, bool* __restrict__ keep) {
   extern __shared__ unsigned long long removed_shared[];
   __shared__ unsigned long long diagonal[kMaskBits];
-  __shared__ bool valid[kMaskBits];
+  __shared__ bool chunk_valid[kMaskBits];
   __shared__ int64_t last_word[kMaskBits];
   __shared__ int kept_list[kMaskBits];
   __shared__ int kept_count;
   __shared__ int64_t chunk_last_word;
-  const int64_t image = blockIdx.x;
   const int tid = threadIdx.x;
-  mask += image * m * col_blocks;
-  run_end += image * m;
-  key += image * m;
-  keep += image * m;
-  unsigned long long* removed =
-      col_blocks <= kSharedRemovedWords ? removed_shared : removed_global + image * col_blocks;
-  for (int64_t w = tid; w < col_blocks; w += kReduceThreads) removed[w] = 0;
-  for (int64_t c = 0; c < col_blocks; ++c) {
-    const int64_t begin = c * kMaskBits;
-    const int count = static_cast<int>(min(m - begin, static_cast<int64_t>(kMaskBits)));
-    if (tid < count) {
-      const int64_t i = begin + tid;
-      diagonal[tid] = mask[i * col_blocks + c];
-      valid[tid] = key[i] != kInvalidKey;
-      last_word[tid] = (run_end[i] - 1) / kMaskBits;
+  const bool in_shared = tile.tile_words <= kSharedRemovedWords;
+  const int64_t first_chunk = tile.row_begin / kMaskBits;
+  const int64_t end_chunk = (tile.row_begin + tile.tile_rows + kMaskBits - 1) / kMaskBits;
+  for (int64_t image = blockIdx.x; image < images; image += gridDim.x) {
+    const unsigned long long* image_mask = mask + image * tile.row_stride * tile.tile_words;
+    unsigned long long* image_removed = removed_global + image * col_blocks + tile.first_word;
+    // removed[w] is word first_word + w of the image's bitmap.
+    unsigned long long* removed = in_shared ? removed_shared : image_removed;
+    if (in_shared) {
+      for (int64_t w = tid; w < tile.tile_words; w += kReduceThreads) removed_shared[w] = image_removed[w];
     }
     __syncthreads();
-    if (tid == 0) {
-      unsigned long long word = removed[c];
-      int kept = 0;
-      int64_t last = c;
-      for (int t = 0; t < count; ++t) {
-        const bool drop = !valid[t] || ((word >> t) & 1ULL);
-        keep[begin + t] = !drop;
-        if (drop) continue;
-        word |= diagonal[t];
-        kept_list[kept++] = t;
-        last = max(last, last_word[t]);
+    for (int64_t c = first_chunk; c < end_chunk; ++c) {
+      const int64_t begin = c * kMaskBits;
+      const int count = static_cast<int>(min(m - begin, static_cast<int64_t>(kMaskBits)));
+      const int64_t local = c - tile.first_word;
+      if (tid < count) {
+        const int64_t i = begin + tid;
+        diagonal[tid] = image_mask[(i - tile.row_begin) * tile.tile_words + local];
+        chunk_valid[tid] = valid[image * m + i];
+        last_word[tid] = ((run_end ? run_end[image * m + i] : m) - 1) / kMaskBits;
       }
-      kept_count = kept;
-      chunk_last_word = last;
+      __syncthreads();
+      if (tid == 0) {
+        unsigned long long word = removed[local];
+        int kept = 0;
+        int64_t last = c;
+        for (int t = 0; t < count; ++t) {
+          const bool drop = !chunk_valid[t] || ((word >> t) & 1ULL);
+          keep[image * m + begin + t] = !drop;
+          if (drop) continue;
+          word |= diagonal[t];
+          kept_list[kept++] = t;
+          last = max(last, last_word[t]);
+        }
+        kept_count = kept;
+        chunk_last_word = last;
+      }
+      __syncthreads();
+      const int64_t words = chunk_last_word - c;  // words c+1 .. chunk_last_word
+      const int64_t pairs = words * kept_count;
+      for (int64_t k = tid; k < pairs; k += kReduceThreads) {
+        const int64_t w = c + 1 + k % words;
+        const int64_t i = begin + kept_list[k / words];
+        const unsigned long long bits = image_mask[(i - tile.row_begin) * tile.tile_words + (w - tile.first_word)];
+        if (bits) atomicOr(removed + (w - tile.first_word), bits);
+      }
+      __syncthreads();
     }
-    __syncthreads();
-    const int64_t words = chunk_last_word - c;  // words c+1 .. chunk_last_word
-    const int64_t pairs = words * kept_count;
-    for (int64_t k = tid; k < pairs; k += kReduceThreads) {
-      const int64_t w = c + 1 + k % words;
-      const int64_t i = begin + kept_list[k / words];
-      const unsigned long long bits = mask[i * col_blocks + w];
-      if (bits) atomicOr(removed + w, bits);
+    if (in_shared) {
+      for (int64_t w = tid; w < tile.tile_words; w += kReduceThreads) image_removed[w] = removed_shared[w];
     }
     __syncthreads();
   }
 }
 
-// Greedy NMS of `images` independent rows of m candidates each, already
-// sorted by (key, score descending, index): boxes [images, m, 4] in the math
-// type, key [images, m] (kInvalidKey for empty slots). Returns keep [images, m].
+// Greedy NMS of `images` independent rows of m candidates each, already sorted: boxes [images, m, 4] in the
+// math type; key [images, m] ascending along each row, or none for one key; valid [images, m] (an invalid
+// candidate is never kept and suppresses nothing). Returns keep [images, m].
 template <typename T>
-at::Tensor greedy_nms_sorted(const at::Tensor& boxes, const at::Tensor& key, double iou_threshold) {
-  const int64_t images = key.size(0), m = key.size(1);
-  at::Tensor keep = at::zeros({images, m}, key.options().dtype(at::kBool));
+at::Tensor greedy_nms_sorted(const at::Tensor& boxes, const std::optional<at::Tensor>& key, const at::Tensor& valid,
+                             double iou_threshold) {
+  const int64_t images = valid.size(0), m = valid.size(1);
+  at::Tensor keep = at::zeros({images, m}, valid.options());
   if (images == 0 || m == 0) return keep;
   const auto stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor run_end = at::empty({images, m}, key.options());
-  run_end_kernel<<<grid_for(images * m), kThreads, 0, stream>>>(key.data_ptr<int64_t>(), images, m,
-                                                                run_end.data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-
+  const auto longs = valid.options().dtype(at::kLong);
+  at::Tensor run_end;
+  if (key.has_value()) {
+    run_end = at::empty({images, m}, longs);
+    run_end_kernel<<<grid_for(images * m), kThreads, 0, stream>>>(key->data_ptr<int64_t>(), images, m,
+                                                                  run_end.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   const int64_t col_blocks = (m + kMaskBits - 1) / kMaskBits;
-  at::Tensor mask = at::empty({images, m, col_blocks}, key.options());
-  const dim3 grid(col_blocks, col_blocks, images);
-  nms_mask_kernel<T><<<grid, kMaskBits, 0, stream>>>(boxes.data_ptr<T>(), key.data_ptr<int64_t>(), m, col_blocks,
-                                                     nms_threshold<T>(iou_threshold),
-                                                     reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-
-  const bool in_shared = col_blocks <= kSharedRemovedWords;
-  at::Tensor removed = at::empty({in_shared ? 1 : images * col_blocks}, key.options());
-  nms_reduce_kernel<<<images, kReduceThreads, in_shared ? col_blocks * sizeof(unsigned long long) : 0, stream>>>(
-      reinterpret_cast<const unsigned long long*>(mask.data_ptr<int64_t>()), run_end.data_ptr<int64_t>(),
-      key.data_ptr<int64_t>(), m, col_blocks, reinterpret_cast<unsigned long long*>(removed.data_ptr<int64_t>()),
-      keep.data_ptr<bool>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // Rows per tile: as many 64-row strips as the budget holds for all images at full width, at least one.
+  const int64_t strip_bytes = images * kMaskBits * col_blocks * static_cast<int64_t>(sizeof(unsigned long long));
+  const int64_t row_stride = std::min(std::max<int64_t>(kMaskTileBytes / strip_bytes, 1), col_blocks) * kMaskBits;
+  at::Tensor mask = at::empty({images * row_stride * col_blocks}, longs);
+  at::Tensor removed = at::zeros({images, col_blocks}, longs);
+  auto* mask_data = reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>());
+  const T threshold = nms_threshold<T>(iou_threshold);
+  for (int64_t row_begin = 0; row_begin < m; row_begin += row_stride) {
+    const int64_t first_word = row_begin / kMaskBits;
+    const MaskTile tile{row_begin, std::min(row_stride, m - row_begin), row_stride, first_word,
+                        col_blocks - first_word};
+    const int64_t row_blocks = (tile.tile_rows + kMaskBits - 1) / kMaskBits;
+    nms_mask_kernel<T><<<blocks_for(images * row_blocks * tile.tile_words), kMaskBits, 0, stream>>>(
+        boxes.data_ptr<T>(), key.has_value() ? key->data_ptr<int64_t>() : nullptr, images, m, tile, threshold,
+        mask_data);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const bool in_shared = tile.tile_words <= kSharedRemovedWords;
+    nms_reduce_kernel<<<blocks_for(images), kReduceThreads,
+                        in_shared ? tile.tile_words * sizeof(unsigned long long) : 0, stream>>>(
+        mask_data, run_end.defined() ? run_end.data_ptr<int64_t>() : nullptr, valid.data_ptr<bool>(), images, m,
+        col_blocks, tile, reinterpret_cast<unsigned long long*>(removed.data_ptr<int64_t>()), keep.data_ptr<bool>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   return keep;
 }
 
-// Positions of each row of `scores` ordered by (score descending, order
-// ascending), from two stable sorts; with `key`, by key first.
-at::Tensor rank_rows(const at::Tensor& scores, const at::Tensor& order, const std::optional<at::Tensor>& key) {
-  at::Tensor perm = std::get<1>(at::sort(order, /*stable=*/true, 1, false));
-  perm = perm.gather(1, std::get<1>(at::sort(scores.gather(1, perm), /*stable=*/true, 1, /*descending=*/true)));
-  if (key.has_value()) {
-    perm = perm.gather(1, std::get<1>(at::sort(key->gather(1, perm), /*stable=*/true, 1, false)));
+// ---- batched NMS ------------------------------------------------------------
+
+// Per box: finite box and score, and the rank key of (score, index) for float scores (invalid boxes last).
+template <typename scalar_t>
+__global__ void nms_candidates_kernel(const scalar_t* __restrict__ boxes, const scalar_t* __restrict__ scores,
+                                      int64_t n, bool* __restrict__ valid, int64_t* __restrict__ key) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t i = grid_start(); i < n; i += grid_stride()) {
+    const acc_t s = static_cast<acc_t>(scores[i]);
+    const bool ok = isfinite(s) && finite_box(load_box<acc_t>(boxes + 4 * i));
+    valid[i] = ok;
+    if (key) key[i] = ok ? signed_rank_key(rank_key(static_cast<float>(s), i)) : kInvalidKey;
   }
-  return perm;
 }
 
+// Kept indices ordered by score descending, ties to the lower index: one radix sort into detection order,
+// with idxs a stable sort by key after it, the greedy pass, then the survivors read off in detection order.
 template <typename scalar_t>
-at::Tensor batched_nms_typed(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
-                             double iou_threshold) {
+at::Tensor nms_typed(const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& idxs,
+                     double iou_threshold) {
   using acc_t = at::opmath_type<scalar_t>;
-  const at::Tensor finite = scores.isfinite().logical_and_(boxes.isfinite().all(1));
-  const at::Tensor candidates = finite.nonzero().squeeze(1);  // the output is data-dependent anyway
-  const int64_t m = candidates.size(0);
-  if (m == 0) return candidates;
-  const at::Tensor order = candidates.unsqueeze(0);
-  const at::Tensor perm =
-      rank_rows(scores.index_select(0, candidates).unsqueeze(0), order, idxs.index_select(0, candidates).unsqueeze(0));
-  const at::Tensor sorted = order.gather(1, perm).squeeze(0);
-  const at::Tensor key = idxs.index_select(0, sorted).unsqueeze(0).contiguous();
+  const int64_t n = boxes.size(0);
+  const auto longs = boxes.options().dtype(at::kLong);
+  if (n == 0) return at::empty({0}, longs);
+  at::Tensor valid = at::empty({n}, boxes.options().dtype(at::kBool));
+  const bool one_sort = std::is_same<acc_t, float>::value && n <= kRankKeyIndices;
+  at::Tensor rank = one_sort ? at::empty({n}, longs) : at::Tensor();
+  nms_candidates_kernel<scalar_t><<<grid_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      boxes.data_ptr<scalar_t>(), scores.data_ptr<scalar_t>(), n, valid.data_ptr<bool>(),
+      one_sort ? rank.data_ptr<int64_t>() : nullptr);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // Positions in detection order; non-finite candidates last (never kept either way).
+  const at::Tensor order =
+      one_sort ? std::get<1>(at::sort(rank, /*stable=*/false, 0, false))
+               : std::get<1>(at::sort(scores.to(c10::CppTypeToScalarType<acc_t>::value)
+                                          .masked_fill(valid.logical_not(), -std::numeric_limits<double>::infinity()),
+                                      /*stable=*/true, 0, /*descending=*/true));
+  // by_key: positions of `order` grouped by key, stably (detection order within a key).
+  at::Tensor sorted = order, by_key;
+  std::optional<at::Tensor> sorted_key;
+  if (idxs.has_value()) {
+    auto [key, positions] = at::sort(idxs->index_select(0, order), /*stable=*/true, 0, false);
+    sorted_key = key.unsqueeze(0).contiguous();
+    by_key = positions;
+    sorted = order.index_select(0, by_key);
+  }
   const at::Tensor sorted_boxes =
       boxes.index_select(0, sorted).to(c10::CppTypeToScalarType<acc_t>::value).unsqueeze(0).contiguous();
-  const at::Tensor keep = greedy_nms_sorted<acc_t>(sorted_boxes, key, iou_threshold).squeeze(0);
-  // Output order: score descending, ties to the lower index.
-  const at::Tensor kept = sorted.masked_select(keep).unsqueeze(0);
-  return kept.gather(1, rank_rows(scores.index_select(0, kept.squeeze(0)).unsqueeze(0), kept, std::nullopt)).squeeze(0);
+  const at::Tensor keep =
+      greedy_nms_sorted<acc_t>(sorted_boxes, sorted_key, valid.index_select(0, sorted).unsqueeze(0).contiguous(),
+                               iou_threshold)
+          .squeeze(0);
+  const at::Tensor kept_in_order = idxs.has_value() ? at::zeros_like(keep).index_put_({by_key}, keep) : keep;
+  return order.masked_select(kept_in_order);  // the output is data-dependent: one host synchronisation
+}
+
+at::Tensor run_nms(const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& idxs,
+                   double iou_threshold) {
+  const c10::cuda::CUDAGuard guard(boxes.device());
+  const at::Tensor b = boxes.contiguous(), s = scores.contiguous();
+  std::optional<at::Tensor> k;
+  if (idxs.has_value()) k = idxs->to(at::kLong).contiguous();
+  at::Tensor keep;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "nms_cuda",
+                                  [&] { keep = nms_typed<scalar_t>(b, s, k, iou_threshold); });
+  return keep;
+}
+
+at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
+  check_nms_boxes_scores(boxes, scores, iou_threshold);
+  return run_nms(boxes, scores, std::nullopt, iou_threshold);
 }
 
 at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
                             double iou_threshold) {
   check_nms_args(boxes, scores, idxs, iou_threshold);
-  const c10::cuda::CUDAGuard guard(boxes.device());
-  const at::Tensor b = boxes.contiguous(), s = scores.contiguous(), k = idxs.to(at::kLong).contiguous();
-  at::Tensor keep;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "batched_nms_cuda",
-                                  [&] { keep = batched_nms_typed<scalar_t>(b, s, k, iou_threshold); });
-  return keep;
+  return run_nms(boxes, scores, idxs, iou_threshold);
 }
 
 // ---- rescored NMS -------------------------------------------------------
-
-// Candidate scores [images, P] (P = N*C dense, M flat): the rescored score
-// where the candidate passes (finite box and score, score > threshold, right
-// image), -inf elsewhere. Dense candidate p is (point p / C, class p % C).
-template <typename scalar_t, typename acc_t>
-__global__ void candidate_scores_kernel(const scalar_t* __restrict__ boxes, const scalar_t* __restrict__ cls,
-                                        const scalar_t* __restrict__ iou, const int64_t* __restrict__ batch_index,
-                                        const int64_t* __restrict__ labels, int64_t images, int64_t points,
-                                        int64_t classes, bool dense, bool logits, acc_t alpha, acc_t score_threshold,
-                                        acc_t* __restrict__ out) {
-  const int64_t per_image = points * classes;
-  for (int64_t t = grid_start(); t < images * per_image; t += grid_stride()) {
-    const int64_t image = t / per_image, p = t % per_image;
-    // Dense inputs index boxes, cls and iou by image; flat ones are shared by all images.
-    const int64_t point = dense ? image * points + p / classes : p;
-    const int64_t cls_at = dense ? t : p;
-    const Box<acc_t> b = load_box<acc_t>(boxes + 4 * point);
-    const acc_t quality = iou ? probability(static_cast<acc_t>(iou[point]), logits) : acc_t(1);
-    const acc_t s = rescore(probability(static_cast<acc_t>(cls[cls_at]), logits), quality, alpha);
-    // A negative (flat) label marks a padding candidate, as in the padded outputs: never kept.
-    const bool ok = (dense || batch_index == nullptr || batch_index[p] == image) &&
-                    (labels == nullptr || labels[p] >= 0) && s > score_threshold && isfinite(s) && finite_box(b);
-    out[t] = ok ? s : -INFINITY;
-  }
-}
-
-using DetectionTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // One call's candidates, contiguous: dense (boxes [B,N,4], scores [B,N,C], iou [B,N]; candidate p of an image
 // is point p / C, class p % C) or flat (boxes [M,4], scores, labels, iou and batch_index [M], shared by all
 // images; candidate p is element p). Absent optional tensors are undefined.
 struct Candidates {
-  at::Tensor boxes, scores, iou, labels, batch_index;
-  std::optional<at::Tensor> level_index;
+  at::Tensor boxes, scores, iou, labels, batch_index, level_index;
   int64_t num_levels, images, points, classes;
   bool dense;
   int64_t per_image() const { return points * classes; }
@@ -276,7 +365,7 @@ Candidates dense_candidates(const at::Tensor& boxes, const at::Tensor& scores, c
                     iou.has_value() ? iou->contiguous() : at::Tensor(),
                     at::Tensor(),
                     at::Tensor(),
-                    level_index,
+                    level_index.has_value() ? level_index->to(at::kLong).contiguous() : at::Tensor(),
                     num_levels,
                     boxes.size(0),
                     boxes.size(1),
@@ -292,12 +381,68 @@ Candidates flat_candidates(const at::Tensor& boxes, const at::Tensor& scores, co
                     iou.has_value() ? iou->contiguous() : at::Tensor(),
                     labels.to(at::kLong).contiguous(),
                     batch_index.has_value() ? batch_index->to(at::kLong).contiguous() : at::Tensor(),
-                    level_index,
+                    level_index.has_value() ? level_index->to(at::kLong).contiguous() : at::Tensor(),
                     num_levels,
                     num_images,
                     boxes.size(0),
                     1,
                     false};
+}
+
+// What the kernels read of Candidates and RescoreParams to score candidate t = image * per_image + p.
+template <typename scalar_t, typename acc_t>
+struct ScoreArgs {
+  const scalar_t *boxes, *cls, *iou;
+  const int64_t *batch_index, *labels, *level_index;
+  int64_t points, classes, num_levels;
+  bool dense, logits;
+  acc_t alpha, score_threshold;
+  __device__ int64_t per_image() const { return points * classes; }
+  // Dense inputs index boxes, cls and iou by image; flat ones are shared by all images.
+  __device__ int64_t point(int64_t image, int64_t p) const { return dense ? image * points + p / classes : p; }
+  // The candidate's level, or -1 outside [0, num_levels) (such a candidate is never kept).
+  __device__ int64_t level(int64_t p) const {
+    if (level_index == nullptr) return 0;
+    const int64_t l = level_index[dense ? p / classes : p];
+    return l >= 0 && l < num_levels ? l : -1;
+  }
+  // The rescored score where the candidate passes (finite box and score, score > threshold, right image,
+  // a level in range, not padding), -inf elsewhere.
+  __device__ acc_t score(int64_t t) const {
+    const int64_t image = t / per_image(), p = t % per_image();
+    const int64_t at = point(image, p);
+    const Box<acc_t> b = load_box<acc_t>(boxes + 4 * at);
+    const acc_t quality = iou ? probability(static_cast<acc_t>(iou[at]), logits) : acc_t(1);
+    const acc_t s = rescore(probability(static_cast<acc_t>(cls[dense ? t : p]), logits), quality, alpha);
+    // A negative (flat) label marks a padding candidate, as in the padded outputs: never kept.
+    const bool ok = (dense || batch_index == nullptr || batch_index[p] == image) &&
+                    (labels == nullptr || labels[p] >= 0) && level(p) >= 0 && s > score_threshold && isfinite(s) &&
+                    finite_box(b);
+    return ok ? s : -INFINITY;
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+ScoreArgs<scalar_t, acc_t> score_args(const Candidates& c, const RescoreParams& p) {
+  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<int64_t>() : nullptr; };
+  return ScoreArgs<scalar_t, acc_t>{c.boxes.data_ptr<scalar_t>(),
+                                    c.scores.data_ptr<scalar_t>(),
+                                    c.iou.defined() ? c.iou.data_ptr<scalar_t>() : nullptr,
+                                    ptr(c.batch_index),
+                                    ptr(c.labels),
+                                    ptr(c.level_index),
+                                    c.points,
+                                    c.classes,
+                                    c.num_levels,
+                                    c.dense,
+                                    p.logits,
+                                    static_cast<acc_t>(p.alpha),
+                                    static_cast<acc_t>(p.score_threshold)};
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void candidate_scores_kernel(ScoreArgs<scalar_t, acc_t> args, int64_t total, acc_t* __restrict__ out) {
+  for (int64_t t = grid_start(); t < total; t += grid_stride()) out[t] = args.score(t);
 }
 
 // [images, per_image] rescored scores of the candidates that pass, -inf for the others.
@@ -307,11 +452,7 @@ at::Tensor candidate_scores(const Candidates& c, const RescoreParams& p) {
   at::Tensor cand = at::empty({c.images, c.per_image()}, accs);
   if (cand.numel() == 0) return cand;
   candidate_scores_kernel<scalar_t, acc_t><<<grid_for(cand.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      c.boxes.data_ptr<scalar_t>(), c.scores.data_ptr<scalar_t>(),
-      c.iou.defined() ? c.iou.data_ptr<scalar_t>() : nullptr,
-      c.batch_index.defined() ? c.batch_index.data_ptr<int64_t>() : nullptr,
-      c.labels.defined() ? c.labels.data_ptr<int64_t>() : nullptr, c.images, c.points, c.classes, c.dense, p.logits,
-      static_cast<acc_t>(p.alpha), static_cast<acc_t>(p.score_threshold), cand.data_ptr<acc_t>());
+      score_args<scalar_t, acc_t>(c, p), cand.numel(), cand.data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return cand;
 }
@@ -322,13 +463,144 @@ struct Slots {
   at::Tensor score, candidate;
 };
 
-Slots level_top_k(const at::Tensor& cand, const Candidates& c, const at::Tensor& point_of, int64_t top_k) {
-  const int64_t k = top_k < 0 ? c.per_image() : std::min(top_k, c.per_image());
+// ---- pre-NMS top-k by radix select --------------------------------------
+// Each (image, level) segment keeps its k best candidates in detection order, which are its k smallest rank
+// keys (distinct: the candidate index is in the key). Eight passes find the k-th smallest key a byte at a
+// time, from the top: each pass histograms the byte of the keys that share the bytes found so far, and one
+// thread per segment walks its histogram. A segment with at most k candidates takes them all. The scores are
+// recomputed from the head outputs in every pass, so that memory is O(segments) and not O(B * N * C).
+constexpr int kRadixBits = 8;
+constexpr int kRadixBins = 1 << kRadixBits;
+constexpr int kRadixPasses = 64 / kRadixBits;
+// Histograms of at most 64 MiB; more segments (sparse level ids on many images) take the top-k path.
+constexpr int64_t kMaxRadixSegments = (int64_t(64) << 20) / (kRadixBins * sizeof(unsigned int));
+
+// Per segment: the key bytes found so far, and how many keys with them are still to be taken (0: all).
+struct RadixState {
+  unsigned long long* prefix;
+  long long* need;
+  unsigned int* histogram;  // [segments, kRadixBins]
+};
+
+// Calls f(t, segment, key, score) for every candidate t, with the warp's 32 lanes always together
+// (the loop bound is per warp), so that f may use warp-wide intrinsics; invalid lanes get segment -1.
+template <typename scalar_t, typename F>
+__device__ void for_each_candidate(const ScoreArgs<scalar_t, float>& args, int64_t total, F&& f) {
+  const int lane = threadIdx.x % 32;
+  for (int64_t t0 = grid_start() - lane; t0 < total; t0 += grid_stride()) {
+    const int64_t t = t0 + lane;
+    int64_t segment = -1;
+    uint64_t key = 0;
+    float s = -INFINITY;
+    if (t < total) {
+      s = args.score(t);
+      if (s != -INFINITY) {
+        const int64_t image = t / args.per_image(), p = t % args.per_image();
+        segment = image * args.num_levels + args.level(p);
+        key = rank_key(s, p);
+      }
+    }
+    f(t, segment, key, s);
+  }
+}
+
+template <typename scalar_t>
+__global__ void radix_histogram_kernel(ScoreArgs<scalar_t, float> args, int64_t total, RadixState state, int shift) {
+  for_each_candidate(args, total, [&](int64_t, int64_t segment, uint64_t key, float) {
+    long long bin = -1;
+    if (segment >= 0 && state.need[segment] != 0) {
+      const bool same_prefix =
+          shift + kRadixBits >= 64 || (key >> (shift + kRadixBits)) == (state.prefix[segment] >> (shift + kRadixBits));
+      if (same_prefix) bin = segment * kRadixBins + static_cast<long long>((key >> shift) & (kRadixBins - 1));
+    }
+    // Scores crowd into few bins: one atomic per distinct bin of the warp.
+    const unsigned same = __match_any_sync(0xffffffffu, bin);
+    if (bin >= 0 && (threadIdx.x % 32) == __ffs(same) - 1)
+      atomicAdd(state.histogram + bin, static_cast<unsigned int>(__popc(same)));
+  });
+}
+
+// One thread per segment: the bin holding its need-th smallest key becomes the next prefix byte.
+__global__ void radix_scan_kernel(RadixState state, int64_t segments, int shift) {
+  for (int64_t seg = grid_start(); seg < segments; seg += grid_stride()) {
+    unsigned int* h = state.histogram + seg * kRadixBins;
+    const long long need = state.need[seg];
+    if (need != 0) {
+      long long total = 0;
+      for (int b = 0; b < kRadixBins; ++b) total += h[b];
+      if (shift + kRadixBits >= 64 && total <= need) {
+        state.need[seg] = 0;
+      } else {
+        long long before = 0;
+        for (int b = 0; b < kRadixBins; ++b) {
+          if (before + h[b] >= need) {
+            state.prefix[seg] |= static_cast<unsigned long long>(b) << shift;
+            state.need[seg] = need - before;
+            break;
+          }
+          before += h[b];
+        }
+      }
+    }
+    for (int b = 0; b < kRadixBins; ++b) h[b] = 0;
+  }
+}
+
+// Writes each selected candidate (key at most the segment's k-th smallest, or every one of a segment that
+// takes all) into its segment's k slots of the image.
+template <typename scalar_t>
+__global__ void radix_compact_kernel(ScoreArgs<scalar_t, float> args, int64_t total, RadixState state, int64_t k,
+                                     unsigned long long* __restrict__ filled, float* __restrict__ slot_score,
+                                     int64_t* __restrict__ slot_candidate) {
+  for_each_candidate(args, total, [&](int64_t t, int64_t segment, uint64_t key, float score) {
+    if (segment < 0 || (state.need[segment] != 0 && key > state.prefix[segment])) return;
+    const int64_t slot = segment * k + static_cast<int64_t>(atomicAdd(filled + segment, 1ULL));
+    slot_score[slot] = score;
+    slot_candidate[slot] = t % args.per_image();
+  });
+}
+
+template <typename scalar_t>
+Slots radix_top_k(const Candidates& c, const RescoreParams& p, int64_t k) {
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t segments = c.images * c.num_levels, total = c.images * c.per_image();
+  const auto longs = c.longs();
+  Slots slots{at::full({c.images, c.num_levels * k}, -std::numeric_limits<float>::infinity(),
+                       c.boxes.options().dtype(at::kFloat)),
+              at::zeros({c.images, c.num_levels * k}, longs)};
+  if (total == 0 || k == 0) return slots;
+  at::Tensor prefix = at::zeros({segments}, longs), need = at::full({segments}, k, longs);
+  at::Tensor histogram = at::zeros({segments * kRadixBins}, c.boxes.options().dtype(at::kInt));
+  const RadixState state{reinterpret_cast<unsigned long long*>(prefix.data_ptr<int64_t>()),
+                         reinterpret_cast<long long*>(need.data_ptr<int64_t>()),
+                         reinterpret_cast<unsigned int*>(histogram.data_ptr<int32_t>())};
+  const auto args = score_args<scalar_t, float>(c, p);
+  for (int pass = 0; pass < kRadixPasses; ++pass) {
+    const int shift = 64 - kRadixBits * (pass + 1);
+    radix_histogram_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(args, total, state, shift);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    radix_scan_kernel<<<grid_for(segments), kThreads, 0, stream>>>(state, segments, shift);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  at::Tensor filled = at::zeros({segments}, longs);
+  radix_compact_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
+      args, total, state, k, reinterpret_cast<unsigned long long*>(filled.data_ptr<int64_t>()),
+      slots.score.data_ptr<float>(), slots.candidate.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return slots;
+}
+
+// The same slots by one torch top-k per level over a [B, N*C] score buffer: for float64 scores, more than
+// 2^32 candidates per image, or more segments than the radix histograms hold.
+template <typename scalar_t, typename acc_t>
+Slots buffered_top_k(const Candidates& c, const RescoreParams& p, int64_t k) {
+  const at::Tensor cand = candidate_scores<scalar_t, acc_t>(c, p);
   std::vector<at::Tensor> scores, candidates;
   for (int64_t level = 0; level < c.num_levels; ++level) {
     at::Tensor level_scores = cand;
-    if (c.level_index.has_value()) {
-      const at::Tensor in_level = c.level_index->index_select(0, point_of).eq(level);
+    if (c.level_index.defined()) {
+      const at::Tensor point_of = at::arange(c.per_image(), c.longs()).div_(c.classes, "floor");
+      const at::Tensor in_level = c.level_index.index_select(0, point_of).eq(level);
       level_scores = cand.masked_fill(in_level.logical_not().unsqueeze(0), -INFINITY);
     }
     auto top = at::topk(level_scores, k, 1, /*largest=*/true, /*sorted=*/false);
@@ -338,10 +610,28 @@ Slots level_top_k(const at::Tensor& cand, const Candidates& c, const at::Tensor&
   return Slots{at::cat(scores, 1), at::cat(candidates, 1)};
 }
 
+// The slots of every image: each candidate once when the top-k keeps them all, else the best k per
+// (image, level).
+template <typename scalar_t, typename acc_t>
+Slots select_slots(const Candidates& c, const RescoreParams& p) {
+  const int64_t k = p.top_k < 0 ? c.per_image() : std::min(p.top_k, c.per_image());
+  if (k == c.per_image()) {
+    return Slots{candidate_scores<scalar_t, acc_t>(c, p),
+                 at::arange(c.per_image(), c.longs()).unsqueeze(0).expand({c.images, -1}).contiguous()};
+  }
+  if (std::is_same<acc_t, float>::value && c.per_image() <= kRankKeyIndices &&
+      c.images * c.num_levels <= kMaxRadixSegments) {
+    return radix_top_k<scalar_t>(c, p, k);
+  }
+  return buffered_top_k<scalar_t, acc_t>(c, p, k);
+}
+
 // Row offset of each image's points in the flattened boxes: dense boxes are per image, flat ones shared.
 at::Tensor image_point_offset(const Candidates& c) {
   return c.dense ? at::arange(c.images, c.longs()).mul_(c.points).unsqueeze(1) : at::zeros({c.images, 1}, c.longs());
 }
+
+using DetectionTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // Padded [images, width] outputs: the first `take` picked slots, `filled` where an image has that many.
 DetectionTensors write_detections(const Candidates& c, const Slots& slots, const at::Tensor& slot_point,
@@ -355,8 +645,7 @@ DetectionTensors write_detections(const Candidates& c, const Slots& slots, const
     return out;
   };
   const at::Tensor det_point = slot_point.gather(1, pick);
-  const at::Tensor image_offset = image_point_offset(c);
-  const at::Tensor det_box_row = (det_point + image_offset).reshape(-1);
+  const at::Tensor det_box_row = (det_point + image_point_offset(c)).reshape(-1);
   at::Tensor det_boxes = c.boxes.reshape({-1, 4}).index_select(0, det_box_row).view({c.images, take, 4});
   det_boxes = det_boxes.masked_fill(filled.logical_not().unsqueeze(2), 0);
   at::Tensor out_boxes = c.boxes.new_zeros({c.images, width, 4});
@@ -366,36 +655,47 @@ DetectionTensors write_detections(const Candidates& c, const Slots& slots, const
           pad(source, -1), counts};
 }
 
-// Rescoring, threshold and top-k in static shapes, then one class-aware NMS over all slots (sorted by key,
-// score descending, candidate index; invalid slots last), then the best survivors: no host synchronisation.
+// Rescoring, threshold and top-k in static shapes, then one NMS over all slots (detection order, then by key
+// for class-aware NMS; invalid slots last), then the first survivors in detection order: no host
+// synchronisation.
 template <typename scalar_t>
 DetectionTensors rescored_typed(const Candidates& c, const RescoreParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  const at::Tensor cand = candidate_scores<scalar_t, acc_t>(c, p);
-  const at::Tensor point_of = at::arange(c.per_image(), c.longs()).div_(c.classes, "floor");
-  const Slots slots = level_top_k(cand, c, point_of, p.top_k);
+  const Slots slots = select_slots<scalar_t, acc_t>(c, p);
+  const int64_t slot_count = slots.score.size(1);
   const at::Tensor valid = slots.score.isfinite();
-  const at::Tensor slot_point = point_of.index_select(0, slots.candidate.reshape(-1)).view_as(slots.candidate);
+  const at::Tensor slot_point = c.dense ? slots.candidate.div(c.classes, "floor") : slots.candidate;
   const at::Tensor slot_label = c.dense
                                     ? slots.candidate.remainder(c.classes)
                                     : c.labels.index_select(0, slots.candidate.reshape(-1)).view_as(slots.candidate);
-  at::Tensor key = p.class_agnostic ? at::zeros_like(slot_label) : slot_label;
-  key = key.masked_fill(valid.logical_not(), kInvalidKey);
-  const at::Tensor perm = rank_rows(slots.score, slots.candidate, key);
-  const at::Tensor sorted_key = key.gather(1, perm).contiguous();
-  const at::Tensor box_row = (slot_point.gather(1, perm) + image_point_offset(c)).reshape(-1);
+  // order: slot positions in detection order; sorted: the same grouped by key (stably) for NMS.
+  const at::Tensor order = detection_order(slots.score, slots.candidate, c.per_image());
+  at::Tensor sorted = order, by_key;
+  std::optional<at::Tensor> sorted_key;
+  if (!p.class_agnostic) {
+    auto [key, positions] =
+        at::sort(slot_label.masked_fill(valid.logical_not(), kInvalidKey).gather(1, order), /*stable=*/true, 1, false);
+    sorted_key = key.contiguous();
+    by_key = positions;
+    sorted = order.gather(1, by_key);
+  }
+  const at::Tensor box_row = (slot_point.gather(1, sorted) + image_point_offset(c)).reshape(-1);
   const at::Tensor sorted_boxes = c.boxes.reshape({-1, 4})
                                       .index_select(0, box_row)
                                       .to(c10::CppTypeToScalarType<acc_t>::value)
                                       .view({c.images, -1, 4})
                                       .contiguous();
-  const at::Tensor keep = greedy_nms_sorted<acc_t>(sorted_boxes, sorted_key, p.iou_threshold);
-  // Survivors by (score descending, candidate index); the first `width`.
-  const at::Tensor kept_score = slots.score.gather(1, perm).masked_fill(keep.logical_not(), -INFINITY);
-  const at::Tensor best = rank_rows(kept_score, slots.candidate.gather(1, perm), std::nullopt);
+  const at::Tensor keep =
+      greedy_nms_sorted<acc_t>(sorted_boxes, sorted_key, valid.gather(1, sorted).contiguous(), p.iou_threshold);
+  const at::Tensor kept_in_order = p.class_agnostic ? keep : at::zeros_like(keep).scatter_(1, by_key, keep);
+  // Detection d of an image is its d-th survivor in detection order; the others go to a spare column.
   const int64_t width = detection_slots(p.max_detections, c.per_image());
-  const int64_t take = std::min(width, best.size(1));
-  const at::Tensor pick = perm.gather(1, best.narrow(1, 0, take));  // slot index of each detection
+  const int64_t take = std::min(width, slot_count);
+  const at::Tensor rank = kept_in_order.cumsum(1).sub_(1);
+  const at::Tensor column = rank.masked_fill(kept_in_order.logical_not().logical_or_(rank.ge(take)), take);
+  at::Tensor position = at::zeros({c.images, take + 1}, c.longs());
+  position.scatter_(1, column, at::arange(slot_count, c.longs()).unsqueeze(0).expand({c.images, -1}));
+  const at::Tensor pick = order.gather(1, position.narrow(1, 0, take));  // slot index of each detection
   const at::Tensor counts = keep.sum(1).clamp_max(width);
   return write_detections(c, slots, slot_point, slot_label, pick, counts, width);
 }
@@ -437,6 +737,7 @@ DetectionTensors rescored_nms_flat_cuda(const at::Tensor& boxes, const at::Tenso
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mutualops, CUDA, m) {
+  m.impl("nms", &nms_cuda);
   m.impl("batched_nms", &batched_nms_cuda);
   m.impl("rescored_nms_dense", &rescored_nms_dense_cuda);
   m.impl("rescored_nms_flat", &rescored_nms_flat_cuda);

@@ -2,6 +2,8 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(mutualops, m) {
+  // Greedy NMS of one class (torchvision.ops.nms): batched_nms with one idxs value, without a key to sort by.
+  m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
   // Greedy NMS within each idxs value. Returns kept indices ordered by score
   // descending, ties to the lower index. Boxes or scores that are not finite
   // are never kept and suppress nothing.

@@ -11,21 +11,25 @@
 
 namespace mutualops {
 
-inline void check_nms_args(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
-                           double iou_threshold) {
+inline void check_nms_boxes_scores(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
   check_kernel_float(boxes, "boxes");
   TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, "boxes must have shape [N, 4], got ", boxes.sizes());
   TORCH_CHECK_VALUE(scores.dim() == 1 && scores.size(0) == boxes.size(0), "scores must have shape [", boxes.size(0),
                     "], got ", scores.sizes());
-  TORCH_CHECK_VALUE(idxs.dim() == 1 && idxs.size(0) == boxes.size(0), "idxs must have shape [", boxes.size(0),
-                    "], got ", idxs.sizes());
   TORCH_CHECK_TYPE(scores.scalar_type() == boxes.scalar_type(), "scores must have the dtype of boxes");
-  TORCH_CHECK_TYPE(at::isIntegralType(idxs.scalar_type(), /*includeBool=*/false),
-                   "idxs must be an integer tensor, got ", idxs.scalar_type());
-  TORCH_CHECK_VALUE(scores.device() == boxes.device() && idxs.device() == boxes.device(),
-                    "boxes, scores and idxs must be on one device");
+  TORCH_CHECK_VALUE(scores.device() == boxes.device(), "boxes and scores must be on one device");
   TORCH_CHECK_VALUE(iou_threshold >= 0.0 && iou_threshold <= 1.0, "iou_threshold must be in [0, 1], got ",
                     iou_threshold);
+}
+
+inline void check_nms_args(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
+                           double iou_threshold) {
+  check_nms_boxes_scores(boxes, scores, iou_threshold);
+  TORCH_CHECK_VALUE(idxs.dim() == 1 && idxs.size(0) == boxes.size(0), "idxs must have shape [", boxes.size(0),
+                    "], got ", idxs.sizes());
+  TORCH_CHECK_TYPE(at::isIntegralType(idxs.scalar_type(), /*includeBool=*/false),
+                   "idxs must be an integer tensor, got ", idxs.scalar_type());
+  TORCH_CHECK_VALUE(idxs.device() == boxes.device(), "boxes, scores and idxs must be on one device");
 }
 
 // Without an IoU prediction the ranking score is the class score itself:
