@@ -360,3 +360,18 @@ def test_max_iou_thresholds_round_to_the_iou_dtype(device):
     ours, _ = mutualops.assign_max_iou(anchors, gt, pos_iou_threshold=0.7, neg_iou_threshold=0.3, low_quality="none")
     assert torch.equal(ours, theirs)
     assert ours[0] == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_max_iou_more_than_65535_images(device, gen):
+    # CUDA grids hold at most 65535 blocks in height, where the images were.
+    images = 70_000
+    anchors = random_boxes(40, generator=gen, scale=100.0)
+    boxes = random_boxes(2, batch=images, generator=gen, scale=100.0)
+    counts = torch.randint(0, 3, (images,), generator=gen)
+    kw = dict(pos_iou_threshold=0.5, neg_iou_threshold=0.3, low_quality="torchvision")
+    got, best = mutualops.assign_max_iou(anchors.to(device), boxes.to(device), counts.to(device), **kw)
+    pick = torch.tensor([0, 65534, 65535, 65536, images - 1])
+    expected, expected_best = reference.assign_max_iou(anchors, boxes[pick], counts[pick], **kw)
+    assert torch.equal(got.cpu()[pick], expected)
+    torch.testing.assert_close(best.cpu()[pick], expected_best, rtol=0, atol=0)

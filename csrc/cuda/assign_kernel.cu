@@ -76,53 +76,55 @@ constexpr int kAnchorThreads = 256;
 template <typename scalar_t>
 __global__ void __launch_bounds__(kAnchorThreads)
     anchor_match_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ gts,
-                        const int64_t* __restrict__ counts, const bool* __restrict__ ignored, int64_t n, int64_t gmax,
-                        double pos_iou, double neg_iou, const at::opmath_type<scalar_t>* __restrict__ gt_best,
-                        bool torchvision, double min_pos_iou, int64_t* __restrict__ matched,
-                        scalar_t* __restrict__ best_out) {
+                        const int64_t* __restrict__ counts, const bool* __restrict__ ignored, int64_t images, int64_t n,
+                        int64_t gmax, double pos_iou, double neg_iou,
+                        const at::opmath_type<scalar_t>* __restrict__ gt_best, bool torchvision, double min_pos_iou,
+                        int64_t* __restrict__ matched, scalar_t* __restrict__ best_out) {
   using T = at::opmath_type<scalar_t>;
   __shared__ Box<T> tile[kAnchorThreads];
   __shared__ T tile_best[kAnchorThreads];
-  const int64_t image = blockIdx.y;
-  const int64_t count = real_count(counts, image, gmax);
   const T floor = low_quality_floor<T>(torchvision, min_pos_iou);
   // Every thread of a block runs the same iterations (the bounds are per
-  // block), so that all of them reach the barriers.
-  for (int64_t base = static_cast<int64_t>(blockIdx.x) * kAnchorThreads; base < n;
-       base += static_cast<int64_t>(gridDim.x) * kAnchorThreads) {
-    const int64_t p = base + threadIdx.x;
-    const bool active = p < n;
-    const int64_t t = image * n + p;
-    const bool skip = !active || ignored[t];
-    const Box<T> a = active ? load_box<T>(anchors + 4 * p) : Box<T>{T(0), T(0), T(0), T(0)};
-    T best = T(-1);
-    int64_t arg = 0, last = -1;
-    for (int64_t g0 = 0; g0 < count; g0 += kAnchorThreads) {
-      const int tile_size = static_cast<int>(min(count - g0, static_cast<int64_t>(kAnchorThreads)));
-      __syncthreads();
-      if (threadIdx.x < tile_size) {
-        const int64_t gi = image * gmax + g0 + threadIdx.x;
-        tile[threadIdx.x] = load_box<T>(gts + 4 * gi);
-        tile_best[threadIdx.x] = gt_best ? gt_best[gi] : T(0);
+  // block), so that all of them reach the barriers. Images stride by the
+  // grid's height, which holds at most 65535.
+  for (int64_t image = blockIdx.y; image < images; image += gridDim.y) {
+    const int64_t count = real_count(counts, image, gmax);
+    for (int64_t base = static_cast<int64_t>(blockIdx.x) * kAnchorThreads; base < n;
+         base += static_cast<int64_t>(gridDim.x) * kAnchorThreads) {
+      const int64_t p = base + threadIdx.x;
+      const bool active = p < n;
+      const int64_t t = image * n + p;
+      const bool skip = !active || ignored[t];
+      const Box<T> a = active ? load_box<T>(anchors + 4 * p) : Box<T>{T(0), T(0), T(0), T(0)};
+      T best = T(-1);
+      int64_t arg = 0, last = -1;
+      for (int64_t g0 = 0; g0 < count; g0 += kAnchorThreads) {
+        const int tile_size = static_cast<int>(min(count - g0, static_cast<int64_t>(kAnchorThreads)));
+        __syncthreads();
+        if (threadIdx.x < tile_size) {
+          const int64_t gi = image * gmax + g0 + threadIdx.x;
+          tile[threadIdx.x] = load_box<T>(gts + 4 * gi);
+          tile_best[threadIdx.x] = gt_best ? gt_best[gi] : T(0);
+        }
+        __syncthreads();
+        if (skip) continue;
+        for (int j = 0; j < tile_size; ++j) {
+          const T iou = box_iou(a, tile[j]);
+          if (iou > best) best = iou, arg = g0 + j;
+          if (gt_best && is_best_of_gt(iou, tile_best[j], floor)) last = g0 + j;
+        }
       }
-      __syncthreads();
-      if (skip) continue;
-      for (int j = 0; j < tile_size; ++j) {
-        const T iou = box_iou(a, tile[j]);
-        if (iou > best) best = iou, arg = g0 + j;
-        if (gt_best && is_best_of_gt(iou, tile_best[j], floor)) last = g0 + j;
-      }
+      if (!active) continue;
+      const bool is_ignored = ignored[t];
+      // No GT: IoU 0 (as on the CPU); an ignored anchor reports -1.
+      best_out[t] = static_cast<scalar_t>(count == 0 && !is_ignored ? T(0) : best);
+      int64_t code =
+          is_ignored
+              ? kIgnore
+              : (count == 0 ? kNegative : max_iou_code(best, arg, static_cast<T>(pos_iou), static_cast<T>(neg_iou)));
+      if (!is_ignored && last >= 0) code = low_quality_match(torchvision, arg, last);
+      matched[t] = code;
     }
-    if (!active) continue;
-    const bool is_ignored = ignored[t];
-    // No GT: IoU 0 (as on the CPU); an ignored anchor reports -1.
-    best_out[t] = static_cast<scalar_t>(count == 0 && !is_ignored ? T(0) : best);
-    int64_t code =
-        is_ignored
-            ? kIgnore
-            : (count == 0 ? kNegative : max_iou_code(best, arg, static_cast<T>(pos_iou), static_cast<T>(neg_iou)));
-    if (!is_ignored && last >= 0) code = low_quality_match(torchvision, arg, last);
-    matched[t] = code;
   }
 }
 
@@ -231,7 +233,6 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cuda(const at::Tensor& anchors
   const LowQuality lq = parse_low_quality(low_quality);
   const c10::cuda::CUDAGuard guard(anchors.device());
   const int64_t images = gt_boxes.size(0), gmax = gt_boxes.size(1), n = anchors.size(0);
-  TORCH_CHECK_VALUE(images <= 65535, "assign_max_iou on CUDA takes at most 65535 images per call, got ", images);
   const at::Tensor anc = anchors.contiguous(), gts = gt_boxes.contiguous();
   const at::Tensor counts = num_gt.to(at::kLong).contiguous();
   const auto longs = anc.options().dtype(at::kLong);
@@ -262,10 +263,10 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cuda(const at::Tensor& anchors
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     const dim3 grid(static_cast<unsigned int>(std::min<int64_t>((n + kAnchorThreads - 1) / kAnchorThreads, 65536)),
-                    static_cast<unsigned int>(images));
+                    static_cast<unsigned int>(std::min<int64_t>(images, 65535)));
     anchor_match_kernel<scalar_t><<<grid, kAnchorThreads, 0, stream>>>(
-        anc.data_ptr<scalar_t>(), gts.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(), ignored.data_ptr<bool>(), n,
-        gmax, pos_iou, neg_iou, low_quality_in_pass && gmax > 0 ? gt_best.data_ptr<T>() : nullptr,
+        anc.data_ptr<scalar_t>(), gts.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(), ignored.data_ptr<bool>(),
+        images, n, gmax, pos_iou, neg_iou, low_quality_in_pass && gmax > 0 ? gt_best.data_ptr<T>() : nullptr,
         lq == LowQuality::kTorchvision, min_pos_iou, matched.data_ptr<int64_t>(), max_iou.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (lq == LowQuality::kMmdet && !gt_max_assign_all && gmax > 0) {
