@@ -10,7 +10,8 @@ spec.loader.exec_module(gpu_report)
 
 XML = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">
 <testcase classname="tests.test_nms" name="test_a[cuda]" time="1.5"/>
-<testcase classname="tests.test_nms" name="test_b[cuda]" time="0.5"><failure message="AssertionError: boom&#10;more">x</failure></testcase>
+<testcase classname="tests.test_nms" name="test_b[cuda]" time="0.5">
+<failure message="AssertionError: boom&#10;more">x</failure></testcase>
 <testcase classname="tests.test_nms" name="test_c[cpu]" time="0"><skipped message="no CUDA device"/></testcase>
 </testsuite></testsuites>"""
 
