@@ -129,6 +129,7 @@ def rescored_nms(
         num_levels = int(level_index.max()) + 1 if level_index.numel() else 1
     else:
         num_levels = as_int(num_levels, "num_levels")
+    _check_ids(level_index, "level_index", "num_levels", num_levels, fixed_shape)
     common = (alpha, score_threshold, iou_threshold, pre_nms_top_k, max_detections, bool(class_agnostic), bool(logits))
     if boxes.dim() == 3:
         if labels is not None or batch_index is not None:
@@ -159,14 +160,28 @@ def rescored_nms(
                 raise ValueError("num_images must be given with a meta batch_index (it has no values to count)")
         if num_images is None:
             num_images = 1 if batch_index is None else (int(batch_index.max()) + 1 if m else 0)
+        num_images = as_int(num_images, "num_images")
+        _check_ids(batch_index, "batch_index", "num_images", num_images, fixed_shape)
         out = torch.ops.mutualops.rescored_nms_flat(boxes, scores, labels, iou, batch_index, level_index,
-                                                    num_levels, as_int(num_images, "num_images"), *common)
+                                                    num_levels, num_images, *common)
     det_boxes, det_scores, det_labels, det_indices, counts = out
     if fixed_shape:
         return Detections(det_boxes, det_scores, det_labels, None, det_indices, counts)
     valid = det_labels >= 0
     image = torch.arange(counts.shape[0], device=counts.device)[:, None].expand_as(det_labels)
     return Detections(det_boxes[valid], det_scores[valid], det_labels[valid], image[valid], det_indices[valid], counts)
+
+
+def _check_ids(ids, name, count_name, count, fixed_shape):
+    """Ids outside [0, count) are an error. The CPU kernel checks them itself; on CUDA a check reads the data
+    on the host, which the flat output does anyway but fixed-shape mode must not: there, as in an exported
+    graph, such a candidate is never kept (README, "Rescored NMS")."""
+    if (ids is None or fixed_shape or ids.numel() == 0 or ids.device.type in ("cpu", "meta")
+            or torch.compiler.is_compiling()):
+        return
+    lo, hi = torch.aminmax(ids)
+    if int(lo) < 0 or int(hi) >= count:
+        raise ValueError(f"{name} must be in [0, {count_name} = {count}), got values in [{int(lo)}, {int(hi)}]")
 
 
 def _given_when_exporting(name, source):

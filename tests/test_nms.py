@@ -529,3 +529,46 @@ def test_nms_op_opcheck_and_raw_input(gen):
         torch.ops.mutualops.nms(boxes, scores.double(), 0.5)
     with pytest.raises(ValueError, match="iou_threshold"):
         torch.ops.mutualops.nms(boxes, scores, float("nan"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rescored_flat_without_batch_index_is_image_0(device, gen):
+    boxes, scores, iou = dense_case(gen, images=1, points=200, classes=1)
+    b, s, q, labels = boxes[0].to(device), scores[0, :, 0].to(device), iou[0].to(device), torch.zeros(200, dtype=torch.long)
+    one = mutualops.rescored_nms(b, s, q, labels=labels.to(device), fixed_shape=True)
+    two = mutualops.rescored_nms(b, s, q, labels=labels.to(device), num_images=2, fixed_shape=True)
+    assert two.counts.tolist() == [int(one.counts[0]), 0]
+    assert torch.equal(two.indices[0], one.indices[0]) and (two.indices[1] == -1).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fixed_shape", [False, True])
+def test_rescored_zero_images(device, fixed_shape):
+    boxes, scores = torch.zeros(0, 5, 4, device=device), torch.zeros(0, 5, 3, device=device)
+    det = mutualops.rescored_nms(boxes, scores, torch.zeros(0, 5, device=device), pre_nms_top_k=4,
+                                 fixed_shape=fixed_shape)
+    assert det.counts.shape == (0,) and det.scores.shape == ((0, 15) if fixed_shape else (0,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_raw_rescored_levels_without_level_index_are_level_0(device, dtype, gen):
+    # Without level ids every candidate is level 0's, whatever num_levels says (float64 takes the CUDA
+    # top-k path, float32 the radix select).
+    boxes, scores, iou = (t.to(device, dtype) for t in dense_case(gen, images=2, points=100, classes=3))
+    args = (0.5, 0.05, 1.0, 20, 100, False, False)
+    one = torch.ops.mutualops.rescored_nms_dense(boxes, scores, iou, None, 1, *args)
+    three = torch.ops.mutualops.rescored_nms_dense(boxes, scores, iou, None, 3, *args)
+    for a, b in zip(one, three):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rescored_ids_out_of_range_are_value_errors(device, gen):
+    boxes, scores, iou = (t.to(device) for t in dense_case(gen, images=1, points=20, classes=2))
+    with pytest.raises(ValueError, match="level_index must be in"):
+        mutualops.rescored_nms(boxes, scores, iou, level_index=torch.full((20,), 3, device=device), num_levels=2)
+    flat = dict(labels=torch.zeros(20, dtype=torch.long, device=device),
+                batch_index=torch.full((20,), 5, device=device), num_images=2)
+    with pytest.raises(ValueError, match="batch_index must be in"):
+        mutualops.rescored_nms(boxes[0], scores[0, :, 0], iou[0], **flat)

@@ -45,11 +45,11 @@ unsigned int blocks_for(int64_t work_blocks) {
 
 // ---- detection order --------------------------------------------------------
 
-// Signed rank keys of rows of scores, index taken from `index` (or the position when null).
+// Signed rank keys of (score, index) pairs.
 __global__ void rank_key_kernel(const float* __restrict__ score, const int64_t* __restrict__ index, int64_t total,
                                 int64_t* __restrict__ key) {
   for (int64_t t = grid_start(); t < total; t += grid_stride()) {
-    key[t] = signed_rank_key(rank_key(score[t], index ? index[t] : t));
+    key[t] = signed_rank_key(rank_key(score[t], index[t]));
   }
 }
 
@@ -95,14 +95,15 @@ __global__ void run_end_kernel(const int64_t* __restrict__ key, int64_t images, 
 // One tile of the suppression mask: sorted rows [row_begin, row_begin + tile_rows) of every image against
 // the words from row_begin / 64 on. Word (image, r, w) of the tile, at mask[(image * row_stride + r) *
 // tile_words + w], has bit t set when row row_begin + r suppresses box (first_word + w) * 64 + t (later,
-// same key or no key, IoU > threshold). Words left of the diagonal are never read and not written.
+// same key, IoU > threshold). Words left of the diagonal are never read and not written.
 struct MaskTile {
   int64_t row_begin, tile_rows, row_stride, first_word, tile_words;
 };
 
 template <typename T>
-__global__ void nms_mask_kernel(const T* __restrict__ boxes, const int64_t* __restrict__ key, int64_t images, int64_t m,
-                                MaskTile tile, T threshold, unsigned long long* __restrict__ mask) {
+__global__ void nms_mask_kernel(const T* __restrict__ boxes, const int64_t* __restrict__ key,
+                                const bool* __restrict__ valid, int64_t images, int64_t m, MaskTile tile, T threshold,
+                                unsigned long long* __restrict__ mask) {
   __shared__ T col_boxes[kMaskBits * 4];
   __shared__ int64_t col_key[kMaskBits];
   const int64_t row_blocks = (tile.tile_rows + kMaskBits - 1) / kMaskBits;
@@ -115,27 +116,29 @@ __global__ void nms_mask_kernel(const T* __restrict__ boxes, const int64_t* __re
     const int64_t col_start = (tile.first_word + w) * kMaskBits;
     if (col_start < row_start) continue;
     const T* image_boxes = boxes + image * m * 4;
-    const int64_t* image_key = key ? key + image * m : nullptr;
+    const int64_t* image_key = key + image * m;
     const int64_t rows = min(tile.row_begin + tile.tile_rows - row_start, static_cast<int64_t>(kMaskBits));
     const int64_t cols = min(m - col_start, static_cast<int64_t>(kMaskBits));
     unsigned long long* out = mask + (image * tile.row_stride + (row_start - tile.row_begin)) * tile.tile_words + w;
     // Keys are sorted: blocks whose key ranges do not meet have no pair.
-    if (image_key && image_key[col_start] > image_key[row_start + rows - 1]) {
+    if (image_key[col_start] > image_key[row_start + rows - 1]) {
       if (threadIdx.x < rows) out[threadIdx.x * tile.tile_words] = 0;
       continue;
     }
     __syncthreads();  // the previous block's columns are no longer read
     if (threadIdx.x < cols) {
       for (int c = 0; c < 4; ++c) col_boxes[threadIdx.x * 4 + c] = image_boxes[(col_start + threadIdx.x) * 4 + c];
-      col_key[threadIdx.x] = image_key ? image_key[col_start + threadIdx.x] : 0;
+      col_key[threadIdx.x] = image_key[col_start + threadIdx.x];
     }
     __syncthreads();
     if (threadIdx.x < rows) {
       const int64_t i = row_start + threadIdx.x;
       const Box<T> a = load_box<T>(image_boxes + 4 * i);
-      const int64_t ki = image_key ? image_key[i] : 0;
+      const int64_t ki = image_key[i];
       unsigned long long bits = 0;
-      for (int64_t t = 0; t < cols; ++t) {
+      // An invalid row is never kept, so its word is never used: written, not computed.
+      const int64_t last_col = valid[image * m + i] ? cols : 0;
+      for (int64_t t = 0; t < last_col; ++t) {
         const int64_t j = col_start + t;
         if (j > i && col_key[t] == ki && box_iou(a, load_box<T>(col_boxes + 4 * t)) > threshold) bits |= 1ULL << t;
       }
@@ -185,7 +188,7 @@ __global__ void __launch_bounds__(kReduceThreads)
         const int64_t i = begin + tid;
         diagonal[tid] = image_mask[(i - tile.row_begin) * tile.tile_words + local];
         chunk_valid[tid] = valid[image * m + i];
-        last_word[tid] = ((run_end ? run_end[image * m + i] : m) - 1) / kMaskBits;
+        last_word[tid] = (run_end[image * m + i] - 1) / kMaskBits;
       }
       __syncthreads();
       if (tid == 0) {
@@ -222,23 +225,25 @@ __global__ void __launch_bounds__(kReduceThreads)
 }
 
 // Greedy NMS of `images` independent rows of m candidates each, already sorted: boxes [images, m, 4] in the
-// math type; key [images, m] ascending along each row, or none for one key; valid [images, m] (an invalid
-// candidate is never kept and suppresses nothing). Returns keep [images, m].
+// math type; key [images, m] ascending along each row, or none for one key, when the invalid candidates
+// must come last; valid [images, m] (an invalid candidate is never kept and suppresses nothing). Returns
+// keep [images, m].
 template <typename T>
-at::Tensor greedy_nms_sorted(const at::Tensor& boxes, const std::optional<at::Tensor>& key, const at::Tensor& valid,
-                             double iou_threshold) {
+at::Tensor greedy_nms_sorted(const at::Tensor& boxes, const std::optional<at::Tensor>& given_key,
+                             const at::Tensor& valid, double iou_threshold) {
   const int64_t images = valid.size(0), m = valid.size(1);
   at::Tensor keep = at::zeros({images, m}, valid.options());
   if (images == 0 || m == 0) return keep;
   const auto stream = at::cuda::getCurrentCUDAStream();
   const auto longs = valid.options().dtype(at::kLong);
-  at::Tensor run_end;
-  if (key.has_value()) {
-    run_end = at::empty({images, m}, longs);
-    run_end_kernel<<<grid_for(images * m), kThreads, 0, stream>>>(key->data_ptr<int64_t>(), images, m,
-                                                                  run_end.data_ptr<int64_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  // With one key the valid run still gets a key of its own, so that kept boxes stop at its end and mask
+  // blocks of valid rows against the invalid tail are skipped.
+  const at::Tensor key =
+      given_key.has_value() ? *given_key : at::zeros({images, m}, longs).masked_fill_(valid.logical_not(), kInvalidKey);
+  at::Tensor run_end = at::empty({images, m}, longs);
+  run_end_kernel<<<grid_for(images * m), kThreads, 0, stream>>>(key.data_ptr<int64_t>(), images, m,
+                                                                run_end.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int64_t col_blocks = (m + kMaskBits - 1) / kMaskBits;
   // Rows per tile: as many 64-row strips as the budget holds for all images at full width, at least one.
   const int64_t strip_bytes = images * kMaskBits * col_blocks * static_cast<int64_t>(sizeof(unsigned long long));
@@ -253,14 +258,13 @@ at::Tensor greedy_nms_sorted(const at::Tensor& boxes, const std::optional<at::Te
                         col_blocks - first_word};
     const int64_t row_blocks = (tile.tile_rows + kMaskBits - 1) / kMaskBits;
     nms_mask_kernel<T><<<blocks_for(images * row_blocks * tile.tile_words), kMaskBits, 0, stream>>>(
-        boxes.data_ptr<T>(), key.has_value() ? key->data_ptr<int64_t>() : nullptr, images, m, tile, threshold,
-        mask_data);
+        boxes.data_ptr<T>(), key.data_ptr<int64_t>(), valid.data_ptr<bool>(), images, m, tile, threshold, mask_data);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const bool in_shared = tile.tile_words <= kSharedRemovedWords;
     nms_reduce_kernel<<<blocks_for(images), kReduceThreads,
                         in_shared ? tile.tile_words * sizeof(unsigned long long) : 0, stream>>>(
-        mask_data, run_end.defined() ? run_end.data_ptr<int64_t>() : nullptr, valid.data_ptr<bool>(), images, m,
-        col_blocks, tile, reinterpret_cast<unsigned long long*>(removed.data_ptr<int64_t>()), keep.data_ptr<bool>());
+        mask_data, run_end.data_ptr<int64_t>(), valid.data_ptr<bool>(), images, m, col_blocks, tile,
+        reinterpret_cast<unsigned long long*>(removed.data_ptr<int64_t>()), keep.data_ptr<bool>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return keep;
@@ -415,7 +419,8 @@ struct ScoreArgs {
     const acc_t quality = iou ? probability(static_cast<acc_t>(iou[at]), logits) : acc_t(1);
     const acc_t s = rescore(probability(static_cast<acc_t>(cls[dense ? t : p]), logits), quality, alpha);
     // A negative (flat) label marks a padding candidate, as in the padded outputs: never kept.
-    const bool ok = (dense || batch_index == nullptr || batch_index[p] == image) &&
+    // Without batch_index every flat element is image 0's, as on the CPU.
+    const bool ok = (dense || (batch_index == nullptr ? image == 0 : batch_index[p] == image)) &&
                     (labels == nullptr || labels[p] >= 0) && level(p) >= 0 && s > score_threshold && isfinite(s) &&
                     finite_box(b);
     return ok ? s : -INFINITY;
@@ -598,7 +603,9 @@ Slots buffered_top_k(const Candidates& c, const RescoreParams& p, int64_t k) {
   std::vector<at::Tensor> scores, candidates;
   for (int64_t level = 0; level < c.num_levels; ++level) {
     at::Tensor level_scores = cand;
-    if (c.level_index.defined()) {
+    if (!c.level_index.defined() && level > 0) {
+      level_scores = at::full_like(cand, -INFINITY);  // without level ids every candidate is level 0's
+    } else if (c.level_index.defined()) {
       const at::Tensor point_of = at::arange(c.per_image(), c.longs()).div_(c.classes, "floor");
       const at::Tensor in_level = c.level_index.index_select(0, point_of).eq(level);
       level_scores = cand.masked_fill(in_level.logical_not().unsqueeze(0), -INFINITY);
@@ -619,7 +626,8 @@ Slots select_slots(const Candidates& c, const RescoreParams& p) {
     return Slots{candidate_scores<scalar_t, acc_t>(c, p),
                  at::arange(c.per_image(), c.longs()).unsqueeze(0).expand({c.images, -1}).contiguous()};
   }
-  if (std::is_same<acc_t, float>::value && c.per_image() <= kRankKeyIndices &&
+  // Fewer than 2^32 candidates per image: the 32-bit histogram bins cannot wrap.
+  if (std::is_same<acc_t, float>::value && c.per_image() < kRankKeyIndices &&
       c.images * c.num_levels <= kMaxRadixSegments) {
     return radix_top_k<scalar_t>(c, p, k);
   }
@@ -683,7 +691,7 @@ DetectionTensors rescored_typed(const Candidates& c, const RescoreParams& p) {
   const at::Tensor sorted_boxes = c.boxes.reshape({-1, 4})
                                       .index_select(0, box_row)
                                       .to(c10::CppTypeToScalarType<acc_t>::value)
-                                      .view({c.images, -1, 4})
+                                      .view({c.images, slot_count, 4})
                                       .contiguous();
   const at::Tensor keep =
       greedy_nms_sorted<acc_t>(sorted_boxes, sorted_key, valid.gather(1, sorted).contiguous(), p.iou_threshold);
