@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mutualops
-from helpers import DEVICES, random_boxes
+from helpers import DEVICES, HAS_CUDA, random_boxes
 from mutualops import reference
 from mutualops.assign import fcos_points, torchvision_fcos_priors
 
@@ -375,3 +375,56 @@ def test_max_iou_more_than_65535_images(device, gen):
     expected, expected_best = reference.assign_max_iou(anchors, boxes[pick], counts[pick], **kw)
     assert torch.equal(got.cpu()[pick], expected)
     torch.testing.assert_close(best.cpu()[pick], expected_best, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("low_quality, assign_all", [("torchvision", True), ("mmdet", True), ("mmdet", False)])
+def test_max_iou_best_anchors_across_chunks(device, dtype, low_quality, assign_all, gen):
+    # The CUDA pass keeps each GT's best IoU per chunk of 512 anchors and looks again only in the chunks that
+    # hold it: a GT's best anchor repeated in far chunks (mmdet without assign_all takes the first), GTs past
+    # the first shared-memory tile of 256, best anchors that an ignore box hides, a GT that overlaps nothing
+    # (its best, 0, is in every chunk), an image without GT, and a ragged last chunk.
+    n = 5 * 512 + 37
+    anchors = random_boxes(n, generator=gen, scale=600.0, dtype=torch.float64)
+    boxes = random_boxes(300, batch=3, generator=gen, scale=600.0, min_size=20.0, dtype=torch.float64)
+    for image in range(3):
+        boxes[image, 5] = boxes[0, 5]
+        boxes[image, 290] = boxes[0, 290]
+    anchors[[10, 10 + 512, n - 1]] = boxes[0, 5]
+    anchors[[700, 2000]] = boxes[0, 290]
+    boxes[0, 7] = torch.tensor([2000.0, 2000, 2010, 2010], dtype=torch.float64)  # far from every anchor
+    # GT 150's best IoU, 1/3, is a low-quality match held by three anchors in three chunks.
+    boxes[0, 150] = torch.tensor([1000.0, 1000, 1010, 1010], dtype=torch.float64)
+    low = [100, 100 + 1024, n - 2]
+    anchors[low] = torch.tensor([1000.0, 1000, 1010, 1030], dtype=torch.float64)
+    boxes[1, 8] = torch.tensor([100.0, 100, 100, 300], dtype=torch.float64)  # zero width: IoU 0 with every anchor
+    counts = torch.tensor([300, 270, 0])
+    ignore = torch.zeros(3, 1, 4, dtype=torch.float64)
+    ignore[1, 0] = boxes[0, 5]  # in image 1 the copies of GT 5 are ignored
+    kw = dict(pos_iou_threshold=0.5, neg_iou_threshold=0.3, low_quality=low_quality, min_pos_iou=0.1,
+              gt_max_assign_all=assign_all, ignore_iof_threshold=0.9, num_ignore=torch.tensor([0, 1, 0]))
+    anchors, boxes, ignore = anchors.to(dtype), boxes.to(dtype), ignore.to(dtype)
+    got, best = mutualops.assign_max_iou(anchors.to(device), boxes.to(device), counts.to(device),
+                                         ignore_boxes=ignore.to(device), **{**kw, "num_ignore": kw["num_ignore"].to(device)})
+    expected, expected_best = reference.assign_max_iou(anchors, boxes, counts, ignore_boxes=ignore, **kw)
+    assert torch.equal(got.cpu(), expected)
+    torch.testing.assert_close(best.cpu(), expected_best, rtol=0, atol=0)
+    assert (got[0, [10, 10 + 512, n - 1]] == 5).all() and (got[1, [10, 10 + 512, n - 1]] == -2).all()
+    assert (got[0, [700, 2000]] == 290).all() and (got[2] == -1).all()
+    if assign_all:
+        assert (got[0, low] == 150).all()
+    else:
+        assert got[0, low].tolist() == [150, -2, -2]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+def test_raw_max_iou_ignore_boxes_on_another_device(gen):
+    # The CUDA kernel would read the host pointer of CPU ignore boxes.
+    anchors = random_boxes(20, generator=gen, device="cuda")
+    boxes = random_boxes(3, batch=1, generator=gen, device="cuda")
+    counts = torch.tensor([3], device="cuda")
+    with pytest.raises(ValueError, match="ignore_boxes must be on the device of gt_boxes"):
+        torch.ops.mutualops.assign_max_iou(anchors, boxes, counts, boxes[:, :1].cpu(), torch.tensor([1]), 0.5, 0.4,
+                                           "torchvision", 0.0, True, 0.5)

@@ -1,11 +1,13 @@
-// CUDA kernels of the label-assignment family: one thread per (image, point)
-// looping over GTs (or one block per (image, GT) reducing over anchors for the
-// per-GT maxima), calling mutualops/assign_math.h and box_math.h. Extra memory is
-// O(P + G); results are deterministic (no atomics).
+// CUDA kernels of the label-assignment family: threads over (image, point) looping over GTs, calling
+// mutualops/assign_math.h and box_math.h. Extra memory is O(P + G), plus P/512 * G for the max-IoU rule's
+// per-chunk GT maxima; results are deterministic (no atomics).
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+
+#include <limits>
+#include <type_traits>
 
 #include "../ops/assign.h"
 #include "launch.cuh"
@@ -65,118 +67,197 @@ __global__ void ignored_kernel(const scalar_t* __restrict__ anchors, const scala
   }
 }
 
-// Per (image, anchor): best IoU over GTs and its first GT (-1 when ignored),
-// the max-IoU code, and in the same loop the low-quality matches. torchvision
-// restores an anchor's own best GT when it is some GT's best; mmdetection (all
-// ties) gives it the last such GT whose best IoU reaches min_pos_iou; gt_best is
-// null when neither applies. blockIdx.y is the image, so that the block stages
-// that image's GTs in shared memory, a tile at a time, for all its anchors.
+// Max-IoU assignment reads every (anchor, GT) IoU once. The low-quality rule needs each GT's best IoU over all
+// anchors before it can decide any anchor, so the one pass over the IoUs also leaves, for every chunk of
+// kChunkAnchors anchors, each GT's best IoU within the chunk (chunk_best, [B, chunks, G]: 1/kChunkAnchors of
+// the IoU matrix). gt_best_kernel reduces those to each GT's best, and low_quality_kernel recomputes IoUs only
+// in the chunks holding one of a GT's best anchors: usually one chunk per GT. (A GT that overlaps no anchor
+// has best IoU 0, and then every chunk holds its best; the rule is torchvision's, and so is the work.)
+// blockIdx.y is the image, so that a block stages that image's GTs in shared memory, a tile at a time, for
+// all the anchors of its chunk. --fmad=false makes a recomputed IoU round as the first one did.
 constexpr int kAnchorThreads = 256;
+constexpr int kAnchorsPerThread = 2;  // two independent IoUs per GT read from shared memory
+constexpr int kChunkAnchors = kAnchorThreads * kAnchorsPerThread;
+constexpr int kWarps = kAnchorThreads / 32;
 
+// The maximum over a warp of v, an IoU or -1 (never NaN: the callers only take IoUs above -1).
+template <typename T>
+__device__ __forceinline__ T warp_max(T v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same_v<T, float>) {
+    // Non-negative floats order as their bits do as ints, and -1 is a negative int below them (+ 0 turns a
+    // -0, which would be the lowest int of all, into +0): one redux instruction instead of five shuffles.
+    return __int_as_float(__reduce_max_sync(0xffffffffu, __float_as_int(v + 0.0f)));
+  }
+#endif
+  for (int offset = 16; offset > 0; offset /= 2) v = max2(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// The anchors of one chunk a thread holds: the k-th is chunk * kChunkAnchors + k * kAnchorThreads + threadIdx.x,
+// so that a warp's loads are contiguous. `use` is false for padding past n and for ignored anchors.
+template <typename T, typename scalar_t>
+struct ChunkAnchors {
+  Box<T> box[kAnchorsPerThread];
+  bool use[kAnchorsPerThread];
+
+  __device__ ChunkAnchors(const scalar_t* anchors, const bool* ignored, int64_t image, int64_t chunk, int64_t n) {
+    for (int k = 0; k < kAnchorsPerThread; ++k) {
+      const int64_t p = index(chunk, k);
+      use[k] = p < n && !ignored[image * n + p];
+      box[k] = p < n ? load_box<T>(anchors + 4 * p) : Box<T>{T(0), T(0), T(0), T(0)};
+    }
+  }
+
+  static __device__ int64_t index(int64_t chunk, int k) {
+    return chunk * kChunkAnchors + k * kAnchorThreads + threadIdx.x;
+  }
+};
+
+// Per (image, anchor): best IoU over GTs and its first GT (-1 when ignored) and the max-IoU code; with
+// chunk_best, each GT's best over the chunk's non-ignored anchors (-1 if none); with best_gt, the anchor's
+// first best GT whatever its code (torchvision's low-quality rule gives it back).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kAnchorThreads)
-    anchor_match_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ gts,
-                        const int64_t* __restrict__ counts, const bool* __restrict__ ignored, int64_t images, int64_t n,
-                        int64_t gmax, double pos_iou, double neg_iou,
-                        const at::opmath_type<scalar_t>* __restrict__ gt_best, bool torchvision, double min_pos_iou,
-                        int64_t* __restrict__ matched, scalar_t* __restrict__ best_out) {
+    anchor_pass_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ gts,
+                       const int64_t* __restrict__ counts, const bool* __restrict__ ignored, int64_t images, int64_t n,
+                       int64_t gmax, int64_t chunks, double pos_iou, double neg_iou,
+                       at::opmath_type<scalar_t>* __restrict__ chunk_best, int32_t* __restrict__ best_gt,
+                       int64_t* __restrict__ matched, scalar_t* __restrict__ best_out) {
   using T = at::opmath_type<scalar_t>;
   __shared__ Box<T> tile[kAnchorThreads];
-  __shared__ T tile_best[kAnchorThreads];
-  const T floor = low_quality_floor<T>(torchvision, min_pos_iou);
-  // Every thread of a block runs the same iterations (the bounds are per
-  // block), so that all of them reach the barriers. Images stride by the
-  // grid's height, which holds at most 65535.
+  __shared__ T warp_best[kWarps][kAnchorThreads];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  // Every thread of a block runs the same iterations (the bounds are per block), so that all of them reach
+  // the barriers and the warp reductions. Images stride by the grid's height, which holds at most 65535.
   for (int64_t image = blockIdx.y; image < images; image += gridDim.y) {
     const int64_t count = real_count(counts, image, gmax);
-    for (int64_t base = static_cast<int64_t>(blockIdx.x) * kAnchorThreads; base < n;
-         base += static_cast<int64_t>(gridDim.x) * kAnchorThreads) {
-      const int64_t p = base + threadIdx.x;
-      const bool active = p < n;
-      const int64_t t = image * n + p;
-      const bool skip = !active || ignored[t];
-      const Box<T> a = active ? load_box<T>(anchors + 4 * p) : Box<T>{T(0), T(0), T(0), T(0)};
-      T best = T(-1);
-      int64_t arg = 0, last = -1;
+    for (int64_t chunk = blockIdx.x; chunk < chunks; chunk += gridDim.x) {
+      const ChunkAnchors<T, scalar_t> own(anchors, ignored, image, chunk, n);
+      T best[kAnchorsPerThread];
+      int64_t arg[kAnchorsPerThread];
+      for (int k = 0; k < kAnchorsPerThread; ++k) best[k] = T(-1), arg[k] = 0;
+      for (int64_t g0 = 0; g0 < count; g0 += kAnchorThreads) {
+        const int tile_size = static_cast<int>(min(count - g0, static_cast<int64_t>(kAnchorThreads)));
+        __syncthreads();  // the previous tile's readers of tile and warp_best are done
+        if (threadIdx.x < tile_size) tile[threadIdx.x] = load_box<T>(gts + 4 * (image * gmax + g0 + threadIdx.x));
+        __syncthreads();
+        for (int j = 0; j < tile_size; ++j) {
+          T top = T(-1);
+          for (int k = 0; k < kAnchorsPerThread; ++k) {
+            const T iou = box_iou(own.box[k], tile[j]);
+            if (!own.use[k]) continue;
+            if (iou > best[k]) best[k] = iou, arg[k] = g0 + j;
+            if (iou > top) top = iou;
+          }
+          if (chunk_best == nullptr) continue;
+          top = warp_max(top);
+          if (lane == 0) warp_best[warp][j] = top;
+        }
+        if (chunk_best == nullptr) continue;
+        __syncthreads();
+        if (threadIdx.x < tile_size) {
+          T top = warp_best[0][threadIdx.x];
+          for (int w = 1; w < kWarps; ++w) top = max2(top, warp_best[w][threadIdx.x]);
+          chunk_best[(image * chunks + chunk) * gmax + g0 + threadIdx.x] = top;
+        }
+      }
+      for (int k = 0; k < kAnchorsPerThread; ++k) {
+        const int64_t p = ChunkAnchors<T, scalar_t>::index(chunk, k);
+        if (p >= n) continue;
+        const int64_t t = image * n + p;
+        const bool is_ignored = ignored[t];
+        // No GT: IoU 0 (as on the CPU); an ignored anchor reports -1.
+        best_out[t] = static_cast<scalar_t>(count == 0 && !is_ignored ? T(0) : best[k]);
+        matched[t] =
+            is_ignored ? kIgnore
+                       : (count == 0 ? kNegative
+                                     : max_iou_code(best[k], arg[k], static_cast<T>(pos_iou), static_cast<T>(neg_iou)));
+        if (best_gt) best_gt[t] = static_cast<int32_t>(arg[k]);
+      }
+    }
+  }
+}
+
+// Per (image, GT): its best IoU over the non-ignored anchors (-1 if none, or for a padding row) from the chunk
+// maxima; with gt_first, the first anchor holding it (-1 if none), found in the first chunk that holds it.
+template <typename scalar_t>
+__global__ void gt_best_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ gts,
+                               const int64_t* __restrict__ counts, const bool* __restrict__ ignored, int64_t images,
+                               int64_t n, int64_t gmax, int64_t chunks,
+                               const at::opmath_type<scalar_t>* __restrict__ chunk_best,
+                               at::opmath_type<scalar_t>* __restrict__ gt_best, int64_t* __restrict__ gt_first) {
+  using T = at::opmath_type<scalar_t>;
+  for (int64_t t = grid_start(); t < images * gmax; t += grid_stride()) {
+    const int64_t image = t / gmax, g = t % gmax;
+    T best = T(-1);
+    int64_t first_chunk = -1;
+    if (g < real_count(counts, image, gmax)) {
+      for (int64_t c = 0; c < chunks; ++c) {
+        const T v = chunk_best[(image * chunks + c) * gmax + g];
+        if (v > best) best = v, first_chunk = c;
+      }
+    }
+    gt_best[t] = best;
+    if (gt_first == nullptr) continue;
+    int64_t first = -1;
+    if (first_chunk >= 0) {
+      // The chunk's anchors in index order (not the order its threads hold them).
+      const int64_t end = min(n, (first_chunk + 1) * kChunkAnchors);
+      for (int64_t p = first_chunk * kChunkAnchors; p < end && first < 0; ++p) {
+        if (!ignored[image * n + p] && pair_iou<T>(anchors, gts, p, t) == best) first = p;
+      }
+    }
+    gt_first[t] = first;
+  }
+}
+
+// The low-quality rule (torchvision, or mmdetection with gt_max_assign_all): an anchor with IoU equal to some
+// GT's best (when that best reaches floor) takes its own best GT (best_gt, torchvision) or the last such GT
+// (best_gt null, mmdetection). Only the GTs whose best lies in this chunk cost IoUs.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kAnchorThreads)
+    low_quality_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ gts,
+                       const int64_t* __restrict__ counts, const bool* __restrict__ ignored, int64_t images, int64_t n,
+                       int64_t gmax, int64_t chunks, const at::opmath_type<scalar_t>* __restrict__ chunk_best,
+                       const at::opmath_type<scalar_t>* __restrict__ gt_best, at::opmath_type<scalar_t> floor,
+                       const int32_t* __restrict__ best_gt, int64_t* __restrict__ matched) {
+  using T = at::opmath_type<scalar_t>;
+  __shared__ Box<T> tile[kAnchorThreads];
+  __shared__ T tile_best[kAnchorThreads];  // the GT's best IoU if this chunk holds it, else NaN
+  for (int64_t image = blockIdx.y; image < images; image += gridDim.y) {
+    const int64_t count = real_count(counts, image, gmax);
+    for (int64_t chunk = blockIdx.x; chunk < chunks; chunk += gridDim.x) {
+      const ChunkAnchors<T, scalar_t> own(anchors, ignored, image, chunk, n);
+      int64_t last[kAnchorsPerThread];
+      for (int k = 0; k < kAnchorsPerThread; ++k) last[k] = -1;
       for (int64_t g0 = 0; g0 < count; g0 += kAnchorThreads) {
         const int tile_size = static_cast<int>(min(count - g0, static_cast<int64_t>(kAnchorThreads)));
         __syncthreads();
         if (threadIdx.x < tile_size) {
           const int64_t gi = image * gmax + g0 + threadIdx.x;
+          const T b = gt_best[gi];
+          const bool here = chunk_best[(image * chunks + chunk) * gmax + g0 + threadIdx.x] == b;
           tile[threadIdx.x] = load_box<T>(gts + 4 * gi);
-          tile_best[threadIdx.x] = gt_best ? gt_best[gi] : T(0);
+          tile_best[threadIdx.x] = here ? b : T(NAN);
         }
         __syncthreads();
-        if (skip) continue;
         for (int j = 0; j < tile_size; ++j) {
-          const T iou = box_iou(a, tile[j]);
-          if (iou > best) best = iou, arg = g0 + j;
-          if (gt_best && is_best_of_gt(iou, tile_best[j], floor)) last = g0 + j;
+          const T b = tile_best[j];
+          if (!(b >= floor)) continue;  // not here (NaN), or below the floor: the same for the whole block
+          for (int k = 0; k < kAnchorsPerThread; ++k) {
+            if (own.use[k] && is_best_of_gt(box_iou(own.box[k], tile[j]), b, floor)) last[k] = g0 + j;
+          }
         }
       }
-      if (!active) continue;
-      const bool is_ignored = ignored[t];
-      // No GT: IoU 0 (as on the CPU); an ignored anchor reports -1.
-      best_out[t] = static_cast<scalar_t>(count == 0 && !is_ignored ? T(0) : best);
-      int64_t code =
-          is_ignored
-              ? kIgnore
-              : (count == 0 ? kNegative : max_iou_code(best, arg, static_cast<T>(pos_iou), static_cast<T>(neg_iou)));
-      if (!is_ignored && last >= 0) code = low_quality_match(torchvision, arg, last);
-      matched[t] = code;
-    }
-  }
-}
-
-// Per (image, GT), one block: best IoU over non-ignored anchors and the first
-// anchor holding it. The anchors are split over the block's threads and the
-// partial maxima reduced in shared memory, so that a few GTs over 10^5 anchors
-// still fill the GPU (a thread per GT left most of it idle).
-constexpr int kGtBestThreads = 256;
-
-template <typename scalar_t>
-__global__ void __launch_bounds__(kGtBestThreads)
-    gt_best_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ gts,
-                   const int64_t* __restrict__ counts, const bool* __restrict__ ignored, int64_t images, int64_t n,
-                   int64_t gmax, at::opmath_type<scalar_t>* __restrict__ gt_best,
-                   int64_t* __restrict__ gt_first_anchor) {
-  using T = at::opmath_type<scalar_t>;
-  __shared__ T block_best[kGtBestThreads];
-  __shared__ int64_t block_first[kGtBestThreads];
-  const int tid = threadIdx.x;
-  // The loop bound is the same for every thread of a block, so the
-  // __syncthreads inside it are reached by all of them.
-  for (int64_t t = blockIdx.x; t < images * gmax; t += gridDim.x) {
-    const int64_t image = t / gmax, g = t % gmax;
-    T best = T(-1);
-    int64_t first = -1;
-    if (g < real_count(counts, image, gmax)) {
-      for (int64_t p = tid; p < n; p += kGtBestThreads) {
-        if (ignored[image * n + p]) continue;
-        const T iou = pair_iou<T>(anchors, gts, p, t);
-        if (iou > best) best = iou, first = p;
+      for (int k = 0; k < kAnchorsPerThread; ++k) {
+        const int64_t p = ChunkAnchors<T, scalar_t>::index(chunk, k);
+        if (p >= n || last[k] < 0) continue;
+        const int64_t t = image * n + p;
+        const bool torchvision = best_gt != nullptr;
+        matched[t] = low_quality_match(torchvision, torchvision ? best_gt[t] : 0, last[k]);
       }
     }
-    block_best[tid] = best;
-    block_first[tid] = first;
-    __syncthreads();
-    for (int half = kGtBestThreads / 2; half > 0; half /= 2) {
-      if (tid < half) {
-        const T other = block_best[tid + half];
-        const int64_t other_first = block_first[tid + half];
-        const bool earlier = other_first >= 0 && (block_first[tid] < 0 || other_first < block_first[tid]);
-        if (other > block_best[tid] || (other == block_best[tid] && earlier)) {
-          block_best[tid] = other;
-          block_first[tid] = other_first;
-        }
-      }
-      __syncthreads();
-    }
-    if (tid == 0) {
-      gt_best[t] = block_best[0];
-      gt_first_anchor[t] = block_first[0];
-    }
-    __syncthreads();
   }
 }
 
@@ -241,10 +322,18 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cuda(const at::Tensor& anchors
   at::Tensor ignored = at::zeros({images, n}, anc.options().dtype(at::kBool));
   if (matched.numel() == 0) return {matched, max_iou};
   const auto stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor gt_first = at::empty({images, gmax}, longs);
+  TORCH_CHECK_VALUE(gmax < std::numeric_limits<int32_t>::max(), "gt_boxes must have fewer than 2^31 rows per image");
+  const int64_t chunks = (n + kChunkAnchors - 1) / kChunkAnchors;
+  const bool torchvision = lq == LowQuality::kTorchvision;
+  // The rule that decides anchors in low_quality_kernel; mmdetection's other rule (each GT takes its first
+  // best anchor) goes GT by GT afterwards.
+  const bool low_quality_pass = torchvision || (lq == LowQuality::kMmdet && gt_max_assign_all);
+  const bool per_gt = lq != LowQuality::kNone && gmax > 0;
+  const dim3 grid(static_cast<unsigned int>(std::min<int64_t>(chunks, 65535)),
+                  static_cast<unsigned int>(std::min<int64_t>(images, 65535)));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, anc.scalar_type(), "assign_max_iou_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
-    at::Tensor gt_best = at::empty({images, gmax}, anc.options().dtype(c10::CppTypeToScalarType<T>::value));
+    const auto math = anc.options().dtype(c10::CppTypeToScalarType<T>::value);
     if (ignore_boxes.has_value() && ignore_boxes->size(1) > 0) {
       const at::Tensor ign = ignore_boxes->to(anc.scalar_type()).contiguous();
       const at::Tensor ign_counts = active_ignore_counts(*num_ignore, num_gt, lq);
@@ -253,28 +342,34 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cuda(const at::Tensor& anchors
           ignore_iof, ignored.data_ptr<bool>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    // The per-GT maxima come first: the anchor pass applies the low-quality rule with them.
-    const bool low_quality_in_pass = lq == LowQuality::kTorchvision || (lq == LowQuality::kMmdet && gt_max_assign_all);
-    if (lq != LowQuality::kNone && gmax > 0) {
-      const int64_t gt_blocks = std::min<int64_t>(images * gmax, 65536);
-      gt_best_kernel<scalar_t><<<static_cast<unsigned int>(gt_blocks), kGtBestThreads, 0, stream>>>(
-          anc.data_ptr<scalar_t>(), gts.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(), ignored.data_ptr<bool>(),
-          images, n, gmax, gt_best.data_ptr<T>(), gt_first.data_ptr<int64_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    const dim3 grid(static_cast<unsigned int>(std::min<int64_t>((n + kAnchorThreads - 1) / kAnchorThreads, 65536)),
-                    static_cast<unsigned int>(std::min<int64_t>(images, 65535)));
-    anchor_match_kernel<scalar_t><<<grid, kAnchorThreads, 0, stream>>>(
+    const at::Tensor chunk_best = per_gt ? at::empty({images, chunks, gmax}, math) : at::Tensor();
+    const at::Tensor best_gt = per_gt && torchvision ? at::empty({images, n}, longs.dtype(at::kInt)) : at::Tensor();
+    anchor_pass_kernel<scalar_t><<<grid, kAnchorThreads, 0, stream>>>(
         anc.data_ptr<scalar_t>(), gts.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(), ignored.data_ptr<bool>(),
-        images, n, gmax, pos_iou, neg_iou, low_quality_in_pass && gmax > 0 ? gt_best.data_ptr<T>() : nullptr,
-        lq == LowQuality::kTorchvision, min_pos_iou, matched.data_ptr<int64_t>(), max_iou.data_ptr<scalar_t>());
+        images, n, gmax, chunks, pos_iou, neg_iou, per_gt ? chunk_best.data_ptr<T>() : nullptr,
+        best_gt.defined() ? best_gt.data_ptr<int32_t>() : nullptr, matched.data_ptr<int64_t>(),
+        max_iou.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (lq == LowQuality::kMmdet && !gt_max_assign_all && gmax > 0) {
+    if (!per_gt) return;
+    const at::Tensor gt_best = at::empty({images, gmax}, math);
+    const at::Tensor gt_first = low_quality_pass ? at::Tensor() : at::empty({images, gmax}, longs);
+    gt_best_kernel<scalar_t><<<grid_for(images * gmax), kThreads, 0, stream>>>(
+        anc.data_ptr<scalar_t>(), gts.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(), ignored.data_ptr<bool>(),
+        images, n, gmax, chunks, chunk_best.data_ptr<T>(), gt_best.data_ptr<T>(),
+        gt_first.defined() ? gt_first.data_ptr<int64_t>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (low_quality_pass) {
+      low_quality_kernel<scalar_t><<<grid, kAnchorThreads, 0, stream>>>(
+          anc.data_ptr<scalar_t>(), gts.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(), ignored.data_ptr<bool>(),
+          images, n, gmax, chunks, chunk_best.data_ptr<T>(), gt_best.data_ptr<T>(),
+          low_quality_floor<T>(torchvision, min_pos_iou), best_gt.defined() ? best_gt.data_ptr<int32_t>() : nullptr,
+          matched.data_ptr<int64_t>());
+    } else {
       first_best_anchor_kernel<T><<<1, 32, 0, stream>>>(gt_best.data_ptr<T>(), gt_first.data_ptr<int64_t>(),
                                                         counts.data_ptr<int64_t>(), images, n, gmax, min_pos_iou,
                                                         matched.data_ptr<int64_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {matched, max_iou};
 }

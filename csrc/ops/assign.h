@@ -9,7 +9,7 @@
 namespace mutualops {
 
 inline void check_gt(const at::Tensor& gt_boxes, const at::Tensor& num_gt, const char* boxes_name,
-                     const char* count_name) {
+                     const char* count_name, DataChecks& data) {
   check_kernel_float(gt_boxes, boxes_name);
   TORCH_CHECK_VALUE(gt_boxes.dim() == 3 && gt_boxes.size(2) == 4, boxes_name, " must have shape [B, G, 4], got ",
                     gt_boxes.sizes());
@@ -18,49 +18,53 @@ inline void check_gt(const at::Tensor& gt_boxes, const at::Tensor& num_gt, const
                     gt_boxes.size(0), "], got ", num_gt.sizes());
   TORCH_CHECK_VALUE(num_gt.device() == gt_boxes.device(), count_name, " must be on the device of ", boxes_name);
   if (num_gt.numel() == 0) return;
-  // One host read for both data checks. Rows past an image's count are
-  // padding, never read, and may hold anything.
+  // Rows past an image's count are padding, never read, and may hold anything.
   const int64_t gmax = gt_boxes.size(1);
   const at::Tensor counts = num_gt.to(at::kLong);
   const auto [lo, hi] = at::aminmax(counts);
   const at::Tensor real = at::arange(gmax, counts.options()).unsqueeze(0).lt(counts.unsqueeze(1));
-  const at::Tensor finite = at::isfinite(gt_boxes).all(-1).logical_or(real.logical_not()).all();
-  const at::Tensor flags = at::stack({lo.ge(0).logical_and(hi.le(gmax)), finite}).cpu();
-  TORCH_CHECK_VALUE(flags[0].item<bool>(), count_name, " must count rows of ", boxes_name, ": each in [0, ", gmax, "]");
-  TORCH_CHECK_VALUE(flags[1].item<bool>(), boxes_name, " holds a non-finite coordinate in a row that ", count_name,
-                    " counts");
+  data.add(lo.ge(0).logical_and(hi.le(gmax)), std::string(count_name) + " must count rows of " + boxes_name +
+                                                  ": each in [0, " + std::to_string(gmax) + "]");
+  data.add(at::isfinite(gt_boxes).all(-1).logical_or(real.logical_not()).all(),
+           std::string(boxes_name) + " holds a non-finite coordinate in a row that " + count_name + " counts");
 }
 
-inline void check_priors(const at::Tensor& priors, const at::Tensor& gt_boxes, int64_t width, const char* name) {
+inline void check_priors(const at::Tensor& priors, const at::Tensor& gt_boxes, int64_t width, const char* name,
+                         DataChecks& data) {
   TORCH_CHECK_TYPE(priors.scalar_type() == gt_boxes.scalar_type(), name, " must have the dtype of gt_boxes");
   TORCH_CHECK_VALUE(priors.dim() == 2 && priors.size(1) == width, name, " must have shape [P, ", width, "], got ",
                     priors.sizes());
   TORCH_CHECK_VALUE(priors.device() == gt_boxes.device(), name, " must be on the device of gt_boxes");
-  // A non-finite prior would compare false with every threshold and poison the
-  // per-GT maxima; one host read rules it out.
+  // A non-finite prior would compare false with every threshold and poison the per-GT maxima.
   if (priors.numel() == 0) return;
   const auto [lo, hi] = at::aminmax(priors);
-  TORCH_CHECK_VALUE(lo.gt(-INFINITY).logical_and(hi.lt(INFINITY)).cpu().item<bool>(), name,
-                    " holds a non-finite coordinate");
+  data.add(lo.gt(-INFINITY).logical_and(hi.lt(INFINITY)), std::string(name) + " holds a non-finite coordinate");
 }
 
 inline void check_assign_fcos(const at::Tensor& points, const at::Tensor& gt_boxes, const at::Tensor& num_gt,
                               const at::Tensor& strides, const at::Tensor& regress_ranges) {
-  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt");
-  check_priors(points, gt_boxes, 2, "points");
+  DataChecks data;
+  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt", data);
+  check_priors(points, gt_boxes, 2, "points", data);
   const int64_t n = points.size(0);
   TORCH_CHECK_VALUE(strides.dim() == 1 && strides.size(0) == n, "strides must have shape [", n, "]");
   TORCH_CHECK_VALUE(regress_ranges.dim() == 2 && regress_ranges.size(0) == n && regress_ranges.size(1) == 2,
                     "regress_ranges must have shape [", n, ", 2]");
+  data.verify();
 }
 
 inline void check_assign_max_iou(const at::Tensor& anchors, const at::Tensor& gt_boxes, const at::Tensor& num_gt,
                                  const std::optional<at::Tensor>& ignore_boxes,
                                  const std::optional<at::Tensor>& num_ignore) {
-  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt");
-  check_priors(anchors, gt_boxes, 4, "anchors");
+  DataChecks data;
+  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt", data);
+  check_priors(anchors, gt_boxes, 4, "anchors", data);
   TORCH_CHECK_VALUE(ignore_boxes.has_value() == num_ignore.has_value(), "ignore_boxes and num_ignore go together");
-  if (ignore_boxes.has_value()) check_gt(*ignore_boxes, *num_ignore, "ignore_boxes", "num_ignore");
+  if (ignore_boxes.has_value()) {
+    TORCH_CHECK_VALUE(ignore_boxes->device() == gt_boxes.device(), "ignore_boxes must be on the device of gt_boxes");
+    check_gt(*ignore_boxes, *num_ignore, "ignore_boxes", "num_ignore", data);
+  }
+  data.verify();
 }
 
 enum class LowQuality : int { kNone = 0, kTorchvision = 1, kMmdet = 2 };
