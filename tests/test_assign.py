@@ -428,3 +428,32 @@ def test_raw_max_iou_ignore_boxes_on_another_device(gen):
     with pytest.raises(ValueError, match="ignore_boxes must be on the device of gt_boxes"):
         torch.ops.mutualops.assign_max_iou(anchors, boxes, counts, boxes[:, :1].cpu(), torch.tensor([1]), 0.5, 0.4,
                                            "torchvision", 0.0, True, 0.5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_max_iou_refuses_boxes_whose_area_overflows(device):
+    # Finite corners whose area is inf (or inf x 0 = NaN) in the math type make IoUs NaN, which the CPU and
+    # CUDA maxima would skip at different places. bfloat16 boxes are computed in float32 and overflow there.
+    good = torch.tensor([[0.0, 0, 10, 10]], device=device)
+    wide = torch.tensor([[-3e38, 0, 3e38, 10]], device=device)
+    flat = torch.tensor([[-3e38, 0, 3e38, 0]], device=device)
+    cases = [(wide, good, None, "anchors"), (flat, good, None, "anchors"), (good, wide[None], None, "gt_boxes"),
+             (good.bfloat16(), wide[None].bfloat16(), None, "gt_boxes"), (good, good, wide, "ignore_boxes")]
+    for anchors, gt, ignore, name in cases:
+        with pytest.raises(ValueError, match=f"{name} holds a box whose area overflows float"):
+            mutualops.assign_max_iou(anchors, gt, ignore_boxes=ignore)
+    # Padding rows are not looked at, and float64 holds the area.
+    padded = torch.cat([good, wide])[None]
+    assert mutualops.assign_max_iou(good, padded, torch.tensor([1], device=device))[0].tolist() == [[0]]
+    assert mutualops.assign_max_iou(wide.double(), good.double())[0].tolist() == [0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_raw_max_iou_ignore_boxes_per_image(device, gen):
+    # One ignore entry for three images: the kernels would read ignore rows and counts past their end.
+    anchors = random_boxes(20, generator=gen, device=device)
+    boxes = random_boxes(3, batch=3, generator=gen, device=device)
+    counts = torch.tensor([3, 3, 3], device=device)
+    with pytest.raises(ValueError, match=r"ignore_boxes must have one entry per image \(3\), got 1"):
+        torch.ops.mutualops.assign_max_iou(anchors, boxes, counts, boxes[:1], torch.tensor([1], device=device), 0.5,
+                                           0.4, "torchvision", 0.0, True, 0.5)

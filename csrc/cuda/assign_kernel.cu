@@ -94,6 +94,14 @@ __device__ __forceinline__ T warp_max(T v) {
   return v;
 }
 
+__device__ __forceinline__ int64_t warp_min(int64_t v) {
+  for (int offset = 16; offset > 0; offset /= 2) {
+    const int64_t other = __shfl_xor_sync(0xffffffffu, v, offset);
+    v = other < v ? other : v;
+  }
+  return v;
+}
+
 // The anchors of one chunk a thread holds: the k-th is chunk * kChunkAnchors + k * kAnchorThreads + threadIdx.x,
 // so that a warp's loads are contiguous. `use` is false for padding past n and for ignored anchors.
 template <typename T, typename scalar_t>
@@ -179,8 +187,9 @@ __global__ void __launch_bounds__(kAnchorThreads)
   }
 }
 
-// Per (image, GT): its best IoU over the non-ignored anchors (-1 if none, or for a padding row) from the chunk
-// maxima; with gt_first, the first anchor holding it (-1 if none), found in the first chunk that holds it.
+// Per (image, GT), one warp: its best IoU over the non-ignored anchors (-1 if none, or for a padding row) from
+// the chunk maxima; with gt_first, the first anchor holding it (-1 if none), found in the first chunk that
+// holds it. A warp, not a thread, so that a few GTs over many chunks do not wait on one load after another.
 template <typename scalar_t>
 __global__ void gt_best_kernel(const scalar_t* __restrict__ anchors, const scalar_t* __restrict__ gts,
                                const int64_t* __restrict__ counts, const bool* __restrict__ ignored, int64_t images,
@@ -188,27 +197,32 @@ __global__ void gt_best_kernel(const scalar_t* __restrict__ anchors, const scala
                                const at::opmath_type<scalar_t>* __restrict__ chunk_best,
                                at::opmath_type<scalar_t>* __restrict__ gt_best, int64_t* __restrict__ gt_first) {
   using T = at::opmath_type<scalar_t>;
-  for (int64_t t = grid_start(); t < images * gmax; t += grid_stride()) {
+  constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
+  const int lane = threadIdx.x % 32;
+  // The loop bounds are the same for the 32 lanes of a warp, so all of them reach the shuffles.
+  for (int64_t t = grid_start() / 32; t < images * gmax; t += grid_stride() / 32) {
     const int64_t image = t / gmax, g = t % gmax;
     T best = T(-1);
-    int64_t first_chunk = -1;
+    int64_t first_chunk = kNone;
     if (g < real_count(counts, image, gmax)) {
-      for (int64_t c = 0; c < chunks; ++c) {
+      for (int64_t c = lane; c < chunks; c += 32) {
         const T v = chunk_best[(image * chunks + c) * gmax + g];
         if (v > best) best = v, first_chunk = c;
       }
     }
-    gt_best[t] = best;
+    const T top = warp_max(best);
+    first_chunk = warp_min(best == top ? first_chunk : kNone);
+    if (lane == 0) gt_best[t] = top;
     if (gt_first == nullptr) continue;
-    int64_t first = -1;
-    if (first_chunk >= 0) {
-      // The chunk's anchors in index order (not the order its threads hold them).
+    int64_t first = kNone;
+    if (first_chunk != kNone) {
       const int64_t end = min(n, (first_chunk + 1) * kChunkAnchors);
-      for (int64_t p = first_chunk * kChunkAnchors; p < end && first < 0; ++p) {
-        if (!ignored[image * n + p] && pair_iou<T>(anchors, gts, p, t) == best) first = p;
+      for (int64_t p = first_chunk * kChunkAnchors + lane; p < end && first == kNone; p += 32) {
+        if (!ignored[image * n + p] && pair_iou<T>(anchors, gts, p, t) == top) first = p;
       }
     }
-    gt_first[t] = first;
+    first = warp_min(first);
+    if (lane == 0) gt_first[t] = first == kNone ? -1 : first;
   }
 }
 
@@ -322,7 +336,7 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cuda(const at::Tensor& anchors
   at::Tensor ignored = at::zeros({images, n}, anc.options().dtype(at::kBool));
   if (matched.numel() == 0) return {matched, max_iou};
   const auto stream = at::cuda::getCurrentCUDAStream();
-  TORCH_CHECK_VALUE(gmax < std::numeric_limits<int32_t>::max(), "gt_boxes must have fewer than 2^31 rows per image");
+  TORCH_CHECK_VALUE(gmax <= std::numeric_limits<int32_t>::max(), "gt_boxes must have at most 2^31 - 1 rows per image");
   const int64_t chunks = (n + kChunkAnchors - 1) / kChunkAnchors;
   const bool torchvision = lq == LowQuality::kTorchvision;
   // The rule that decides anchors in low_quality_kernel; mmdetection's other rule (each GT takes its first
@@ -353,7 +367,7 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cuda(const at::Tensor& anchors
     if (!per_gt) return;
     const at::Tensor gt_best = at::empty({images, gmax}, math);
     const at::Tensor gt_first = low_quality_pass ? at::Tensor() : at::empty({images, gmax}, longs);
-    gt_best_kernel<scalar_t><<<grid_for(images * gmax), kThreads, 0, stream>>>(
+    gt_best_kernel<scalar_t><<<grid_for(images * gmax * 32), kThreads, 0, stream>>>(
         anc.data_ptr<scalar_t>(), gts.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(), ignored.data_ptr<bool>(),
         images, n, gmax, chunks, chunk_best.data_ptr<T>(), gt_best.data_ptr<T>(),
         gt_first.defined() ? gt_first.data_ptr<int64_t>() : nullptr);

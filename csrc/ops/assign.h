@@ -3,13 +3,35 @@
 // Host-side argument checks shared by the CPU and CUDA assignment kernels.
 #include <ATen/ATen.h>
 
+#include <optional>
+#include <string>
+
 #include "checks.h"
 #include "mutualops/assign_math.h"
 
 namespace mutualops {
 
+// The type the kernels compute a box's area and IoUs in (at::opmath_type: float for half and bfloat16).
+inline at::ScalarType math_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// Per box, true when its area is finite in the math type. With finite corners, an area of inf (a width that
+// overflows) or NaN (inf x 0) is the only way to an IoU of NaN, which CPU and CUDA maxima would skip at
+// different places; such boxes are refused, not assigned differently on each device.
+inline at::Tensor area_finite(const at::Tensor& boxes, at::ScalarType math) {
+  const at::Tensor b = boxes.to(math);
+  const at::Tensor w = (b.select(-1, 2) - b.select(-1, 0)).clamp_min(0);
+  const at::Tensor h = (b.select(-1, 3) - b.select(-1, 1)).clamp_min(0);
+  return at::isfinite(w * h);
+}
+
+inline std::string area_overflows(const char* name, at::ScalarType math) {
+  return std::string(name) + " holds a box whose area overflows " + (math == at::kDouble ? "float64" : "float32") +
+         " (the type its IoUs are computed in)";
+}
+
+// iou_math: the type the kernel computes these boxes' overlaps in (the anchors' for ignore boxes), if it does.
 inline void check_gt(const at::Tensor& gt_boxes, const at::Tensor& num_gt, const char* boxes_name,
-                     const char* count_name, DataChecks& data) {
+                     const char* count_name, std::optional<at::ScalarType> iou_math, DataChecks& data) {
   check_kernel_float(gt_boxes, boxes_name);
   TORCH_CHECK_VALUE(gt_boxes.dim() == 3 && gt_boxes.size(2) == 4, boxes_name, " must have shape [B, G, 4], got ",
                     gt_boxes.sizes());
@@ -27,6 +49,9 @@ inline void check_gt(const at::Tensor& gt_boxes, const at::Tensor& num_gt, const
                                                   ": each in [0, " + std::to_string(gmax) + "]");
   data.add(at::isfinite(gt_boxes).all(-1).logical_or(real.logical_not()).all(),
            std::string(boxes_name) + " holds a non-finite coordinate in a row that " + count_name + " counts");
+  if (!iou_math.has_value()) return;
+  data.add(area_finite(gt_boxes, *iou_math).logical_or(real.logical_not()).all(),
+           area_overflows(boxes_name, *iou_math) + " in a row that " + count_name + " counts");
 }
 
 inline void check_priors(const at::Tensor& priors, const at::Tensor& gt_boxes, int64_t width, const char* name,
@@ -39,12 +64,16 @@ inline void check_priors(const at::Tensor& priors, const at::Tensor& gt_boxes, i
   if (priors.numel() == 0) return;
   const auto [lo, hi] = at::aminmax(priors);
   data.add(lo.gt(-INFINITY).logical_and(hi.lt(INFINITY)), std::string(name) + " holds a non-finite coordinate");
+  if (width == 4) {
+    const at::ScalarType math = math_type(priors.scalar_type());
+    data.add(area_finite(priors, math).all(), area_overflows(name, math));
+  }
 }
 
 inline void check_assign_fcos(const at::Tensor& points, const at::Tensor& gt_boxes, const at::Tensor& num_gt,
                               const at::Tensor& strides, const at::Tensor& regress_ranges) {
   DataChecks data;
-  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt", data);
+  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt", std::nullopt, data);
   check_priors(points, gt_boxes, 2, "points", data);
   const int64_t n = points.size(0);
   TORCH_CHECK_VALUE(strides.dim() == 1 && strides.size(0) == n, "strides must have shape [", n, "]");
@@ -57,12 +86,14 @@ inline void check_assign_max_iou(const at::Tensor& anchors, const at::Tensor& gt
                                  const std::optional<at::Tensor>& ignore_boxes,
                                  const std::optional<at::Tensor>& num_ignore) {
   DataChecks data;
-  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt", data);
+  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt", math_type(gt_boxes.scalar_type()), data);
   check_priors(anchors, gt_boxes, 4, "anchors", data);
   TORCH_CHECK_VALUE(ignore_boxes.has_value() == num_ignore.has_value(), "ignore_boxes and num_ignore go together");
   if (ignore_boxes.has_value()) {
     TORCH_CHECK_VALUE(ignore_boxes->device() == gt_boxes.device(), "ignore_boxes must be on the device of gt_boxes");
-    check_gt(*ignore_boxes, *num_ignore, "ignore_boxes", "num_ignore", data);
+    check_gt(*ignore_boxes, *num_ignore, "ignore_boxes", "num_ignore", math_type(anchors.scalar_type()), data);
+    TORCH_CHECK_VALUE(ignore_boxes->size(0) == gt_boxes.size(0), "ignore_boxes must have one entry per image (",
+                      gt_boxes.size(0), "), got ", ignore_boxes->size(0));
   }
   data.verify();
 }

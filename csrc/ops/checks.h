@@ -23,7 +23,8 @@ inline void check_kernel_float(const at::Tensor& t, const char* name) {
 
 // Checks on the values of device tensors, gathered so that an op reads them back once: each read makes the
 // host wait for the device. add() a 0-dim bool tensor, true when the data is right, with the ValueError's
-// message for false; verify() raises the first that failed.
+// message for false; verify() raises the first that failed. An op verifies after its checks of types and
+// shapes, so those come first.
 class DataChecks {
  public:
   void add(at::Tensor ok, std::string message) {
