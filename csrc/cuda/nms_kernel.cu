@@ -359,6 +359,8 @@ struct Candidates {
   int64_t num_levels, images, points, classes;
   bool dense;
   int64_t per_image() const { return points * classes; }
+  // What the radix select loops over: every (image, candidate) of dense inputs, each flat element once.
+  int64_t elements() const { return dense ? images * per_image() : (images > 0 ? per_image() : 0); }
   at::TensorOptions longs() const { return boxes.options().dtype(at::kLong); }
 };
 
@@ -398,10 +400,17 @@ template <typename scalar_t, typename acc_t>
 struct ScoreArgs {
   const scalar_t *boxes, *cls, *iou;
   const int64_t *batch_index, *labels, *level_index;
-  int64_t points, classes, num_levels;
+  int64_t points, classes, num_levels, images;
   bool dense, logits;
   acc_t alpha, score_threshold;
   __device__ int64_t per_image() const { return points * classes; }
+  // The candidate t = image * per_image + p that element i of Candidates::elements() stands for: a flat
+  // element is in its batch_index's image (-1 outside them), so that a flat call costs M, not images * M.
+  __device__ int64_t candidate_of(int64_t i) const {
+    if (dense) return i;
+    const int64_t image = batch_index == nullptr ? 0 : batch_index[i];
+    return image >= 0 && image < images ? image * per_image() + i : -1;
+  }
   // Dense inputs index boxes, cls and iou by image; flat ones are shared by all images.
   __device__ int64_t point(int64_t image, int64_t p) const { return dense ? image * points + p / classes : p; }
   // The candidate's level, or -1 outside [0, num_levels) (such a candidate is never kept).
@@ -439,6 +448,7 @@ ScoreArgs<scalar_t, acc_t> score_args(const Candidates& c, const RescoreParams& 
                                     c.points,
                                     c.classes,
                                     c.num_levels,
+                                    c.images,
                                     c.dense,
                                     p.logits,
                                     static_cast<acc_t>(p.alpha),
@@ -487,17 +497,18 @@ struct RadixState {
   unsigned int* histogram;  // [segments, kRadixBins]
 };
 
-// Calls f(t, segment, key, score) for every candidate t, with the warp's 32 lanes always together
-// (the loop bound is per warp), so that f may use warp-wide intrinsics; invalid lanes get segment -1.
+// Calls f(t, segment, key, score) for the candidate t of every element (Candidates::elements()), with the
+// warp's 32 lanes always together (the loop bound is per warp), so that f may use warp-wide intrinsics;
+// invalid lanes get segment -1.
 template <typename scalar_t, typename F>
-__device__ void for_each_candidate(const ScoreArgs<scalar_t, float>& args, int64_t total, F&& f) {
+__device__ void for_each_candidate(const ScoreArgs<scalar_t, float>& args, int64_t elements, F&& f) {
   const int lane = threadIdx.x % 32;
-  for (int64_t t0 = grid_start() - lane; t0 < total; t0 += grid_stride()) {
-    const int64_t t = t0 + lane;
+  for (int64_t i0 = grid_start() - lane; i0 < elements; i0 += grid_stride()) {
+    const int64_t t = i0 + lane < elements ? args.candidate_of(i0 + lane) : -1;
     int64_t segment = -1;
     uint64_t key = 0;
     float s = -INFINITY;
-    if (t < total) {
+    if (t >= 0) {
       s = args.score(t);
       if (s != -INFINITY) {
         const int64_t image = t / args.per_image(), p = t % args.per_image();
@@ -510,8 +521,8 @@ __device__ void for_each_candidate(const ScoreArgs<scalar_t, float>& args, int64
 }
 
 template <typename scalar_t>
-__global__ void radix_histogram_kernel(ScoreArgs<scalar_t, float> args, int64_t total, RadixState state, int shift) {
-  for_each_candidate(args, total, [&](int64_t, int64_t segment, uint64_t key, float) {
+__global__ void radix_histogram_kernel(ScoreArgs<scalar_t, float> args, int64_t elements, RadixState state, int shift) {
+  for_each_candidate(args, elements, [&](int64_t, int64_t segment, uint64_t key, float) {
     long long bin = -1;
     if (segment >= 0 && state.need[segment] != 0) {
       const bool same_prefix =
@@ -554,10 +565,10 @@ __global__ void radix_scan_kernel(RadixState state, int64_t segments, int shift)
 // Writes each selected candidate (key at most the segment's k-th smallest, or every one of a segment that
 // takes all) into its segment's k slots of the image.
 template <typename scalar_t>
-__global__ void radix_compact_kernel(ScoreArgs<scalar_t, float> args, int64_t total, RadixState state, int64_t k,
+__global__ void radix_compact_kernel(ScoreArgs<scalar_t, float> args, int64_t elements, RadixState state, int64_t k,
                                      unsigned long long* __restrict__ filled, float* __restrict__ slot_score,
                                      int64_t* __restrict__ slot_candidate) {
-  for_each_candidate(args, total, [&](int64_t t, int64_t segment, uint64_t key, float score) {
+  for_each_candidate(args, elements, [&](int64_t t, int64_t segment, uint64_t key, float score) {
     if (segment < 0 || (state.need[segment] != 0 && key > state.prefix[segment])) return;
     const int64_t slot = segment * k + static_cast<int64_t>(atomicAdd(filled + segment, 1ULL));
     slot_score[slot] = score;
@@ -568,12 +579,12 @@ __global__ void radix_compact_kernel(ScoreArgs<scalar_t, float> args, int64_t to
 template <typename scalar_t>
 Slots radix_top_k(const Candidates& c, const RescoreParams& p, int64_t k) {
   const auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t segments = c.images * c.num_levels, total = c.images * c.per_image();
+  const int64_t segments = c.images * c.num_levels, elements = c.elements();
   const auto longs = c.longs();
   Slots slots{at::full({c.images, c.num_levels * k}, -std::numeric_limits<float>::infinity(),
                        c.boxes.options().dtype(at::kFloat)),
               at::zeros({c.images, c.num_levels * k}, longs)};
-  if (total == 0 || k == 0) return slots;
+  if (elements == 0 || k == 0) return slots;
   at::Tensor prefix = at::zeros({segments}, longs), need = at::full({segments}, k, longs);
   at::Tensor histogram = at::zeros({segments * kRadixBins}, c.boxes.options().dtype(at::kInt));
   const RadixState state{reinterpret_cast<unsigned long long*>(prefix.data_ptr<int64_t>()),
@@ -582,14 +593,14 @@ Slots radix_top_k(const Candidates& c, const RescoreParams& p, int64_t k) {
   const auto args = score_args<scalar_t, float>(c, p);
   for (int pass = 0; pass < kRadixPasses; ++pass) {
     const int shift = 64 - kRadixBits * (pass + 1);
-    radix_histogram_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(args, total, state, shift);
+    radix_histogram_kernel<scalar_t><<<grid_for(elements), kThreads, 0, stream>>>(args, elements, state, shift);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     radix_scan_kernel<<<grid_for(segments), kThreads, 0, stream>>>(state, segments, shift);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   at::Tensor filled = at::zeros({segments}, longs);
-  radix_compact_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
-      args, total, state, k, reinterpret_cast<unsigned long long*>(filled.data_ptr<int64_t>()),
+  radix_compact_kernel<scalar_t><<<grid_for(elements), kThreads, 0, stream>>>(
+      args, elements, state, k, reinterpret_cast<unsigned long long*>(filled.data_ptr<int64_t>()),
       slots.score.data_ptr<float>(), slots.candidate.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return slots;
