@@ -95,15 +95,32 @@ MUTUALOPS_CPU_CLONES int64_t last_best_of_gt(const T* __restrict__ row, const T*
 
 int64_t point_grain(int64_t gts) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(gts, 1)); }
 
+// The value checks (assign_faults_at), ORed over every element.
+void check_values(const CheckedInputs& c, const char* prior_name) {
+  int faults = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.priors.scalar_type(), "assign_check_values", [&] {
+    const AssignInputs<scalar_t> in = assign_inputs<scalar_t>(c);
+    faults = at::parallel_reduce(
+        0, in.size(), 16384, 0,
+        [&](int64_t begin, int64_t end, int acc) {
+          for (int64_t i = begin; i < end; ++i) acc |= assign_faults_at<at::opmath_type<scalar_t>>(in, i);
+          return acc;
+        },
+        [](int a, int b) { return a | b; });
+  });
+  raise_assign_faults(faults, c, prior_name);
+}
+
 at::Tensor assign_fcos_cpu(const at::Tensor& points, const at::Tensor& gt_boxes, const at::Tensor& num_gt,
                            const at::Tensor& strides, const at::Tensor& regress_ranges, double center_radius,
                            bool inclusive, bool torchvision_compat) {
   check_assign_fcos(points, gt_boxes, num_gt, strides, regress_ranges);
   const int64_t images = gt_boxes.size(0), gmax = gt_boxes.size(1), n = points.size(0);
   const at::Tensor pts = points.contiguous(), gts = gt_boxes.contiguous();
+  const at::Tensor counts = num_gt.to(at::kLong).contiguous();
+  check_values(CheckedInputs{pts, gts, counts, at::Tensor(), at::Tensor(), false}, "points");
   const at::Tensor str = strides.to(points.scalar_type()).contiguous();
   const at::Tensor rng = regress_ranges.to(points.scalar_type()).contiguous();
-  const at::Tensor counts = num_gt.to(at::kLong).contiguous();
   at::Tensor matched = at::full({images, n}, kNegative, pts.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pts.scalar_type(), "assign_fcos_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -282,6 +299,9 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cpu(const at::Tensor& anchors,
   const at::Tensor anc = anchors.contiguous(), gts = gt_boxes.contiguous();
   const at::Tensor counts = num_gt.to(at::kLong).contiguous();
   const at::Tensor ign = ignore_boxes.has_value() ? ignore_boxes->to(gts.scalar_type()).contiguous() : at::Tensor();
+  check_values(
+      CheckedInputs{anc, gts, counts, ign, ign.defined() ? num_ignore->to(at::kLong).contiguous() : at::Tensor(), true},
+      "anchors");
   const at::Tensor ign_counts = num_ignore.has_value() ? active_ignore_counts(*num_ignore, num_gt, lq) : at::Tensor();
   at::Tensor matched = at::full({images, n}, kNegative, anc.options().dtype(at::kLong));
   at::Tensor max_iou = at::zeros({images, n}, anc.options());

@@ -15,6 +15,27 @@
 namespace mutualops {
 namespace {
 
+// The value checks (assign_faults_at), ORed over every element: one atomic per thread that found a fault.
+template <typename scalar_t>
+__global__ void assign_faults_kernel(AssignInputs<scalar_t> in, int* __restrict__ faults) {
+  int found = 0;
+  for (int64_t i = grid_start(); i < in.size(); i += grid_stride()) {
+    found |= assign_faults_at<at::opmath_type<scalar_t>>(in, i);
+  }
+  if (found) atomicOr(faults, found);
+}
+
+void check_values(const CheckedInputs& c, const char* prior_name) {
+  at::Tensor faults = at::zeros({}, c.priors.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.priors.scalar_type(), "assign_check_values", [&] {
+    const AssignInputs<scalar_t> in = assign_inputs<scalar_t>(c);
+    assign_faults_kernel<scalar_t>
+        <<<grid_for(in.size()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(in, faults.data_ptr<int>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  raise_assign_faults(faults.item<int>(), c, prior_name);
+}
+
 __device__ __forceinline__ int64_t real_count(const int64_t* counts, int64_t image, int64_t gmax) {
   const int64_t c = counts[image];
   return c < gmax ? (c > 0 ? c : 0) : gmax;
@@ -303,9 +324,10 @@ at::Tensor assign_fcos_cuda(const at::Tensor& points, const at::Tensor& gt_boxes
   const c10::cuda::CUDAGuard guard(points.device());
   const int64_t images = gt_boxes.size(0), gmax = gt_boxes.size(1), n = points.size(0);
   const at::Tensor pts = points.contiguous(), gts = gt_boxes.contiguous();
+  const at::Tensor counts = num_gt.to(at::kLong).contiguous();
+  check_values(CheckedInputs{pts, gts, counts, at::Tensor(), at::Tensor(), false}, "points");
   const at::Tensor str = strides.to(points.scalar_type()).contiguous();
   const at::Tensor rng = regress_ranges.to(points.scalar_type()).contiguous();
-  const at::Tensor counts = num_gt.to(at::kLong).contiguous();
   at::Tensor matched = at::empty({images, n}, pts.options().dtype(at::kLong));
   if (matched.numel() == 0) return matched;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pts.scalar_type(), "assign_fcos_cuda", [&] {
@@ -330,6 +352,10 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cuda(const at::Tensor& anchors
   const int64_t images = gt_boxes.size(0), gmax = gt_boxes.size(1), n = anchors.size(0);
   const at::Tensor anc = anchors.contiguous(), gts = gt_boxes.contiguous();
   const at::Tensor counts = num_gt.to(at::kLong).contiguous();
+  const at::Tensor ign = ignore_boxes.has_value() ? ignore_boxes->to(anc.scalar_type()).contiguous() : at::Tensor();
+  check_values(
+      CheckedInputs{anc, gts, counts, ign, ign.defined() ? num_ignore->to(at::kLong).contiguous() : at::Tensor(), true},
+      "anchors");
   const auto longs = anc.options().dtype(at::kLong);
   at::Tensor matched = at::empty({images, n}, longs);
   at::Tensor max_iou = at::empty({images, n}, anc.options());
@@ -348,8 +374,7 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cuda(const at::Tensor& anchors
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, anc.scalar_type(), "assign_max_iou_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     const auto math = anc.options().dtype(c10::CppTypeToScalarType<T>::value);
-    if (ignore_boxes.has_value() && ignore_boxes->size(1) > 0) {
-      const at::Tensor ign = ignore_boxes->to(anc.scalar_type()).contiguous();
+    if (ign.defined() && ign.size(1) > 0) {
       const at::Tensor ign_counts = active_ignore_counts(*num_ignore, num_gt, lq);
       ignored_kernel<scalar_t><<<grid_for(images * n), kThreads, 0, stream>>>(
           anc.data_ptr<scalar_t>(), ign.data_ptr<scalar_t>(), ign_counts.data_ptr<int64_t>(), images, n, ign.size(1),

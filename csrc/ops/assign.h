@@ -1,9 +1,9 @@
 #pragma once
 
-// Host-side argument checks shared by the CPU and CUDA assignment kernels.
+// Host-side argument checks shared by the CPU and CUDA assignment kernels: types and shapes here; values by
+// each backend's kernel over assign_faults_at (mutualops/assign_math.h), one host read, reported here.
 #include <ATen/ATen.h>
 
-#include <optional>
 #include <string>
 
 #include "checks.h"
@@ -11,27 +11,8 @@
 
 namespace mutualops {
 
-// The type the kernels compute a box's area and IoUs in (at::opmath_type: float for half and bfloat16).
-inline at::ScalarType math_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-// Per box, true when its area is finite in the math type. With finite corners, an area of inf (a width that
-// overflows) or NaN (inf x 0) is the only way to an IoU of NaN, which CPU and CUDA maxima would skip at
-// different places; such boxes are refused, not assigned differently on each device.
-inline at::Tensor area_finite(const at::Tensor& boxes, at::ScalarType math) {
-  const at::Tensor b = boxes.to(math);
-  const at::Tensor w = (b.select(-1, 2) - b.select(-1, 0)).clamp_min(0);
-  const at::Tensor h = (b.select(-1, 3) - b.select(-1, 1)).clamp_min(0);
-  return at::isfinite(w * h);
-}
-
-inline std::string area_overflows(const char* name, at::ScalarType math) {
-  return std::string(name) + " holds a box whose area overflows " + (math == at::kDouble ? "float64" : "float32") +
-         " (the type its IoUs are computed in)";
-}
-
-// iou_math: the type the kernel computes these boxes' overlaps in (the anchors' for ignore boxes), if it does.
 inline void check_gt(const at::Tensor& gt_boxes, const at::Tensor& num_gt, const char* boxes_name,
-                     const char* count_name, std::optional<at::ScalarType> iou_math, DataChecks& data) {
+                     const char* count_name) {
   check_kernel_float(gt_boxes, boxes_name);
   TORCH_CHECK_VALUE(gt_boxes.dim() == 3 && gt_boxes.size(2) == 4, boxes_name, " must have shape [B, G, 4], got ",
                     gt_boxes.sizes());
@@ -39,63 +20,80 @@ inline void check_gt(const at::Tensor& gt_boxes, const at::Tensor& num_gt, const
   TORCH_CHECK_VALUE(num_gt.dim() == 1 && num_gt.size(0) == gt_boxes.size(0), count_name, " must have shape [",
                     gt_boxes.size(0), "], got ", num_gt.sizes());
   TORCH_CHECK_VALUE(num_gt.device() == gt_boxes.device(), count_name, " must be on the device of ", boxes_name);
-  if (num_gt.numel() == 0) return;
-  // Rows past an image's count are padding, never read, and may hold anything.
-  const int64_t gmax = gt_boxes.size(1);
-  const at::Tensor counts = num_gt.to(at::kLong);
-  const auto [lo, hi] = at::aminmax(counts);
-  const at::Tensor real = at::arange(gmax, counts.options()).unsqueeze(0).lt(counts.unsqueeze(1));
-  data.add(lo.ge(0).logical_and(hi.le(gmax)), std::string(count_name) + " must count rows of " + boxes_name +
-                                                  ": each in [0, " + std::to_string(gmax) + "]");
-  data.add(at::isfinite(gt_boxes).all(-1).logical_or(real.logical_not()).all(),
-           std::string(boxes_name) + " holds a non-finite coordinate in a row that " + count_name + " counts");
-  if (!iou_math.has_value()) return;
-  data.add(area_finite(gt_boxes, *iou_math).logical_or(real.logical_not()).all(),
-           area_overflows(boxes_name, *iou_math) + " in a row that " + count_name + " counts");
 }
 
-inline void check_priors(const at::Tensor& priors, const at::Tensor& gt_boxes, int64_t width, const char* name,
-                         DataChecks& data) {
+inline void check_priors(const at::Tensor& priors, const at::Tensor& gt_boxes, int64_t width, const char* name) {
   TORCH_CHECK_TYPE(priors.scalar_type() == gt_boxes.scalar_type(), name, " must have the dtype of gt_boxes");
   TORCH_CHECK_VALUE(priors.dim() == 2 && priors.size(1) == width, name, " must have shape [P, ", width, "], got ",
                     priors.sizes());
   TORCH_CHECK_VALUE(priors.device() == gt_boxes.device(), name, " must be on the device of gt_boxes");
-  // A non-finite prior would compare false with every threshold and poison the per-GT maxima.
-  if (priors.numel() == 0) return;
-  const auto [lo, hi] = at::aminmax(priors);
-  data.add(lo.gt(-INFINITY).logical_and(hi.lt(INFINITY)), std::string(name) + " holds a non-finite coordinate");
-  if (width == 4) {
-    const at::ScalarType math = math_type(priors.scalar_type());
-    data.add(area_finite(priors, math).all(), area_overflows(name, math));
-  }
 }
 
 inline void check_assign_fcos(const at::Tensor& points, const at::Tensor& gt_boxes, const at::Tensor& num_gt,
                               const at::Tensor& strides, const at::Tensor& regress_ranges) {
-  DataChecks data;
-  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt", std::nullopt, data);
-  check_priors(points, gt_boxes, 2, "points", data);
+  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt");
+  check_priors(points, gt_boxes, 2, "points");
   const int64_t n = points.size(0);
   TORCH_CHECK_VALUE(strides.dim() == 1 && strides.size(0) == n, "strides must have shape [", n, "]");
   TORCH_CHECK_VALUE(regress_ranges.dim() == 2 && regress_ranges.size(0) == n && regress_ranges.size(1) == 2,
                     "regress_ranges must have shape [", n, ", 2]");
-  data.verify();
 }
 
 inline void check_assign_max_iou(const at::Tensor& anchors, const at::Tensor& gt_boxes, const at::Tensor& num_gt,
                                  const std::optional<at::Tensor>& ignore_boxes,
                                  const std::optional<at::Tensor>& num_ignore) {
-  DataChecks data;
-  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt", math_type(gt_boxes.scalar_type()), data);
-  check_priors(anchors, gt_boxes, 4, "anchors", data);
+  check_gt(gt_boxes, num_gt, "gt_boxes", "num_gt");
+  check_priors(anchors, gt_boxes, 4, "anchors");
   TORCH_CHECK_VALUE(ignore_boxes.has_value() == num_ignore.has_value(), "ignore_boxes and num_ignore go together");
-  if (ignore_boxes.has_value()) {
-    TORCH_CHECK_VALUE(ignore_boxes->device() == gt_boxes.device(), "ignore_boxes must be on the device of gt_boxes");
-    check_gt(*ignore_boxes, *num_ignore, "ignore_boxes", "num_ignore", math_type(anchors.scalar_type()), data);
-    TORCH_CHECK_VALUE(ignore_boxes->size(0) == gt_boxes.size(0), "ignore_boxes must have one entry per image (",
-                      gt_boxes.size(0), "), got ", ignore_boxes->size(0));
-  }
-  data.verify();
+  if (!ignore_boxes.has_value()) return;
+  check_gt(*ignore_boxes, *num_ignore, "ignore_boxes", "num_ignore");
+  TORCH_CHECK_VALUE(ignore_boxes->device() == gt_boxes.device(), "ignore_boxes must be on the device of gt_boxes");
+  TORCH_CHECK_VALUE(ignore_boxes->size(0) == gt_boxes.size(0), "ignore_boxes must have one entry per image (",
+                    gt_boxes.size(0), "), got ", ignore_boxes->size(0));
+}
+
+// The tensors whose values an assignment op checks, as its kernels read them: contiguous, the boxes in the
+// priors' dtype, the counts int64 (the ignore counts as given, before mmdetection's rule drops some).
+struct CheckedInputs {
+  at::Tensor priors, gts, counts, ignore, ignore_counts;  // ignore ones undefined without ignore boxes
+  bool iou;
+};
+
+template <typename S>
+AssignInputs<S> assign_inputs(const CheckedInputs& c) {
+  const bool has_ignore = c.ignore.defined();
+  return AssignInputs<S>{c.priors.data_ptr<S>(),
+                         c.priors.size(0),
+                         c.priors.size(1),
+                         c.gts.data_ptr<S>(),
+                         c.counts.data_ptr<int64_t>(),
+                         c.gts.size(0),
+                         c.gts.size(1),
+                         has_ignore,
+                         has_ignore ? c.ignore.data_ptr<S>() : nullptr,
+                         has_ignore ? c.ignore_counts.data_ptr<int64_t>() : nullptr,
+                         has_ignore ? c.ignore.size(1) : 0,
+                         c.iou};
+}
+
+// Raises a ValueError for the first fault of `faults` (AssignFault bits), naming the argument.
+inline void raise_assign_faults(int faults, const CheckedInputs& c, const char* prior_name) {
+  if (faults == 0) return;
+  const char* math = c.priors.scalar_type() == at::kDouble ? "float64" : "float32";
+  auto overflow = [&](const char* name) {
+    return std::string(name) + " holds a box whose area overflows " + math + " (the type its IoUs are computed in)";
+  };
+  TORCH_CHECK_VALUE(!(faults & kGtCountOutOfRange), "num_gt must count rows of gt_boxes: each in [0, ", c.gts.size(1),
+                    "]");
+  TORCH_CHECK_VALUE(!(faults & kGtNonFinite), "gt_boxes holds a non-finite coordinate in a row that num_gt counts");
+  TORCH_CHECK_VALUE(!(faults & kGtAreaOverflow), overflow("gt_boxes"), " in a row that num_gt counts");
+  TORCH_CHECK_VALUE(!(faults & kPriorNonFinite), prior_name, " holds a non-finite coordinate");
+  TORCH_CHECK_VALUE(!(faults & kPriorAreaOverflow), overflow(prior_name));
+  TORCH_CHECK_VALUE(!(faults & kIgnoreCountOutOfRange), "num_ignore must count rows of ignore_boxes: each in [0, ",
+                    c.ignore.defined() ? c.ignore.size(1) : 0, "]");
+  TORCH_CHECK_VALUE(!(faults & kIgnoreNonFinite),
+                    "ignore_boxes holds a non-finite coordinate in a row that num_ignore counts");
+  TORCH_CHECK_VALUE(!(faults & kIgnoreAreaOverflow), overflow("ignore_boxes"), " in a row that num_ignore counts");
 }
 
 enum class LowQuality : int { kNone = 0, kTorchvision = 1, kMmdet = 2 };

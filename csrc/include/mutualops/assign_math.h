@@ -159,4 +159,68 @@ MUTUALOPS_HD void mutual_targets_at(const MutualTargetArgs<S>& a, int64_t i) {
       static_cast<S>(box_loss_weight(static_cast<T>(a.cls_logits[i * a.classes + label]), static_cast<T>(a.gamma_loc)));
 }
 
+// Value checks of the assignment inputs, one bit per fault, in the order they are reported: the CPU and CUDA
+// kernels OR the faults of every element and the op reads one integer back to the host.
+enum AssignFault : int {
+  kGtCountOutOfRange = 1 << 0,
+  kGtNonFinite = 1 << 1,
+  kGtAreaOverflow = 1 << 2,
+  kPriorNonFinite = 1 << 3,
+  kPriorAreaOverflow = 1 << 4,
+  kIgnoreCountOutOfRange = 1 << 5,
+  kIgnoreNonFinite = 1 << 6,
+  kIgnoreAreaOverflow = 1 << 7,
+};
+
+// The checked inputs, contiguous, in one storage type S: priors [points, width] (points 2, anchors 4), GT
+// boxes [images, gmax, 4] with counts, ignore boxes [images, imax, 4] with counts (null without). Rows past
+// an image's count are padding and are not looked at. With iou, the kernels compute IoUs of these boxes,
+// so that their areas must be finite in the math type as well as their corners: with finite corners an
+// area of inf (a width that overflows) or NaN (inf x 0) is the only way to a NaN IoU.
+template <typename S>
+struct AssignInputs {
+  const S* priors;
+  int64_t points, width;
+  const S* gts;
+  const int64_t* counts;
+  int64_t images, gmax;
+  bool has_ignore;
+  const S* ignore;
+  const int64_t* ignore_counts;
+  int64_t imax;
+  bool iou;
+  MUTUALOPS_HD int64_t size() const { return images * (1 + gmax) + points + (has_ignore ? images * (1 + imax) : 0); }
+};
+
+template <typename T, typename S>
+MUTUALOPS_HD int box_faults(const S* row, bool iou, int non_finite, int overflow) {
+  const Box<T> b = load_box<T>(row);
+  if (!finite_box(b)) return non_finite;
+  const T area = box_area(b);
+  return iou && !(area - area == T(0)) ? overflow : 0;
+}
+
+// Element i of the checks: the counts, then the GT rows, the priors, the ignore counts and the ignore rows.
+template <typename T, typename S>
+MUTUALOPS_HD int assign_faults_at(const AssignInputs<S>& in, int64_t i) {
+  if (i < in.images) return in.counts[i] < 0 || in.counts[i] > in.gmax ? kGtCountOutOfRange : 0;
+  i -= in.images;
+  if (i < in.images * in.gmax) {
+    return i % in.gmax < in.counts[i / in.gmax] ? box_faults<T>(in.gts + 4 * i, in.iou, kGtNonFinite, kGtAreaOverflow)
+                                                : 0;
+  }
+  i -= in.images * in.gmax;
+  if (i < in.points) {
+    if (in.width == 4) return box_faults<T>(in.priors + 4 * i, in.iou, kPriorNonFinite, kPriorAreaOverflow);
+    const T x = static_cast<T>(in.priors[2 * i]), y = static_cast<T>(in.priors[2 * i + 1]);
+    return (x - x == T(0)) & (y - y == T(0)) ? 0 : kPriorNonFinite;
+  }
+  i -= in.points;
+  if (i < in.images) return in.ignore_counts[i] < 0 || in.ignore_counts[i] > in.imax ? kIgnoreCountOutOfRange : 0;
+  i -= in.images;
+  return i % in.imax < in.ignore_counts[i / in.imax]
+             ? box_faults<T>(in.ignore + 4 * i, in.iou, kIgnoreNonFinite, kIgnoreAreaOverflow)
+             : 0;
+}
+
 }  // namespace mutualops
