@@ -457,3 +457,24 @@ def test_raw_max_iou_ignore_boxes_per_image(device, gen):
     with pytest.raises(ValueError, match=r"ignore_boxes must have one entry per image \(3\), got 1"):
         torch.ops.mutualops.assign_max_iou(anchors, boxes, counts, boxes[:1], torch.tensor([1], device=device), 0.5,
                                            0.4, "torchvision", 0.0, True, 0.5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_raw_max_iou_value_checks(device):
+    op = torch.ops.mutualops.assign_max_iou
+    anchors = torch.tensor([[0.0, 0, 10, 10]], device=device)
+    gt = torch.tensor([[[0.0, 0, 5, 5], [0, 0, math.nan, 1]]], device=device)
+    one = torch.tensor([1], device=device)
+    args = (0.5, 0.4, "torchvision", 0.0, True, 0.5)
+    # Values are checked after types and shapes and before the other arguments' values.
+    with pytest.raises(ValueError, match=r"num_gt must count rows of gt_boxes: each in \[0, 2\]"):
+        op(anchors, gt, torch.tensor([3], device=device), None, None, 0.5, 0.4, "best", 0.0, True, 0.5)
+    # Ignore boxes are read in the anchors' dtype: 1e300 is finite in float64, not in float32.
+    ignore = torch.tensor([[[0.0, 0, 1e300, 1e300], [math.nan] * 4]], dtype=torch.float64, device=device)
+    with pytest.raises(ValueError, match="ignore_boxes holds a coordinate that is not finite in the anchors' float32"):
+        op(anchors, gt, one, ignore, one, *args)
+    # NaN in padding rows (past num_gt and num_ignore) is never read.
+    matched, best = op(anchors, gt, one, ignore[:, 1:], torch.tensor([0], device=device), *args)
+    assert matched.tolist() == [[0]] and best.tolist() == [[0.25]]  # a low-quality match
+    with pytest.raises(ValueError, match=r"num_ignore must count rows of ignore_boxes: each in \[0, 1\]"):
+        op(anchors, gt, one, ignore[:, 1:], torch.tensor([2], device=device), *args)

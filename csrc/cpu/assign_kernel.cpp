@@ -294,7 +294,6 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cpu(const at::Tensor& anchors,
                                                       double neg_iou, c10::string_view low_quality, double min_pos_iou,
                                                       bool gt_max_assign_all, double ignore_iof) {
   check_assign_max_iou(anchors, gt_boxes, num_gt, ignore_boxes, num_ignore);
-  const LowQuality lq = parse_low_quality(low_quality);
   const int64_t images = gt_boxes.size(0), gmax = gt_boxes.size(1), n = anchors.size(0);
   const at::Tensor anc = anchors.contiguous(), gts = gt_boxes.contiguous();
   const at::Tensor counts = num_gt.to(at::kLong).contiguous();
@@ -302,6 +301,7 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cpu(const at::Tensor& anchors,
   check_values(
       CheckedInputs{anc, gts, counts, ign, ign.defined() ? num_ignore->to(at::kLong).contiguous() : at::Tensor(), true},
       "anchors");
+  const LowQuality lq = parse_low_quality(low_quality);
   const at::Tensor ign_counts = num_ignore.has_value() ? active_ignore_counts(*num_ignore, num_gt, lq) : at::Tensor();
   at::Tensor matched = at::full({images, n}, kNegative, anc.options().dtype(at::kLong));
   at::Tensor max_iou = at::zeros({images, n}, anc.options());

@@ -46,8 +46,8 @@ inline void check_assign_max_iou(const at::Tensor& anchors, const at::Tensor& gt
   check_priors(anchors, gt_boxes, 4, "anchors");
   TORCH_CHECK_VALUE(ignore_boxes.has_value() == num_ignore.has_value(), "ignore_boxes and num_ignore go together");
   if (!ignore_boxes.has_value()) return;
-  check_gt(*ignore_boxes, *num_ignore, "ignore_boxes", "num_ignore");
   TORCH_CHECK_VALUE(ignore_boxes->device() == gt_boxes.device(), "ignore_boxes must be on the device of gt_boxes");
+  check_gt(*ignore_boxes, *num_ignore, "ignore_boxes", "num_ignore");
   TORCH_CHECK_VALUE(ignore_boxes->size(0) == gt_boxes.size(0), "ignore_boxes must have one entry per image (",
                     gt_boxes.size(0), "), got ", ignore_boxes->size(0));
 }
@@ -79,7 +79,7 @@ AssignInputs<S> assign_inputs(const CheckedInputs& c) {
 // Raises a ValueError for the first fault of `faults` (AssignFault bits), naming the argument.
 inline void raise_assign_faults(int faults, const CheckedInputs& c, const char* prior_name) {
   if (faults == 0) return;
-  const char* math = c.priors.scalar_type() == at::kDouble ? "float64" : "float32";
+  const char* math = kernel_float_name(c.priors.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
   auto overflow = [&](const char* name) {
     return std::string(name) + " holds a box whose area overflows " + math + " (the type its IoUs are computed in)";
   };
@@ -91,8 +91,9 @@ inline void raise_assign_faults(int faults, const CheckedInputs& c, const char* 
   TORCH_CHECK_VALUE(!(faults & kPriorAreaOverflow), overflow(prior_name));
   TORCH_CHECK_VALUE(!(faults & kIgnoreCountOutOfRange), "num_ignore must count rows of ignore_boxes: each in [0, ",
                     c.ignore.defined() ? c.ignore.size(1) : 0, "]");
-  TORCH_CHECK_VALUE(!(faults & kIgnoreNonFinite),
-                    "ignore_boxes holds a non-finite coordinate in a row that num_ignore counts");
+  // The kernels read the ignore boxes in the anchors' dtype: a coordinate finite in a wider one may not be.
+  TORCH_CHECK_VALUE(!(faults & kIgnoreNonFinite), "ignore_boxes holds a coordinate that is not finite in the anchors' ",
+                    kernel_float_name(c.priors.scalar_type()), " in a row that num_ignore counts");
   TORCH_CHECK_VALUE(!(faults & kIgnoreAreaOverflow), overflow("ignore_boxes"), " in a row that num_ignore counts");
 }
 

@@ -12,6 +12,20 @@ inline bool is_kernel_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
+// A kernel float's name as Python spells it (torch.float32 and so on), for messages.
+inline const char* kernel_float_name(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf:
+      return "float16";
+    case at::kBFloat16:
+      return "bfloat16";
+    case at::kDouble:
+      return "float64";
+    default:
+      return "float32";
+  }
+}
+
 inline void check_kernel_float(const at::Tensor& t, const char* name) {
   TORCH_CHECK_TYPE(is_kernel_float(t.scalar_type()), name,
                    " must be a floating-point tensor (float16, bfloat16, float32 or float64), got ", t.scalar_type());
