@@ -1,9 +1,8 @@
 // CUDA kernels of task-aligned assignment: the per-element math of
 // mutualops/task_aligned_math.h in the passes of the CPU kernel. A GT's top-k
-// is k block-wide argmax rounds over its anchors (nothing of size A is stored
-// per GT), ties going to the lower anchor index as in torch.topk's CUDA
-// kernel. Extra memory is O(B * (A + G * topk)); results are deterministic
-// (the atomics only count and take maxima).
+// is found by a block over its anchors (nothing of size A is stored per GT),
+// ties going to the lower anchor index as in torch.topk's CUDA kernel. Extra memory is O(B * (A + G * topk)); results
+// are deterministic (the atomics only count and take maxima).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -54,13 +53,45 @@ __device__ void block_best(T& value, int64_t& anchor, T* values, int64_t* anchor
   __syncthreads();
 }
 
-// A row's top k as torch.topk's CUDA kernel picks them (ties to the lower
-// index), without storing the row: k rounds of block_best over anchors
-// 0..n-1, each round taking the best anchor ranked after the previous winner.
-// value(a) is anchor a's entry; thread 0 calls on_winner(a) for each winner.
-// Every thread of the block must call it.
+// The best k <= kLocalTopk of a thread's anchors, kept in order while it reads them once.
+constexpr int kLocalTopk = 16;
+
+// A row's top k as torch.topk's CUDA kernel picks them (ties to the lower index), without storing the row;
+// thread 0 calls on_winner(a) for each winner in order; value(a) is anchor a's entry. Every thread of the
+// block must call it. For k <= kLocalTopk (Ultralytics uses 10 and 13) each thread reads its anchors
+// (threadIdx.x, + blockDim.x, ...) once into its own ordered best k, and k rounds of block_best merge the
+// threads' heads: value() costs n calls. Larger k takes k rounds over all anchors, each taking the best
+// anchor ranked after the previous winner: k * n calls.
 template <typename T, typename Value, typename OnWinner>
 __device__ void block_topk(int64_t n, int64_t k, T* values, int64_t* anchors, Value value, OnWinner on_winner) {
+  if (k <= kLocalTopk) {
+    const int want = static_cast<int>(k);
+    T top_value[kLocalTopk];
+    int64_t top_anchor[kLocalTopk];
+    int held = 0;
+    for (int64_t a = threadIdx.x; a < n; a += blockDim.x) {
+      const T v = value(a);
+      // Anchors come in index order, so an equal value ranks after the ones held.
+      if (held == want && !ranks_before(v, a, top_value[want - 1], top_anchor[want - 1])) continue;
+      int j = held < want ? held++ : want - 1;
+      for (; j > 0 && ranks_before(v, a, top_value[j - 1], top_anchor[j - 1]); --j) {
+        top_value[j] = top_value[j - 1];
+        top_anchor[j] = top_anchor[j - 1];
+      }
+      top_value[j] = v;
+      top_anchor[j] = a;
+    }
+    int next = 0;  // this thread's first anchor not yet a winner
+    for (int round = 0; round < want; ++round) {
+      T best_value = next < held ? top_value[next] : T(0);
+      int64_t best_anchor = next < held ? top_anchor[next] : -1;
+      block_best(best_value, best_anchor, values, anchors);
+      if (best_anchor < 0) return;  // the same for every thread
+      if (best_anchor % blockDim.x == threadIdx.x) ++next;
+      if (threadIdx.x == 0) on_winner(best_anchor);
+    }
+    return;
+  }
   T prev_value = T(INFINITY);
   int64_t prev_anchor = -1;
   for (int64_t round = 0; round < k; ++round) {
