@@ -47,7 +47,7 @@ def assign_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
     Ultralytics' ``TaskAlignedAssigner(topk, num_classes, alpha, beta, stride,
     eps, topk2)(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt)``.
 
-    pd_scores [B, A, C] probabilities; pd_bboxes [B, A, 4] xyxy; anc_points
+    pd_scores [B, A, C] probabilities in [0, 1] (a ValueError otherwise); pd_bboxes [B, A, 4] xyxy; anc_points
     [A, 2]; gt_labels [B, G, 1] (or [B, G]) class indices, float or integer;
     gt_bboxes [B, G, 4] xyxy; mask_gt [B, G, 1] (or [B, G]), nonzero for real
     GT rows (padding rows are never read). stride: the model's strides; GT

@@ -183,8 +183,10 @@ def test_bad_input_names_the_argument(device, gen):
     flipped = gt.clone()
     flipped[1, 2, 2] = flipped[1, 2, 0] - 1
     cases = [
-        (ValueError, "pd_scores must be finite", dict(pd_scores=nan_scores)),
-        (ValueError, "pd_scores must be finite", dict(pd_scores=-scores)),
+        (ValueError, r"pd_scores must be probabilities in \[0, 1\]", dict(pd_scores=nan_scores)),
+        (ValueError, r"pd_scores must be probabilities in \[0, 1\]", dict(pd_scores=-scores)),
+        # Above 1, score^alpha overflows for alpha > 1 and times a CIoU of 0 makes a NaN alignment.
+        (ValueError, r"pd_scores must be probabilities in \[0, 1\]", dict(pd_scores=scores + 1e20)),
         (ValueError, "num_classes", dict(num_classes=5)),
         (ValueError, "gt_labels must be < num_classes", dict(gt_labels=wrong_label)),
         (ValueError, "whole class indices", dict(gt_labels=half_label)),

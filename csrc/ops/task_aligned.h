@@ -103,10 +103,12 @@ inline TaskAlignedInputs prepare_task_aligned(const at::Tensor& scores, const at
     const auto [lo, hi] = at::aminmax(t);
     return (lo > -INFINITY).logical_and(hi < INFINITY);  // false for NaN too
   };
-  auto non_negative = [](const at::Tensor& t) {
+  // Probabilities: a score above 1 raised to alpha > 1 can overflow to inf, and inf * 0 (a CIoU of 0) is a
+  // NaN alignment, which no top-k ranks.
+  auto probabilities = [](const at::Tensor& t) {
     if (t.numel() == 0) return at::ones({}, t.options().dtype(at::kBool));
     const auto [lo, hi] = at::aminmax(t);
-    return (lo >= 0).logical_and(hi < INFINITY);
+    return (lo >= 0).logical_and(hi <= 1);
   };
   const at::Tensor flags = at::stack({real_labels.eq(real_labels.trunc()).all().logical_and(real_labels.ge(0).all()),
                                       real_labels.lt(static_cast<double>(classes)).all(), finite(real_gt),
@@ -114,7 +116,7 @@ inline TaskAlignedInputs prepare_task_aligned(const at::Tensor& scores, const at
                                           .ge(real_gt.select(2, 0))
                                           .all()
                                           .logical_and(real_gt.select(2, 3).ge(real_gt.select(2, 1)).all()),
-                                      finite(in.anchors), finite(in.boxes), non_negative(in.scores)})
+                                      finite(in.anchors), finite(in.boxes), probabilities(in.scores)})
                                .cpu();
   const bool* ok = flags.data_ptr<bool>();
   TORCH_CHECK_VALUE(ok[0], "gt_labels must hold non-negative whole class indices on the real GT rows (mask_gt != 0)");
@@ -123,7 +125,7 @@ inline TaskAlignedInputs prepare_task_aligned(const at::Tensor& scores, const at
   TORCH_CHECK_VALUE(ok[3], "gt_bboxes holds a box with x2 < x1 or y2 < y1 on a real GT row (mask_gt != 0)");
   TORCH_CHECK_VALUE(ok[4], "anc_points holds a non-finite coordinate");
   TORCH_CHECK_VALUE(ok[5], "pd_bboxes holds a non-finite coordinate");
-  TORCH_CHECK_VALUE(ok[6], "pd_scores must be finite probabilities >= 0 (apply sigmoid to logits first)");
+  TORCH_CHECK_VALUE(ok[6], "pd_scores must be probabilities in [0, 1] (apply sigmoid to logits first)");
   return in;
 }
 
