@@ -1,8 +1,9 @@
 // CUDA kernels of task-aligned assignment: the per-element math of
 // mutualops/task_aligned_math.h in the passes of the CPU kernel. A GT's top-k
 // is found by a block over its anchors (nothing of size A is stored per GT),
-// ties going to the lower anchor index as in torch.topk's CUDA kernel. Extra memory is O(B * (A + G * topk)); results
-// are deterministic (the atomics only count and take maxima).
+// ties going to the lower anchor index as in torch.topk's CUDA kernel. Extra
+// memory is O(B * (A + G * topk)); results are deterministic (the atomics only
+// count and take maxima).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>

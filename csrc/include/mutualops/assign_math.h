@@ -213,7 +213,7 @@ MUTUALOPS_HD int assign_faults_at(const AssignInputs<S>& in, int64_t i) {
   if (i < in.points) {
     if (in.width == 4) return box_faults<T>(in.priors + 4 * i, in.iou, kPriorNonFinite, kPriorAreaOverflow);
     const T x = static_cast<T>(in.priors[2 * i]), y = static_cast<T>(in.priors[2 * i + 1]);
-    return (x - x == T(0)) & (y - y == T(0)) ? 0 : kPriorNonFinite;
+    return finite_box(Box<T>{x, y, x, y}) ? 0 : kPriorNonFinite;
   }
   i -= in.points;
   if (i < in.images) return in.ignore_counts[i] < 0 || in.ignore_counts[i] > in.imax ? kIgnoreCountOutOfRange : 0;
