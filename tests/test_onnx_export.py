@@ -6,9 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import onnx
-from onnx.reference import ReferenceEvaluator
-from onnx.reference.op_run import OpRun
 import pytest
 import torch
 
@@ -16,7 +13,10 @@ import mutualops
 from mutualops.box_iou import MODES
 from tests.helpers import random_boxes
 
+onnx = pytest.importorskip("onnx", reason="the ONNX tests read the exported graphs with onnx")
 ort = pytest.importorskip("onnxruntime", reason="the ONNX tests run the exported graphs in ONNX Runtime")
+from onnx.reference import ReferenceEvaluator  # noqa: E402
+from onnx.reference.op_run import OpRun  # noqa: E402
 export = pytest.importorskip("mutualops.export", reason="ONNX export needs onnx and onnxscript")
 
 # ONNX Runtime's Exp rounds differently from the C library's expf in the last bit, so sigmoid scores agree to

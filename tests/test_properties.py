@@ -8,6 +8,10 @@ so does a silent difference from the reference.
 Inputs are random shapes (0-size included), dtypes (the four float types and wrong ones), layouts (strided,
 transposed, expanded) and values (NaN, +-inf, 1e30, negative, degenerate and duplicate boxes), with indices out of
 range. Raw ops with hostile indices run in a subprocess, so that a crash fails a test instead of killing pytest.
+
+Every property runs on each device (CUDA cases skip without a GPU; `make gpu-check` runs them, and runs them again
+under compute-sanitizer): the inputs are drawn on the CPU and moved, now and then one is left behind on the CPU (a
+wrong device), and the reference always computes on the CPU.
 """
 
 import math
@@ -15,19 +19,34 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import mutualops
 from mutualops import reference
 from mutualops._validate import promote
 
+from helpers import DEVICES
+
+hypothesis = pytest.importorskip("hypothesis", reason="the property tests draw their inputs with hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
 ALLOWED = (TypeError, ValueError, IndexError)
+
+
+def examples(n):
+    """n examples per property, or fewer where MUTUALOPS_PROPERTY_EXAMPLES caps them (`make gpu-check` does under
+    compute-sanitizer, which runs every kernel many times slower)."""
+    return min(n, int(os.environ.get("MUTUALOPS_PROPERTY_EXAMPLES", n)))
+
+
 # Small example counts: the whole file runs in well under two minutes on two CPU cores.
 # derandomize: every run draws the same examples, so a red CI run is reproducible, never a flake; set it to
 # False locally to explore new ones.
-SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+SETTINGS = settings(max_examples=examples(100), deadline=None, suppress_health_check=list(HealthCheck),
+                    derandomize=True)
+FEW = settings(SETTINGS, max_examples=examples(30))
 FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 WRONG = [torch.int32, torch.int64, torch.bool, torch.complex64]
 SPECIAL = [math.nan, math.inf, -math.inf, 1e30, -1e30, 0.0, -0.0, -7.5]
@@ -54,12 +73,53 @@ def attempt(call, *names):
 def assert_same(out, expected, dtype=None, what="result"):
     """out equals expected: integers and bools exactly, floats within dtype's tolerance, NaN where NaN."""
     assert out.shape == expected.shape, f"{what}: shape {list(out.shape)} != reference {list(expected.shape)}"
+    out, expected = out.cpu(), expected.cpu()
     if not out.is_floating_point():
-        assert torch.equal(out.cpu(), expected.cpu().to(out.dtype)), f"{what}: {out} != reference {expected}"
+        assert torch.equal(out, expected.to(out.dtype)), f"{what}: {out} != reference {expected}"
         return
     tol = TOL[dtype or out.dtype]
     torch.testing.assert_close(out.double(), expected.double(), rtol=tol, atol=tol, equal_nan=True,
                                msg=lambda m: f"{what}: {m}")
+
+
+def to_device(value, device):
+    """value with every tensor in it (in tuples and lists too) on device."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
+
+
+def on_device(draw, device):
+    """data.draw for a property on `device`: what it draws goes there, except that now and then a tensor stays on
+    the CPU, which must give a clear error naming it or the right result, never a crash."""
+    if device == "cpu":
+        return draw
+
+    def draw_on(strategy):
+        value = draw(strategy)
+        if isinstance(value, torch.Tensor) and draw(st.integers(0, 24)) == 0:
+            return value
+        return to_device(value, device)
+
+    return draw_on
+
+
+class OnCpu:
+    """The reference module, called on CPU copies of its tensor arguments: the expected result does not depend
+    on the device under test (nor on its fused multiply-adds)."""
+
+    def __getattr__(self, name):
+        fn = getattr(reference, name)
+
+        def call(*args, **kwargs):
+            return fn(*to_device(args, "cpu"), **{k: to_device(v, "cpu") for k, v in kwargs.items()})
+
+        return call
+
+
+ref = OnCpu()
 
 
 # --- strategies, one per input kind ------------------------------------------------------------------------------
@@ -157,8 +217,9 @@ def floatish(t):
 
 @SETTINGS
 @given(data=st.data())
-def test_box_iou_pairwise_and_batched(data):
-    draw = data.draw
+@pytest.mark.parametrize("device", DEVICES)
+def test_box_iou_pairwise_and_batched(device, data):
+    draw = on_device(data.draw, device)
     batched = draw(st.booleans())
     b, n, m = draw(st.integers(0, 2)), draw(sizes), draw(sizes)
     d1 = draw(dtypes())
@@ -171,17 +232,18 @@ def test_box_iou_pairwise_and_batched(data):
     out, err = attempt(lambda: mutualops.box_iou(a, c, mode), "boxes1", "boxes2", "mode")
     if err is None:
         a32, c32 = promote(floatish(a), floatish(c))
-        assert_same(out, reference.box_iou(a32, c32, mode), what=f"box_iou {mode}")
+        assert_same(out, ref.box_iou(a32, c32, mode), what=f"box_iou {mode}")
     # The raw op wants one float dtype; it must check everything else itself.
     out, err = attempt(lambda: OP.box_iou(a, a if a.dim() == c.dim() else c, mode), "boxes1", "boxes2", "mode")
     if err is None:
-        assert_same(out, reference.box_iou(a, a if a.dim() == c.dim() else c, mode), what=f"raw box_iou {mode}")
+        assert_same(out, ref.box_iou(a, a if a.dim() == c.dim() else c, mode), what=f"raw box_iou {mode}")
 
 
 @SETTINGS
 @given(data=st.data())
-def test_box_iou_aligned_and_loss(data):
-    draw = data.draw
+@pytest.mark.parametrize("device", DEVICES)
+def test_box_iou_aligned_and_loss(device, data):
+    draw = on_device(data.draw, device)
     lead = tuple(draw(st.lists(st.integers(0, 3), max_size=2)))
     d1 = draw(dtypes())
     d2 = draw(st.sampled_from([d1, d1, draw(dtypes())]))
@@ -192,11 +254,11 @@ def test_box_iou_aligned_and_loss(data):
     mode = draw(st.sampled_from(MODES * 3 + ["xiou"]))
     out, err = attempt(lambda: mutualops.box_iou_aligned(a, c, mode), "boxes1", "boxes2", "mode")
     if err is None:
-        assert_same(out, reference.box_iou_aligned(*promote(a, c), mode), what=f"box_iou_aligned {mode}")
+        assert_same(out, ref.box_iou_aligned(*promote(a, c), mode), what=f"box_iou_aligned {mode}")
     a2, c2 = a.reshape(-1, 4) if a.shape[-1:] == (4,) else a, c.reshape(-1, 4) if c.shape[-1:] == (4,) else c
     out, err = attempt(lambda: OP.box_iou_aligned(a2, c2, mode), "boxes1", "boxes2", "mode")
     if err is None:
-        assert_same(out, reference.box_iou_aligned(a2, c2, mode), what=f"raw box_iou_aligned {mode}")
+        assert_same(out, ref.box_iou_aligned(a2, c2, mode), what=f"raw box_iou_aligned {mode}")
 
     # The losses: 1 - overlap, weighted, reduced.
     weight = None
@@ -207,32 +269,34 @@ def test_box_iou_aligned_and_loss(data):
     out, err = attempt(lambda: mutualops.iou_loss(a, c, loss_mode, reduction, weight),
                        "boxes1", "boxes2", "mode", "reduction", "weight")
     if err is None:
-        expected = reference.iou_loss(*promote(a, c), loss_mode, reduction, weight)
+        expected = ref.iou_loss(*promote(a, c), loss_mode, reduction, weight)
         # A mean or sum of half-precision terms rounds once per term.
         assert_same(out, expected, dtype=torch.bfloat16 if out.dtype in FLOATS[:2] else None, what="iou_loss")
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@FEW
 @given(data=st.data())
-def test_box_iou_gradients_match_reference_autograd(data):
+@pytest.mark.parametrize("device", DEVICES)
+def test_box_iou_gradients_match_reference_autograd(device, data):
     # The backward kernels (box_iou_aligned_backward, also behind pairwise box_iou) against torch's autograd of the
     # reference, on finite float64 boxes of continuous coordinates (a min/max tie splits as torch does, but a
     # coordinate exactly at a clamp's kink has two valid subgradients, so no rounding to ties here).
+    # Drawn on the CPU and moved whole: a tensor left on the CPU is the other properties' business.
     draw = data.draw
     n, m = draw(st.integers(0, 4)), draw(st.integers(0, 4))
     mode = draw(st.sampled_from(MODES))
     a = draw(boxes((n,), torch.float64, hostile=False)) + 1e-3 * torch.rand(n, 4, dtype=torch.float64)
     c = draw(boxes((m,), torch.float64, hostile=False)) + 1e-3 * torch.rand(m, 4, dtype=torch.float64)
-    for fn, ref, x, y in ((mutualops.box_iou, reference.box_iou, a, c),
-                          (mutualops.box_iou_aligned, reference.box_iou_aligned, a, a.flip(0))):
-        x, y = x.clone().requires_grad_(), y.clone().requires_grad_()
+    for fn, ref_fn, x, y in ((mutualops.box_iou, reference.box_iou, a, c),
+                             (mutualops.box_iou_aligned, reference.box_iou_aligned, a, a.flip(0))):
+        x2, y2 = x.clone().requires_grad_(), y.clone().requires_grad_()
+        x, y = x.to(device).requires_grad_(), y.to(device).requires_grad_()
         out = fn(x, y, mode)
-        weight = torch.rand_like(out)
-        ours = torch.autograd.grad(out, (x, y), weight, allow_unused=True)
-        x2, y2 = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
-        theirs = torch.autograd.grad(ref(x2, y2, mode), (x2, y2), weight, allow_unused=True)
+        weight = torch.rand(out.shape, dtype=out.dtype)
+        ours = torch.autograd.grad(out, (x, y), weight.to(device), allow_unused=True)
+        theirs = torch.autograd.grad(ref_fn(x2, y2, mode), (x2, y2), weight, allow_unused=True)
         for g, e in zip(ours, theirs):
-            assert_same(g if g is not None else torch.zeros_like(x), e if e is not None else torch.zeros_like(x),
+            assert_same(g if g is not None else torch.zeros_like(x), e if e is not None else torch.zeros_like(x2),
                         dtype=torch.float32, what=f"{fn.__name__} gradient {mode}")
 
 
@@ -241,8 +305,9 @@ def test_box_iou_gradients_match_reference_autograd(data):
 
 @SETTINGS
 @given(data=st.data())
-def test_nms_and_batched_nms(data):
-    draw = data.draw
+@pytest.mark.parametrize("device", DEVICES)
+def test_nms_and_batched_nms(device, data):
+    draw = on_device(data.draw, device)
     n = draw(st.integers(0, 8))
     dtype = draw(dtypes())
     b = draw(layout(draw(boxes((n,), dtype))))
@@ -253,13 +318,13 @@ def test_nms_and_batched_nms(data):
     names = ("boxes", "scores", "idxs", "iou_threshold")
     keep, err = attempt(lambda: mutualops.nms(b, s, thr), *names)
     if err is None:
-        assert_same(keep, reference.nms(b, s, thr), what="nms")
+        assert_same(keep, ref.nms(b, s, thr), what="nms")
     keep, err = attempt(lambda: mutualops.batched_nms(b, s, idxs, thr), *names)
     if err is None:
-        assert_same(keep, reference.batched_nms(b, s, idxs, thr), what="batched_nms")
+        assert_same(keep, ref.batched_nms(b, s, idxs, thr), what="batched_nms")
     keep, err = attempt(lambda: OP.batched_nms(b, s, idxs, thr), *names)
     if err is None:
-        assert_same(keep, reference.batched_nms(b, s, idxs, thr), what="raw batched_nms")
+        assert_same(keep, ref.batched_nms(b, s, idxs, thr), what="raw batched_nms")
         # NMS never keeps a non-finite box or score.
         assert torch.isfinite(b[keep]).all() and torch.isfinite(s[keep]).all()
 
@@ -310,10 +375,25 @@ def ref_dtype(t):
     return t.to(torch.float64 if t.dtype == torch.float64 else torch.float32) if t.is_floating_point() else t
 
 
+def unchecked_levels_dropped(boxes, level_index, num_levels, fixed_shape):
+    """The boxes the reference should see. On CUDA in fixed-shape mode nothing checks the level ids (a check
+    would read them on the host): a candidate whose level is outside [0, num_levels) is never kept (README,
+    "Rescored NMS"), as a candidate with a NaN box is in the reference, which would otherwise rank such a level
+    as a level of its own. Out-of-range image ids need nothing: the reference keeps none either."""
+    if not fixed_shape or level_index is None or level_index.device.type != "cuda" or level_index.numel() == 0:
+        return boxes
+    levels = level_index.cpu().long()
+    count = num_levels if num_levels is not None else int(levels.max()) + 1
+    boxes = boxes.clone()
+    boxes[..., (levels < 0) | (levels >= count), :] = math.nan
+    return boxes
+
+
 @SETTINGS
 @given(data=st.data())
-def test_rescored_nms_dense(data):
-    draw = data.draw
+@pytest.mark.parametrize("device", DEVICES)
+def test_rescored_nms_dense(device, data):
+    draw = on_device(data.draw, device)
     b, n, c = draw(st.integers(0, 2)), draw(st.integers(0, 5)), draw(st.integers(0, 3))
     dtype = draw(st.sampled_from(FLOATS * 5 + WRONG))
     bx = draw(layout(draw(boxes((b, n), dtype))))
@@ -330,15 +410,17 @@ def test_rescored_nms_dense(data):
                                                       fixed_shape=fixed_shape, **opts),
                        "boxes", "scores", "iou", "level_index", "num_levels", *opts)
     if err is None:
-        expected = reference.rescored_nms(ref_dtype(bx), ref_dtype(scores), None if iou is None else ref_dtype(iou),
-                                          level_index=level_index, **opts)
+        bx_ref = unchecked_levels_dropped(ref_dtype(bx), level_index, num_levels, fixed_shape)
+        expected = ref.rescored_nms(bx_ref, ref_dtype(scores), None if iou is None else ref_dtype(iou),
+                                    level_index=level_index, **opts)
         assert_detections(det, expected, fixed_shape, dtype, min(opts["max_detections"], n * c))
 
 
 @SETTINGS
 @given(data=st.data())
-def test_rescored_nms_flat(data):
-    draw = data.draw
+@pytest.mark.parametrize("device", DEVICES)
+def test_rescored_nms_flat(device, data):
+    draw = on_device(data.draw, device)
     m = draw(st.integers(0, 8))
     dtype = draw(st.sampled_from(FLOATS * 5 + WRONG))
     bx = draw(layout(draw(boxes((m,), dtype))))
@@ -362,9 +444,10 @@ def test_rescored_nms_flat(data):
                        "boxes", "scores", "iou", "labels", "batch_index", "num_images", "level_index", "num_levels",
                        *opts)
     if err is None:
-        expected = reference.rescored_nms(ref_dtype(bx), ref_dtype(scores), None if iou is None else ref_dtype(iou),
-                                          labels=labels, batch_index=batch_index, num_images=num_images,
-                                          level_index=level_index, **opts)
+        bx_ref = unchecked_levels_dropped(ref_dtype(bx), level_index, num_levels, fixed_shape)
+        expected = ref.rescored_nms(bx_ref, ref_dtype(scores), None if iou is None else ref_dtype(iou),
+                                    labels=labels, batch_index=batch_index, num_images=num_images,
+                                    level_index=level_index, **opts)
         assert_detections(det, expected, fixed_shape, dtype, min(opts["max_detections"], m))
 
 
@@ -388,25 +471,26 @@ def ground_truth(draw, dtype):
 
 
 def padded(gt, num_gt):
-    """The padded form of any GT the wrappers accept, for the reference."""
+    """The padded form of any GT the wrappers accept, for the ref."""
     return mutualops.assign.pad_gt(gt, num_gt)[:2]
 
 
 @SETTINGS
 @given(data=st.data())
-def test_assign_fcos(data):
-    draw = data.draw
+@pytest.mark.parametrize("device", DEVICES)
+def test_assign_fcos(device, data):
+    draw = on_device(data.draw, device)
     dtype = draw(st.sampled_from(FLOATS * 5 + WRONG))
     gt, num_gt = draw(ground_truth(dtype))
     p = draw(st.integers(0, 6))
     # Points now and then non-finite: the op must reject them (README, Conventions).
     points = draw(layout(draw(values((p, 2), dtype, 0, 50, hostile=draw(st.integers(0, 3)) == 0))))
     strides = draw(layout(draw(values((p,), dtype, 2, 16, hostile=draw(st.integers(0, 3)) == 0))))
-    lo = draw(values((p, 1), torch.float64, -1, 20, hostile=False))
-    ranges = torch.cat([lo, lo + draw(values((p, 1), torch.float64, 0, 40, hostile=False))], 1)
+    lo = data.draw(values((p, 1), torch.float64, -1, 20, hostile=False))
+    ranges = torch.cat([lo, lo + data.draw(values((p, 1), torch.float64, 0, 40, hostile=False))], 1)
     if draw(st.booleans()):
         ranges[:, 1] = math.inf  # FCOS's last level
-    ranges = ranges.to(dtype if dtype.is_floating_point else torch.float32)
+    ranges = ranges.to(device, dtype if dtype.is_floating_point else torch.float32)
     radius = draw(st.sampled_from([0.0, 1.5, 2.5] * 3 + [math.nan, -1.0, math.inf]))
     inclusive, compat = draw(st.booleans()), draw(st.booleans())
     names = ("points", "gt_boxes", "num_gt", "strides", "regress_ranges", "center_sampling_radius")
@@ -415,16 +499,17 @@ def test_assign_fcos(data):
                                                      torchvision_compat=compat), *names)
     if err is None:
         gt_padded, counts = padded(gt, num_gt)
-        expected = reference.assign_fcos(points, gt_padded, counts, strides.to(points), ranges.to(points), radius,
-                                         inclusive, compat)
+        expected = ref.assign_fcos(points, gt_padded, counts, strides.to(points), ranges.to(points), radius,
+                                   inclusive, compat)
         assert_same(out, expected[0] if isinstance(gt, torch.Tensor) and gt.dim() == 2 else expected,
                     what="assign_fcos")
 
 
 @SETTINGS
 @given(data=st.data())
-def test_assign_max_iou(data):
-    draw = data.draw
+@pytest.mark.parametrize("device", DEVICES)
+def test_assign_max_iou(device, data):
+    draw = on_device(data.draw, device)
     dtype = draw(st.sampled_from(FLOATS * 5 + WRONG))
     gt, num_gt = draw(ground_truth(dtype))
     anchors = draw(layout(draw(boxes((draw(st.integers(0, 6)),), dtype, hostile=draw(st.integers(0, 3)) == 0,
@@ -450,8 +535,8 @@ def test_assign_max_iou(data):
         gt_padded, counts = padded(gt, num_gt)
         ign, ign_counts = padded(ignore[None] if ignore is not None and ignore.dim() == 2 else ignore,
                                  num_ignore) if ignore is not None else (None, None)
-        expected = reference.assign_max_iou(anchors, gt_padded, counts, ignore_boxes=ign, num_ignore=ign_counts,
-                                            **kwargs)
+        expected = ref.assign_max_iou(anchors, gt_padded, counts, ignore_boxes=ign, num_ignore=ign_counts,
+                                      **kwargs)
         if isinstance(gt, torch.Tensor) and gt.dim() == 2:
             expected = tuple(e[0] for e in expected)
         assert_same(out[0], expected[0], what="assign_max_iou matched")
@@ -460,8 +545,9 @@ def test_assign_max_iou(data):
 
 @SETTINGS
 @given(data=st.data())
-def test_mutual_targets(data):
-    draw = data.draw
+@pytest.mark.parametrize("device", DEVICES)
+def test_mutual_targets(device, data):
+    draw = on_device(data.draw, device)
     dtype = draw(st.sampled_from(FLOATS * 5 + WRONG))
     b, g, n, c = draw(st.integers(1, 2)), draw(st.integers(0, 3)), draw(st.integers(0, 5)), draw(st.integers(0, 3))
     gt = draw(layout(draw(boxes((b, g), dtype, hostile=draw(st.integers(0, 3)) == 0))))
@@ -489,18 +575,19 @@ def test_mutual_targets(data):
     if err is None:
         # The kernel computes half types in float32 (README, Conventions): so does the reference here.
         args = [ref_dtype(t) if t is not None else None for t in promote(box_pred, logits, gt, priors, scale)]
-        expected = reference.mutual_targets(matched.long(), args[2], labels, args[0], args[1], args[3], args[4],
-                                            coding, **gammas)
+        expected = ref.mutual_targets(matched.long(), args[2], labels, args[0], args[1], args[3], args[4],
+                                      coding, **gammas)
         for name, got, exp in zip(out._fields, out, expected):
             assert_same(got, exp, what=f"mutual_targets {name}")
         assert torch.equal(out.positive, matched >= 0)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@FEW
 @given(data=st.data())
-def test_assign_and_label(data):
+@pytest.mark.parametrize("device", DEVICES)
+def test_assign_and_label(device, data):
     # The composition of the three ops above: the same result as the references composed.
-    draw = data.draw
+    draw = on_device(data.draw, device)
     dtype = draw(st.sampled_from(FLOATS))
     b, g, p, c = draw(st.integers(1, 2)), draw(st.integers(0, 3)), draw(st.integers(0, 5)), draw(st.integers(1, 3))
     gt = draw(boxes((b, g), dtype, hostile=draw(st.integers(0, 4)) == 0, scale=40.0))
@@ -509,8 +596,8 @@ def test_assign_and_label(data):
     assigner = draw(st.sampled_from(["fcos", "max_iou"]))
     if assigner == "fcos":
         priors = draw(values((p, 2), dtype, 0, 40, hostile=False))
-        strides = torch.full((p,), 8.0, dtype=dtype)
-        ranges = torch.tensor([[-1.0, math.inf]], dtype=dtype).expand(p, 2)
+        strides = torch.full((p,), 8.0, dtype=dtype, device=device)
+        ranges = torch.tensor([[-1.0, math.inf]], dtype=dtype, device=device).expand(p, 2)
         kwargs = dict(strides=strides, regress_ranges=ranges)
         pred = draw(values((b, p, 4), dtype, 0, 3))
     else:
@@ -526,11 +613,11 @@ def test_assign_and_label(data):
         if assigner == "fcos":
             strides, ranges = ref_dtype(strides), ref_dtype(ranges)
         if assigner == "fcos":
-            matched = reference.assign_fcos(priors, gt, counts, strides, ranges)
-            expected = reference.mutual_targets(matched, gt, labels, pred, logits, priors, strides, "distance")
+            matched = ref.assign_fcos(priors, gt, counts, strides, ranges)
+            expected = ref.mutual_targets(matched, gt, labels, pred, logits, priors, strides, "distance")
         else:
-            matched = reference.assign_max_iou(priors, gt, counts, **kwargs)[0]
-            expected = reference.mutual_targets(matched, gt, labels, pred, logits, priors, None, "delta")
+            matched = ref.assign_max_iou(priors, gt, counts, **kwargs)[0]
+            expected = ref.mutual_targets(matched, gt, labels, pred, logits, priors, None, "delta")
         assert_same(out[0], matched, what="assign_and_label matched")
         for name, got, exp in zip(out[1]._fields, out[1], expected):
             assert_same(got, exp, what=f"assign_and_label {name}")
@@ -541,8 +628,9 @@ def test_assign_and_label(data):
 
 @SETTINGS
 @given(data=st.data())
-def test_assign_task_aligned(data):
-    draw = data.draw
+@pytest.mark.parametrize("device", DEVICES)
+def test_assign_task_aligned(device, data):
+    draw = on_device(data.draw, device)
     b, a, c, g = draw(st.integers(0, 2)), draw(st.integers(1, 6)), draw(st.integers(1, 3)), draw(st.integers(0, 3))
     dtype = draw(st.sampled_from(FLOATS * 5 + WRONG))
     hostile = draw(st.integers(0, 3)) == 0
@@ -569,9 +657,9 @@ def test_assign_task_aligned(data):
     if err is None:
         stride = kw["stride"] or [8, 16]
         min_side = float(stride[1] if len(stride) > 1 else stride[0])  # Ultralytics' stride_val
-        expected = reference.assign_task_aligned(scores, pred, anchors, labels, gt, mask, topk=topk,
-                                                 num_classes=kw["num_classes"], alpha=kw["alpha"], beta=kw["beta"],
-                                                 eps=kw["eps"], min_side=min_side, topk2=topk2)
+        expected = ref.assign_task_aligned(scores, pred, anchors, labels, gt, mask, topk=topk,
+                                           num_classes=kw["num_classes"], alpha=kw["alpha"], beta=kw["beta"],
+                                           eps=kw["eps"], min_side=min_side, topk2=topk2)
         labels_, bboxes_, scores_, fg_, idx_, alignment_ = expected
         assert_same(out.fg_mask, fg_, what="fg_mask")
         assert_same(out.target_gt_idx, idx_, what="target_gt_idx")
@@ -590,8 +678,9 @@ def compact(groups):
 
 @SETTINGS
 @given(data=st.data())
-def test_rank_and_spearman(data):
-    draw = data.draw
+@pytest.mark.parametrize("device", DEVICES)
+def test_rank_and_spearman(device, data):
+    draw = on_device(data.draw, device)
     n = draw(st.integers(0, 9))
     dtype = draw(dtypes())
     x = draw(layout(draw(values((n,), dtype, -3, 3))))
@@ -605,20 +694,20 @@ def test_rank_and_spearman(data):
     ties = draw(st.sampled_from(["average", "min", "max", "dense", "ordinal", "fractional"]))
     out, err = attempt(lambda: mutualops.rank(x, groups, ties), "x", "groups", "ties")
     if err is None:
-        assert_same(out, reference.rank(x, compact(groups), ties), dtype=torch.float64, what=f"rank {ties}")
+        assert_same(out, ref.rank(x, compact(groups), ties), dtype=torch.float64, what=f"rank {ties}")
     num_groups = draw(st.sampled_from([None, None, 0, 1, 3, 5, -1]))
     out, err = attempt(lambda: mutualops.spearman(x, y, groups, num_groups), "x", "y", "groups", "num_groups")
     if err is None:
-        assert_same(out, reference.spearman(x, y, groups, num_groups), dtype=torch.float64, what="spearman")
+        assert_same(out, ref.spearman(x, y, groups, num_groups), dtype=torch.float64, what="spearman")
 
 
 def reference_harmony(scores, ious, gt_index, min_size, aggregate):
-    """harmony from reference.spearman, as docs/method.md section 1 defines it: rho per object with at least
+    """harmony from ref.spearman, as docs/method.md section 1 defines it: rho per object with at least
     min_size predictions, NaN-skipping mean (or prediction-count-weighted mean) of the rest."""
     keep = gt_index >= 0
     ids = gt_index[keep].long()
     num = int(ids.max()) + 1 if ids.numel() else 0
-    rho = reference.spearman(scores[keep], ious[keep], ids, num)
+    rho = ref.spearman(scores[keep], ious[keep], ids, num)
     counts = torch.bincount(ids, minlength=num)
     rho = torch.where(counts >= min_size, rho, math.nan)
     used = ~rho.isnan()
@@ -630,8 +719,9 @@ def reference_harmony(scores, ious, gt_index, min_size, aggregate):
 
 @SETTINGS
 @given(data=st.data())
-def test_harmony(data):
-    draw = data.draw
+@pytest.mark.parametrize("device", DEVICES)
+def test_harmony(device, data):
+    draw = on_device(data.draw, device)
     n = draw(st.integers(0, 9))
     dtype = draw(dtypes())
     scores = draw(layout(draw(values((n,), dtype, 0, 1))))
@@ -660,6 +750,10 @@ RAW_SCRIPT = r'''
 import random, sys, torch, mutualops
 op = torch.ops.mutualops
 rng = random.Random(int(sys.argv[1]))
+# Every tensor below is made on the device under test; on CUDA each call is waited for, so that a kernel's
+# out-of-bounds access is reported at the call that made it.
+device = sys.argv[3]
+torch.set_default_device(device)
 BAD = [-1, -3, 10**12, -(10**12), 2**31, 2**63 - 1, 7]
 SMALL = [-1, -3, 7, 1000]
 
@@ -721,6 +815,8 @@ for i in range(int(sys.argv[2])):
     for name, call in calls.items():
         try:
             call()
+            if device == "cuda":
+                torch.cuda.synchronize()
             print(name, "ok", flush=True)
         except Exception as e:
             print(name, type(e).__name__, str(e).splitlines()[0][:100] if str(e) else "", flush=True)
@@ -728,12 +824,13 @@ print("done", flush=True)
 '''
 
 
-def test_raw_ops_survive_hostile_indices():
+@pytest.mark.parametrize("device", DEVICES)
+def test_raw_ops_survive_hostile_indices(device):
     # Indices out of range (negative, past the end, 10**12, 2**63 - 1), counts past their rows, wrong index dtypes
     # and layouts, negative or huge sizes: each raw call raises TypeError/ValueError/IndexError or returns, and
     # the process survives (a segfault or abort would end it early with a signal).
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(mutualops.__file__))))
-    proc = subprocess.run([sys.executable, "-c", RAW_SCRIPT, "11", "40"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", RAW_SCRIPT, "11", "40", device], capture_output=True, text=True,
                           timeout=120, env=env)
     lines = proc.stdout.splitlines()
     assert proc.returncode == 0 and lines and lines[-1] == "done", (proc.returncode, proc.stderr[-2000:],
