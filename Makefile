@@ -12,7 +12,7 @@ NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h'
 GPU_PY ?= python3
 GPU_REPORT ?= $(if $(OUT),$(OUT),gpu-report)
 
-.PHONY: demo test lint format cpp-test bench gpu-check clean
+.PHONY: demo test lint format cpp-test bench gpu-check gpu-wheels clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,16 @@ bench: $(STAMPS)/build
 # compute-sanitizer over the CUDA tests; everything lands in $(GPU_REPORT).
 gpu-check:
 	GPU_PY="$(GPU_PY)" GPU_REPORT="$(GPU_REPORT)" bash benchmarks/gpu_check.sh
+
+# Here, before a device call: the GPU machine's python 3.12 wheels of the test dependencies with CUDA cases
+# (about 51 MiB, under the device tool's 64 MiB carry); gpu-check installs those the machine lacks.
+GPU_WHEEL_PINS = $(shell grep -E '^(numpy|scipy|hypothesis|pycocotools|tqdm)==' requirements.txt)
+gpu-wheels: $(STAMPS)/deps
+	rm -rf gpu-wheels
+	$(VPY) -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d gpu-wheels $(GPU_WHEEL_PINS)
+	du -sh gpu-wheels
 
 clean:
 	rm -rf build $(STAMPS) mutualops/_C*.so mutualops/_build_info.py *.egg-info

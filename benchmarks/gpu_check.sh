@@ -61,6 +61,23 @@ each_file() {
 # An in-place build is the fallback where that python's setuptools predates editable wheels (PEP 660).
 step build build.log "$(( $(left) * 25 / 100 ))" \
   bash -c "'$PY' -m pip install --no-build-isolation --no-deps -e . || '$PY' setup.py build_ext --inplace"
+# Test dependencies the machine lacks, from the py3.12 wheels `make gpu-wheels` downloads (carried in the call).
+WHEELS=${GPU_WHEELS:-gpu-wheels}
+if [ -d "$WHEELS" ]; then
+  step "test dependencies from $WHEELS" deps.log 60 bash -c "'$PY' - '$WHEELS' <<'EOF'
+import importlib.metadata as md, pathlib, subprocess, sys
+missing = []
+for wheel in sorted(pathlib.Path(sys.argv[1]).glob('*.whl')):
+    try:
+        md.version(wheel.name.split('-')[0])
+    except md.PackageNotFoundError:
+        missing.append(str(wheel))
+print('installing', missing or 'nothing')
+sys.exit(subprocess.call([sys.executable, '-m', 'pip', 'install', '--no-index', '--no-deps', '--target',
+                          'build/gpu-deps', *missing]) if missing else 0)
+EOF"
+  export PYTHONPATH="$PWD/build/gpu-deps${PYTHONPATH:+:$PYTHONPATH}"
+fi
 export -f each_file
 export JOBS THREADS REPORT
 # The deadline left is shared: tests 35%, sanitizer 30%, benchmarks the rest.
@@ -68,7 +85,7 @@ budget=$(left)
 step "tests (every file, CPU and CUDA cases)" tests.log "$(( budget * 35 / 100 ))" \
   bash -c "each_file $(( budget * 35 / 100 - 15 )) junit '$PY' -m pytest -q -rs -p no:cacheprovider"
 step "compute-sanitizer memcheck (CUDA cases)" sanitizer.log "$(( budget * 30 / 100 ))" \
-  bash -c "each_file $(( budget * 30 / 100 - 15 )) sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 \
+  bash -c "each_file $(( budget * 30 / 100 - 15 )) sanitizer env MUTUALOPS_PROPERTY_EXAMPLES=20 compute-sanitizer --tool memcheck --error-exitcode 1 \
     --target-processes all '$PY' -m pytest -q -m cuda -p no:cacheprovider -k 'not compile'"
 benches=(benchmarks/bench_*.py)
 for i in "${!benches[@]}"; do
