@@ -64,7 +64,7 @@ gpu-check:
 	GPU_PY="$(GPU_PY)" GPU_REPORT="$(GPU_REPORT)" bash benchmarks/gpu_check.sh
 
 # Here, before a device call: the GPU machine's python 3.12 wheels of the test dependencies with CUDA cases
-# (about 51 MiB, under the device tool's 64 MiB carry); gpu-check installs those the machine lacks.
+# (52 MiB, under the device tool's 64 MiB carry); gpu-check installs those the machine lacks.
 GPU_WHEEL_PINS = $(shell grep -E '^(numpy|scipy|hypothesis|pycocotools|tqdm)==' requirements.txt)
 gpu-wheels: $(STAMPS)/deps
 	rm -rf gpu-wheels

@@ -28,7 +28,7 @@ from mutualops._validate import promote
 
 from helpers import DEVICES
 
-hypothesis = pytest.importorskip("hypothesis", reason="the property tests draw their inputs with hypothesis")
+pytest.importorskip("hypothesis", reason="the property tests draw their inputs with hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -379,8 +379,9 @@ def unchecked_levels_dropped(boxes, level_index, num_levels, fixed_shape):
     """The boxes the reference should see. On CUDA in fixed-shape mode nothing checks the level ids (a check
     would read them on the host): a candidate whose level is outside [0, num_levels) is never kept (README,
     "Rescored NMS"), as a candidate with a NaN box is in the reference, which would otherwise rank such a level
-    as a level of its own. Out-of-range image ids need nothing: the reference keeps none either."""
-    if not fixed_shape or level_index is None or level_index.device.type != "cuda" or level_index.numel() == 0:
+    as a level of its own. Out-of-range image ids need nothing: the reference keeps none either. The boxes'
+    device is the one the op ran on."""
+    if not fixed_shape or level_index is None or boxes.device.type != "cuda" or level_index.numel() == 0:
         return boxes
     levels = level_index.cpu().long()
     count = num_levels if num_levels is not None else int(levels.max()) + 1
@@ -471,7 +472,7 @@ def ground_truth(draw, dtype):
 
 
 def padded(gt, num_gt):
-    """The padded form of any GT the wrappers accept, for the ref."""
+    """The padded form of any GT the wrappers accept, for the reference."""
     return mutualops.assign.pad_gt(gt, num_gt)[:2]
 
 
@@ -702,7 +703,7 @@ def test_rank_and_spearman(device, data):
 
 
 def reference_harmony(scores, ious, gt_index, min_size, aggregate):
-    """harmony from ref.spearman, as docs/method.md section 1 defines it: rho per object with at least
+    """harmony from reference.spearman, as docs/method.md section 1 defines it: rho per object with at least
     min_size predictions, NaN-skipping mean (or prediction-count-weighted mean) of the rest."""
     keep = gt_index >= 0
     ids = gt_index[keep].long()
