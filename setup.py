@@ -10,6 +10,8 @@ import shutil
 import sys
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+from setuptools.command.editable_wheel import editable_wheel
 
 import torch
 
@@ -104,10 +106,36 @@ class BuildKeepingObjects(BuildExtension):
         self.build_temp = os.path.join(ROOT, "build", f"temp-{flavour}")
 
 
+# MUTUALOPS_ULTRALYTICS=1 works through a .pth file in site-packages, which Python runs at every start
+# (_mutualops_startup.py says what it does). Wheels take it from build_lib's root; editable installs, whose
+# wheel holds no build_lib, from the unpacked wheel (setuptools >= 64's editable_wheel).
+STARTUP_PTH = os.path.join(ROOT, "build_tools", "mutualops-startup.pth")
+
+
+class BuildPyWithStartup(build_py):
+    def run(self):
+        super().run()
+        self.copy_file(STARTUP_PTH, os.path.join(self.build_lib, os.path.basename(STARTUP_PTH)))
+
+
+if not hasattr(editable_wheel, "_run_build_commands"):
+    log("this setuptools' editable_wheel has no _run_build_commands: an editable install will lack "
+        "mutualops-startup.pth (MUTUALOPS_ULTRALYTICS); a regular install has it")
+
+
+class EditableWheelWithStartup(editable_wheel):
+    def _run_build_commands(self, dist_name, unpacked_wheel, build_lib, tmp_dir):
+        outputs = super()._run_build_commands(dist_name, unpacked_wheel, build_lib, tmp_dir)
+        shutil.copy(STARTUP_PTH, os.path.join(unpacked_wheel, os.path.basename(STARTUP_PTH)))
+        return outputs
+
+
 write_build_info(CUDA_HOME is not None)
 
 setup(
     packages=find_packages(include=["mutualops", "mutualops.*"]),
+    py_modules=["_mutualops_startup"],
     ext_modules=[extension(CUDA_HOME is not None)],
-    cmdclass={"build_ext": BuildKeepingObjects.with_options(use_ninja=shutil.which("ninja") is not None)},
+    cmdclass={"build_ext": BuildKeepingObjects.with_options(use_ninja=shutil.which("ninja") is not None),
+              "build_py": BuildPyWithStartup, "editable_wheel": EditableWheelWithStartup},
 )

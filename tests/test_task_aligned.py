@@ -58,6 +58,17 @@ def scene(gen, grid=SMALL_GRID, images=2, gts=6, classes=4, kind="random", devic
         gt[:, :, 2:] = torch.rand(images, gts, 2, generator=gen) * 60 + 40
         far = torch.rand(images, n, 1, generator=gen) < 0.9
         pred = torch.where(far, pred + 10 * size, pred)
+    if kind == "flipped":  # real rows with x2 < x1 or y2 < y1, as a buggy augmentation leaves them
+        gt[:, ::2] = gt[:, ::2][..., [2, 1, 0, 3]]
+        gt[:, 1::3] = gt[:, 1::3][..., [0, 3, 2, 1]]
+    if kind == "outside":  # GTs partly or wholly beyond the image (and its anchors)
+        gt = gt + torch.tensor([-1.0, 1.0, -1.0, 1.0]) * size * torch.rand(images, gts, 1, generator=gen) * 2
+    if kind == "degenerate":  # zero-area GTs: points, lines
+        gt[:, ::2, 2] = gt[:, ::2, 0]
+        gt[:, 1::2, 3] = gt[:, 1::2, 1]
+        gt[:, ::3, 2:] = gt[:, ::3, :2]
+    if kind == "padding":  # every row padding, with leftover labels and boxes in it
+        mask[:] = 0
     scores = torch.rand(images, n, classes, generator=gen)
     if kind == "ties":  # identical predictions: equal alignments everywhere
         scores[:] = 0.5
@@ -87,7 +98,7 @@ SETTINGS = [dict(topk=10, alpha=0.5, beta=6.0), dict(topk=13, alpha=1.0, beta=6.
             dict(topk=10, alpha=0.5, beta=6.0, topk2=4), dict(topk=1, alpha=0.5, beta=6.0),
             # Above the CUDA kernel's per-thread top-k (16): its k rounds over all anchors.
             dict(topk=20, alpha=1.0, beta=6.0, topk2=17)]
-KINDS = ["random", "small", "edges", "far", "crowd", "ties", "corner"]
+KINDS = ["random", "small", "edges", "far", "crowd", "ties", "corner", "flipped", "outside", "degenerate", "padding"]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -99,6 +110,51 @@ def test_matches_ultralytics(device, kind, grid, gen):
         for kw in SETTINGS:
             ours = mutualops.assign_task_aligned(*args, num_classes=4, stride=list(STRIDES), **kw)
             assert_same(ours, ultralytics_assign(args, **kw))
+
+
+def anchor_layout(kind, gen):
+    """Anchor points that are not Ultralytics' grid: the CPU kernel buckets anchors by position, and must find
+    every candidate whatever their layout."""
+    if kind == "scattered":
+        return torch.rand(300, 2, generator=gen) * 64
+    if kind == "duplicates":  # every point twice, on a grid whose lines GT edges fall on
+        return (torch.randint(0, 16, (150, 2), generator=gen).float() * 4).repeat_interleave(2, 0)
+    if kind == "column":  # one x for all: a single column of cells
+        return torch.stack([torch.full((200,), 30.0), torch.rand(200, generator=gen) * 64], 1)
+    if kind == "single":
+        return torch.tensor([[20.0, 20.0]])
+    # "outlier": one anchor far away stretches the grid so that the rest share a few cells
+    anc = torch.rand(200, 2, generator=gen) * 64
+    anc[7] = torch.tensor([1e30, -1e30])
+    return anc
+
+
+@pytest.mark.parametrize("layout", ["scattered", "duplicates", "column", "single", "outlier"])
+def test_anchor_layouts_match_ultralytics(layout, gen):
+    for gts in (1, 5, 40):
+        anc = anchor_layout(layout, gen)
+        n = anc.shape[0]
+        xy = torch.rand(2, gts, 2, generator=gen) * 64
+        gt = torch.cat([xy, xy + torch.rand(2, gts, 2, generator=gen) * 30], -1)
+        gt[:, ::3] = gt[:, ::3].round()  # corners on the anchors' lines
+        pred = torch.cat([anc - 3, anc + 3], -1)[None].repeat(2, 1, 1) + torch.randn(2, n, 4, generator=gen)
+        args = (torch.rand(2, n, 3, generator=gen), pred, anc, torch.randint(0, 3, (2, gts, 1), generator=gen).float(),
+                gt, torch.ones(2, gts, 1))
+        for kw in (dict(topk=min(n, 10), alpha=0.5, beta=6.0), dict(topk=1, alpha=1.0, beta=6.0)):
+            ours = mutualops.assign_task_aligned(*args, num_classes=3, stride=[4], **kw)
+            assert_same(ours, ultralytics_assign(args, stride=[4], **kw))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_many_large_overlapping_gts_match_ultralytics(device, gen):
+    # 300 GTs each over most of the image: too many for the CPU kernel to bucket by cell when it resolves the
+    # anchors several GTs picked, so that it visits every GT there instead.
+    scores, pred, anc, labels, gt, mask = scene(gen, grid=YOLO_GRID, gts=300, device=device)
+    corner = torch.rand(2, 300, 2, generator=gen, device=device) * 100
+    gt = torch.cat([corner, 640 - corner.flip(-1)], -1)
+    args = (scores, pred, anc, labels, gt, mask)
+    for kw in (dict(topk=10, alpha=0.5, beta=6.0), dict(topk=13, alpha=1.0, beta=6.0, topk2=5)):
+        assert_same(mutualops.assign_task_aligned(*args, num_classes=4, **kw), ultralytics_assign(args, **kw))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -180,8 +236,6 @@ def test_bad_input_names_the_argument(device, gen):
     half_label[1, 0] = 1.5
     nan_gt = gt.clone()
     nan_gt[1, 2, 0] = float("inf")
-    flipped = gt.clone()
-    flipped[1, 2, 2] = flipped[1, 2, 0] - 1
     cases = [
         (ValueError, r"pd_scores must be probabilities in \[0, 1\]", dict(pd_scores=nan_scores)),
         (ValueError, r"pd_scores must be probabilities in \[0, 1\]", dict(pd_scores=-scores)),
@@ -192,7 +246,6 @@ def test_bad_input_names_the_argument(device, gen):
         (ValueError, "whole class indices", dict(gt_labels=half_label)),
         (ValueError, "gt_labels must be < num_classes", dict(gt_labels=wrong_label.long())),
         (ValueError, "gt_bboxes holds a non-finite", dict(gt_bboxes=nan_gt)),
-        (ValueError, "x2 < x1", dict(gt_bboxes=flipped)),
         (ValueError, "pd_bboxes must have shape", dict(pd_bboxes=pred[:, :-1])),
         (ValueError, "anc_points must have shape", dict(anc_points=anc[:-1])),
         (ValueError, "gt_labels must have shape", dict(gt_labels=labels[:, :-1])),

@@ -8,3 +8,11 @@
 #else
 #define MUTUALOPS_CPU_CLONES
 #endif
+
+// A hint to start loading the cache line at `p` (a gather the hardware cannot
+// foresee, such as one class score per anchor); no effect on results.
+#if defined(__GNUC__) || defined(__clang__)
+#define MUTUALOPS_PREFETCH(p) __builtin_prefetch(p)
+#else
+#define MUTUALOPS_PREFETCH(p) ((void)(p))
+#endif

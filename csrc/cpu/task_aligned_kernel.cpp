@@ -1,7 +1,9 @@
 // CPU kernel of task-aligned assignment: the per-element math of
 // mutualops/task_aligned_math.h in five passes over GTs and anchors. Each GT
 // keeps only its top-k candidates, so extra memory is O(B * (A + G * topk)):
-// no [B, G, A] plane as in Ultralytics' dense implementation.
+// no [B, G, A] plane as in Ultralytics' dense implementation. A bucket grid
+// over the anchors (anchor_grid.h) lets each GT visit the anchors near it, so
+// time grows with the candidate pairs rather than with G * A.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "../ops/task_aligned.h"
+#include "anchor_grid.h"
 #include "simd.h"
 
 namespace mutualops {
@@ -25,8 +28,8 @@ struct Candidate {
 };
 
 // Which candidates torch.topk(row, k) keeps on the CPU, for a row of n
-// entries holding each candidate's alignment at its anchor (candidates come in
-// increasing anchor order) and 0 everywhere else. If the k-th largest value is
+// entries holding each candidate's alignment at its anchor (candidates in any
+// order) and 0 everywhere else. If the k-th largest value is
 // not tied across the cut, or only non-candidate zeros tie there, every top-k
 // keeps the same candidates and they alone decide. Otherwise which tied
 // entries survive depends on torch's algorithm (std::partial_sort of (value,
@@ -84,6 +87,9 @@ class TorchTopk {
           queue_.push_back({cands[i].alignment, cands[i].anchor});
         }
       }
+      // The heap meets the later entries in row order, and which of equal values stay depends on it.
+      std::sort(queue_.begin() + k, queue_.end(),
+                [](const std::pair<T, int64_t>& a, const std::pair<T, int64_t>& b) { return a.second < b.second; });
       std::partial_sort(queue_.begin(), queue_.begin() + k, queue_.end(), larger);
     } else {
       queue_.resize(n_);
@@ -105,26 +111,28 @@ class TorchTopk {
   std::vector<std::pair<T, int64_t>> queue_;
 };
 
-// Pass 1, one GT: its candidates and the top-k of them by alignment, written
-// to the GT's `topk` pick slots (anchor -1 past its picks).
+// Pass 1, one GT: its candidates (the anchors the grid finds inside its
+// region) and the top-k of them by alignment, written to the
+// GT's `topk` pick slots (anchor -1 past its picks).
 template <typename T, typename S>
-MUTUALOPS_CPU_CLONES void pick_topk(const TaskAlignedView<T, S>& v, const T* __restrict__ anchor_x,
-                                    const T* __restrict__ anchor_y, char* __restrict__ inside, int64_t row,
-                                    int64_t topk, TorchTopk<T>& topk_of, std::vector<Candidate<T>>& cands,
-                                    std::vector<char>& keep, int64_t* pick_anchor, T* pick_alignment, T* pick_ciou) {
-  // A vectorised pass over all anchors finds the few inside the region first.
-  const Box<T> region = load_box<T>(v.regions + 4 * row);
-  for (int64_t a = 0; a < v.n; ++a) inside[a] = tal_inside(anchor_x[a], anchor_y[a], region);
-  cands.clear();
-  for (int64_t a = 0; a < v.n; ++a) {
-    T alignment, ciou;
-    if (inside[a] && tal_candidate(v, row / v.gmax, row % v.gmax, a, &alignment, &ciou)) {
-      cands.push_back({a, alignment, ciou});
-    }
+void pick_topk(const TaskAlignedView<T, S>& v, const AnchorGrid<T>& grid, int64_t* found, int64_t row, int64_t topk,
+               TorchTopk<T>& topk_of, std::vector<Candidate<T>>& cands, std::vector<char>& keep, int64_t* pick_anchor,
+               T* pick_alignment, T* pick_ciou) {
+  const int64_t count = grid.inside(load_box<T>(v.regions + 4 * row), found);
+  cands.resize(count);
+  // Each candidate reads one class score of its anchor, a cache miss each in a [B, A, C] tensor that outgrows
+  // the caches: loads are started kPrefetch candidates ahead so that their latencies overlap.
+  constexpr int64_t kPrefetch = 16;
+  const S* scores = v.scores + (row / v.gmax * v.n) * v.classes + v.labels[row];
+  for (int64_t i = 0; i < std::min(count, kPrefetch); ++i) MUTUALOPS_PREFETCH(scores + found[i] * v.classes);
+  for (int64_t i = 0; i < count; ++i) {
+    if (i + kPrefetch < count) MUTUALOPS_PREFETCH(scores + found[i + kPrefetch] * v.classes);
+    cands[i].anchor = found[i];
+    tal_pair(v, row, found[i], &cands[i].alignment, &cands[i].ciou);
   }
   topk_of.select(cands, topk, keep);
   int64_t j = row * topk;
-  for (size_t i = 0; i < cands.size(); ++i) {
+  for (int64_t i = 0; i < count; ++i) {
     if (!keep[i]) continue;
     pick_anchor[j] = cands[i].anchor;
     pick_alignment[j] = cands[i].alignment;
@@ -137,22 +145,27 @@ template <typename T, typename S>
 void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams& p, TaskAlignedOutputs& out) {
   const int64_t images = in.scores.size(0), n = in.scores.size(1), gmax = in.gt.size(1), rows = images * gmax;
   const T* gt = in.gt.data_ptr<T>();
-  std::vector<T> regions(4 * rows), angles(rows);
+  const T* boxes = in.boxes.data_ptr<T>();
+  std::vector<T> regions(4 * rows), angles(rows), pred_angles(images * n);
   for (int64_t r = 0; r < rows; ++r) {
     const Box<T> box = load_box<T>(gt + 4 * r);
     store_box(tal_candidate_region(box, static_cast<T>(p.min_side)), regions.data() + 4 * r);
     angles[r] = tal_aspect_angle(box);
   }
+  // Each predicted box's angle once (an atan), not once per GT that has it as a candidate.
+  at::parallel_for(0, images * n, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) pred_angles[i] = tal_aspect_angle(load_box<T>(boxes + 4 * i));
+  });
   const T* anchors = in.anchors.data_ptr<T>();
-  std::vector<T> anchor_x(n), anchor_y(n);
-  for (int64_t a = 0; a < n; ++a) anchor_x[a] = anchors[2 * a], anchor_y[a] = anchors[2 * a + 1];
+  const AnchorGrid<T> grid(anchors, n);
   const TaskAlignedView<T, S> v{in.scores.data_ptr<S>(),
-                                in.boxes.data_ptr<T>(),
+                                boxes,
                                 anchors,
                                 in.labels.data_ptr<int64_t>(),
                                 gt,
                                 regions.data(),
                                 angles.data(),
+                                pred_angles.data(),
                                 in.valid.data_ptr<bool>(),
                                 n,
                                 gmax,
@@ -165,28 +178,39 @@ void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams&
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     TorchTopk<T> topk_of(n);
     std::vector<Candidate<T>> cands;
-    std::vector<char> keep, inside(n);
+    std::vector<char> keep;
+    std::vector<int64_t> found(n);
     for (int64_t r = begin; r < end; ++r) {
       if (v.valid[r]) {
-        pick_topk(v, anchor_x.data(), anchor_y.data(), inside.data(), r, p.topk, topk_of, cands, keep,
-                  pick_anchor.data(), pick_alignment.data(), pick_ciou.data());
+        pick_topk(v, grid, found.data(), r, p.topk, topk_of, cands, keep, pick_anchor.data(), pick_alignment.data(),
+                  pick_ciou.data());
       }
     }
   });
 
   // Pass 2, per anchor: its GT (-1 for background) and that pair's alignment
-  // and CIoU.
+  // and CIoU. An anchor several GTs picked looks only at the GTs whose regions
+  // share its cell of a coarse grid, unless the regions span so many cells
+  // that bucketing them would outgrow O(A + G * topk) memory.
   std::vector<int64_t> gt_of(images * n, -1);
   std::vector<T> alignment(images * n, T(0)), ciou(images * n, T(0));
+  const GridMap coarse = grid.map().coarser(32);
   at::parallel_for(0, images, 1, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> picks(n);
     std::vector<int64_t> entry(n);
+    RegionGrid<T> near(coarse);
     for (int64_t image = begin; image < end; ++image) {
       std::fill(picks.begin(), picks.end(), 0);
+      bool conflicts = false;
       for (int64_t e = image * gmax * p.topk; e < (image + 1) * gmax * p.topk; ++e) {
         const int64_t a = pick_anchor[e];
-        if (a >= 0) ++picks[a], entry[a] = e;
+        if (a >= 0) {
+          conflicts |= ++picks[a] > 1;
+          entry[a] = e;
+        }
       }
+      const bool bucketed =
+          conflicts && near.build(v.regions + 4 * image * gmax, v.valid + image * gmax, gmax, 4 * (n + gmax * p.topk));
       for (int64_t a = 0; a < n; ++a) {
         const int64_t i = image * n + a;
         if (picks[a] == 1) {
@@ -194,7 +218,9 @@ void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams&
           alignment[i] = pick_alignment[entry[a]];
           ciou[i] = pick_ciou[entry[a]];
         } else if (picks[a] > 1) {
-          gt_of[i] = tal_resolve_conflict(v, image, a, &alignment[i], &ciou[i]);
+          gt_of[i] = bucketed ? tal_resolve_conflict(v, image, a, near.at(anchors[2 * a], anchors[2 * a + 1]),
+                                                     &alignment[i], &ciou[i])
+                              : tal_resolve_conflict(v, image, a, TalAllGts{gmax}, &alignment[i], &ciou[i]);
         }
       }
     }

@@ -171,7 +171,7 @@ __global__ void resolve_kernel(TaskAlignedView<T, S> v, int64_t images, int64_t 
       alignment[i] = pick_alignment[entry[i]];
       ciou[i] = pick_ciou[entry[i]];
     } else if (picks[i] > 1) {
-      gt_of[i] = tal_resolve_conflict(v, i / v.n, i % v.n, alignment + i, ciou + i);
+      gt_of[i] = tal_resolve_conflict(v, i / v.n, i % v.n, TalAllGts{v.gmax}, alignment + i, ciou + i);
     }
   }
 }
@@ -256,6 +256,7 @@ void task_aligned_cuda_impl(const TaskAlignedInputs& in, const TaskAlignedParams
                                 in.gt.data_ptr<T>(),
                                 regions.data_ptr<T>(),
                                 angles.data_ptr<T>(),
+                                nullptr,  // a thread reads few predicted boxes: their angles are computed as needed
                                 in.valid.data_ptr<bool>(),
                                 n,
                                 gmax,

@@ -110,22 +110,19 @@ inline TaskAlignedInputs prepare_task_aligned(const at::Tensor& scores, const at
     const auto [lo, hi] = at::aminmax(t);
     return (lo >= 0).logical_and(hi <= 1);
   };
+  // Flipped GT rows (x2 < x1 or y2 < y1) pass, as in Ultralytics: their regions are widened like any thin box,
+  // and their CIoU clamps to 0, so that they keep at most zero-alignment candidates.
   const at::Tensor flags = at::stack({real_labels.eq(real_labels.trunc()).all().logical_and(real_labels.ge(0).all()),
                                       real_labels.lt(static_cast<double>(classes)).all(), finite(real_gt),
-                                      real_gt.select(2, 2)
-                                          .ge(real_gt.select(2, 0))
-                                          .all()
-                                          .logical_and(real_gt.select(2, 3).ge(real_gt.select(2, 1)).all()),
                                       finite(in.anchors), finite(in.boxes), probabilities(in.scores)})
                                .cpu();
   const bool* ok = flags.data_ptr<bool>();
   TORCH_CHECK_VALUE(ok[0], "gt_labels must hold non-negative whole class indices on the real GT rows (mask_gt != 0)");
   TORCH_CHECK_VALUE(ok[1], "gt_labels must be < num_classes (", classes, ") on the real GT rows (mask_gt != 0)");
   TORCH_CHECK_VALUE(ok[2], "gt_bboxes holds a non-finite coordinate on a real GT row (mask_gt != 0)");
-  TORCH_CHECK_VALUE(ok[3], "gt_bboxes holds a box with x2 < x1 or y2 < y1 on a real GT row (mask_gt != 0)");
-  TORCH_CHECK_VALUE(ok[4], "anc_points holds a non-finite coordinate");
-  TORCH_CHECK_VALUE(ok[5], "pd_bboxes holds a non-finite coordinate");
-  TORCH_CHECK_VALUE(ok[6], "pd_scores must be probabilities in [0, 1] (apply sigmoid to logits first)");
+  TORCH_CHECK_VALUE(ok[3], "anc_points holds a non-finite coordinate");
+  TORCH_CHECK_VALUE(ok[4], "pd_bboxes holds a non-finite coordinate");
+  TORCH_CHECK_VALUE(ok[5], "pd_scores must be probabilities in [0, 1] (apply sigmoid to logits first)");
   return in;
 }
 

@@ -4,6 +4,11 @@ and prediction::
     from mutualops.integrations import ultralytics as mo_ultralytics
     mo_ultralytics.install()   # then train / val / predict as usual
 
+or, without touching the script, for every process Ultralytics starts (the
+``yolo`` command, its DDP workers, dataloader workers)::
+
+    MUTUALOPS_ULTRALYTICS=1 yolo detect train data=... model=yolov8n.yaml
+
 ``install()`` swaps two hot paths for mutualops ops: the task-aligned
 assigner inside the detection loss (``TaskAlignedAssigner.forward``, for the
 plain detection assigner; the segment, pose and OBB subclasses keep theirs)
@@ -13,7 +18,12 @@ restores both. Results are Ultralytics' own except where documented in
 docs/method.md ("Using mutualops in Ultralytics"): the NMS has no time limit
 (every image gets its detections), separates classes exactly instead of
 offsetting boxes by ``class * max_wh`` in float32, and orders exact score ties
-by index.
+by index. A batch the assignment op refuses (non-finite predictions after an
+fp16 overflow, a label Ultralytics reads with a negative index, topk above the
+anchor count...) goes to Ultralytics' own assigner, so that it gives
+Ultralytics' result or raises Ultralytics' error and its NaN recovery keeps
+working; only labels Ultralytics would index out of range get mutualops'
+ValueError instead of an IndexError, or a device-side assert on CUDA.
 """
 
 import torch
@@ -35,8 +45,9 @@ def _modules():
     return tal, nms_module
 
 
-def install():
-    """Route Ultralytics' detection assigner and NMS through mutualops (idempotent)."""
+def install(announce=None):
+    """Route Ultralytics' detection assigner and NMS through mutualops (idempotent). ``announce``: what asked
+    for it, logged once through Ultralytics' logger (the MUTUALOPS_ULTRALYTICS hook passes it)."""
     tal, nms_module = _modules()
     if _originals:
         return
@@ -45,6 +56,8 @@ def install():
     _originals["assigner_class"] = tal.TaskAlignedAssigner
     tal.TaskAlignedAssigner.forward = _assigner_forward
     nms_module.non_max_suppression = non_max_suppression
+    if announce:
+        _logger().info(f"mutualops: Ultralytics' task-aligned assigner and NMS run on mutualops ({announce})")
 
 
 def uninstall():
@@ -55,6 +68,8 @@ def uninstall():
     tal.TaskAlignedAssigner.forward = _originals["forward"]
     nms_module.non_max_suppression = _originals["non_max_suppression"]
     _originals.clear()
+    global _fallbacks
+    _fallbacks = 0
 
 
 def installed():
@@ -66,15 +81,55 @@ def _has_kernels(device):
     return device.type in ("cpu", "cuda") and has_backend(device.type.upper())
 
 
+def _logger():
+    from ultralytics.utils import LOGGER
+
+    return LOGGER
+
+
 def _assigner_forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra):
     # The subclasses (segment, pose, OBB) redefine overlaps or candidates, and
     # extra inputs feed those: they keep Ultralytics' implementation.
     if type(self) is not _originals["assigner_class"] or extra or not _has_kernels(pd_scores.device):
         return _originals["forward"](self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra)
-    with torch.no_grad():
-        return tuple(assign_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
-                                         topk=self.topk, num_classes=self.num_classes, alpha=self.alpha,
-                                         beta=self.beta, eps=self.eps, stride=[self.stride_val], topk2=self.topk2))
+    try:
+        with torch.no_grad():
+            return tuple(assign_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                                             topk=self.topk, num_classes=self.num_classes, alpha=self.alpha,
+                                             beta=self.beta, eps=self.eps, stride=[self.stride_val],
+                                             topk2=self.topk2))
+    except (TypeError, ValueError) as e:
+        if _labels_out_of_range(pd_scores, gt_labels, mask_gt, self.num_classes):
+            raise
+        refused = e
+    # Outside the except block, so that the traceback does not hold the refused attempt's tensors.
+    global _fallbacks
+    if not _fallbacks:
+        _logger().warning(f"mutualops: {refused}; Ultralytics' own assigner takes such batches")
+    _fallbacks += 1
+    return _originals["forward"](self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt)
+
+
+_fallbacks = 0  # batches handed back to Ultralytics' assigner since install(); the first is logged
+
+
+def fallbacks():
+    """How many assignments since install() went to Ultralytics' own assigner because mutualops refused them."""
+    return _fallbacks
+
+
+def _labels_out_of_range(pd_scores, gt_labels, mask_gt, num_classes):
+    """Whether a real GT row (mask_gt != 0) has a label that Ultralytics reads pd_scores or builds its one-hot
+    targets with out of range: an IndexError on the CPU, and on CUDA a device-side assert that ends the
+    process's CUDA context. Its `.long()` truncates, and a negative label in [-C, 0) reads class C + label."""
+    try:
+        labels = gt_labels.detach().reshape(gt_labels.shape[0], gt_labels.shape[1]).double().trunc()
+        real = mask_gt.detach().reshape(labels.shape) != 0
+        classes = min(pd_scores.shape[-1], num_classes)
+    except (RuntimeError, IndexError, TypeError, AttributeError):
+        return False  # shapes Ultralytics will refuse in its own way
+    inside = (labels >= -pd_scores.shape[-1]) & (labels < classes)  # False for NaN
+    return bool((real & ~inside).any())
 
 
 def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=None, agnostic=False,
