@@ -19,11 +19,10 @@ docs/method.md ("Using mutualops in Ultralytics"): the NMS has no time limit
 (every image gets its detections), separates classes exactly instead of
 offsetting boxes by ``class * max_wh`` in float32, and orders exact score ties
 by index. A batch the assignment op refuses (non-finite predictions after an
-fp16 overflow, a label Ultralytics reads with a negative index, topk above the
-anchor count...) goes to Ultralytics' own assigner, so that it gives
-Ultralytics' result or raises Ultralytics' error and its NaN recovery keeps
-working; only labels Ultralytics would index out of range get mutualops'
-ValueError instead of an IndexError, or a device-side assert on CUDA.
+fp16 overflow, a negative or fractional label, topk above the anchor
+count...) goes to Ultralytics' own assigner, so that it gives Ultralytics'
+result or raises Ultralytics' own error, and Ultralytics' NaN recovery keeps
+working.
 """
 
 import torch
@@ -99,8 +98,6 @@ def _assigner_forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bbox
                                              beta=self.beta, eps=self.eps, stride=[self.stride_val],
                                              topk2=self.topk2))
     except (TypeError, ValueError) as e:
-        if _labels_out_of_range(pd_scores, gt_labels, mask_gt, self.num_classes):
-            raise
         refused = e
     # Outside the except block, so that the traceback does not hold the refused attempt's tensors.
     global _fallbacks
@@ -116,20 +113,6 @@ _fallbacks = 0  # batches handed back to Ultralytics' assigner since install(); 
 def fallbacks():
     """How many assignments since install() went to Ultralytics' own assigner because mutualops refused them."""
     return _fallbacks
-
-
-def _labels_out_of_range(pd_scores, gt_labels, mask_gt, num_classes):
-    """Whether a real GT row (mask_gt != 0) has a label that Ultralytics reads pd_scores or builds its one-hot
-    targets with out of range: an IndexError on the CPU, and on CUDA a device-side assert that ends the
-    process's CUDA context. Its `.long()` truncates, and a negative label in [-C, 0) reads class C + label."""
-    try:
-        labels = gt_labels.detach().reshape(gt_labels.shape[0], gt_labels.shape[1]).double().trunc()
-        real = mask_gt.detach().reshape(labels.shape) != 0
-        classes = min(pd_scores.shape[-1], num_classes)
-    except (RuntimeError, IndexError, TypeError, AttributeError):
-        return False  # shapes Ultralytics will refuse in its own way
-    inside = (labels >= -pd_scores.shape[-1]) & (labels < classes)  # False for NaN
-    return bool((real & ~inside).any())
 
 
 def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=None, agnostic=False,
