@@ -110,7 +110,8 @@ def run(args, data, family, variant, seed, epochs, split):
         "--out", out, "--family", family, "--seed", str(seed), "--epochs", str(epochs), "--num-images",
         str(args.num_images), "--image-size", size, size, "--width", str(args.width), "--batch-size", str(args.batch_size),
         "--threads", str(args.threads),
-        "--device", "cpu", "--no-progress", *VARIANTS[variant]]), dataset=data["train"])
+        # --overwrite: a run without its record was cut short, and starts over.
+        "--device", "cpu", "--no-progress", "--overwrite", *VARIANTS[variant]]), dataset=data["train"])
     metrics, details = evaluate(model, data[split])
     record = {"family": family, "variant": variant, "seed": seed, "epochs": epochs, "split": split, **metrics,
               "minutes": (time.perf_counter() - started) / 60, "per_object": details["harmony"].per_object.tolist()}

@@ -110,7 +110,8 @@ def assign_fcos(points, gt_boxes, num_gt=None, *, strides, regress_ranges, cente
     if regress_ranges.shape != (n, 2):
         raise ValueError(f"regress_ranges must have shape [{n}, 2], got {list(regress_ranges.shape)}")
     center_sampling_radius = as_float(center_sampling_radius, "center_sampling_radius")
-    if not math.isfinite(center_sampling_radius) or center_sampling_radius < 0:
+    # Comparisons, not math.isfinite: under torch.compile(dynamic=True) the radius is symbolic (NaN fails both).
+    if not 0 <= center_sampling_radius < math.inf:
         raise ValueError(f"center_sampling_radius must be finite and >= 0, got {center_sampling_radius}")
     matched = torch.ops.mutualops.assign_fcos(points, boxes, counts, strides.to(points), regress_ranges.to(points),
                                               float(center_sampling_radius), bool(inclusive), bool(torchvision_compat))

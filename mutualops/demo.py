@@ -67,8 +67,9 @@ def run(args):
         out = os.path.join(args.out, name.lower().replace(" ", "-"))
         print(f"training {name} ({' '.join(flags) or 'no mutual switches'}) -> {out}")
         began = time.perf_counter()
+        # Each demo trains afresh: its own earlier runs in --out are replaced.
         model, _ = train(train_args(["--out", out, "--epochs", str(args.epochs), "--num-images", str(args.num_images),
-                                     "--threads", str(args.threads), "--device", "cpu", *flags]))
+                                     "--threads", str(args.threads), "--device", "cpu", "--overwrite", *flags]))
         train_seconds += time.perf_counter() - began
         metrics[name], details[name] = evaluate(model, test)
     print_table(metrics)

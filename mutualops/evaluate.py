@@ -32,8 +32,8 @@ from .box_iou import box_iou_aligned
 from .detector.data import SPLIT_SEEDS, CocoDetection, ShapesDataset, collate
 from .detector.model import Detector, DetectorConfig
 from .metrics import gt_index_from_iou, harmony, paired_harmony
-from .train import CliParser, UserError, check_device, check_out_folder, exit_on_user_error, read_checkpoint, \
-    write_atomically
+from .train import CliParser, UserError, check_device, check_image_size, check_out_folder, exit_on_user_error, \
+    read_checkpoint, write_atomically
 
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 HARMONY_IOU = 0.5
@@ -231,8 +231,8 @@ def parse_args(argv=None):
     for name in ("num_images", "batch_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.image_size and min(args.image_size) < 1:
-        raise UserError(f"--image-size must be positive, got {' '.join(map(str, args.image_size))}")
+    if args.image_size:
+        check_image_size(args.image_size)
     if bool(args.coco_images) != bool(args.coco_ann):
         raise UserError("--coco-images and --coco-ann go together")
     if args.paired and len(args.checkpoint) != 2:
@@ -244,7 +244,16 @@ def parse_args(argv=None):
 
 def dataset_for(args, model, state, path):
     """The evaluation data at the checkpoint's image size, which must have the classes the model detects."""
-    size = tuple(args.image_size or state.get("image_size") or (128, 128))
+    if args.image_size:
+        size = tuple(args.image_size)
+    elif state.get("image_size") is not None:
+        try:
+            check_image_size(state["image_size"], "its image_size")
+        except UserError as e:
+            raise UserError(f"{path}: {e}; pass --image-size H W") from None
+        size = tuple(state["image_size"])
+    else:
+        size = (128, 128)
     if args.coco_images:
         dataset = CocoDetection(args.coco_images, args.coco_ann, size=size)
     else:
@@ -260,12 +269,26 @@ def write_json(path, value):
     write_atomically(path, lambda f: f.write(json.dumps(value, indent=2).encode()))
 
 
+def checkpoint_names(paths):
+    """A name per checkpoint for the results: the fewest trailing path components that tell the paths apart
+    (run1/last.pt and run2/last.pt; baseline/run1/last.pt and mutual/run1/last.pt), at least the folder and
+    the file. The same file given twice is a UserError."""
+    parts = [os.path.realpath(p).split(os.sep) for p in paths]
+    for i, p in enumerate(parts):
+        if p in parts[:i]:
+            raise UserError(f"--checkpoint {paths[i]} is given twice")
+    for depth in range(2, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return ["/".join(p) for p in parts]
+
+
 def evaluate_checkpoints(args):
     by_checkpoint, samples, per_object = {}, {}, []
-    for path in args.checkpoint:
+    for path, name in zip(args.checkpoint, checkpoint_names(args.checkpoint)):
         model, state = load_detector(path, args.device)
         dataset = dataset_for(args, model, state, path)
-        name = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
         by_checkpoint[name], samples[name] = evaluate(model, dataset, args.batch_size, args.device)
         per_object.append(samples[name]["harmony"])
     single = len(by_checkpoint) == 1

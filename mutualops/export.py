@@ -144,8 +144,8 @@ def _overlap(a, b, mode, t, eps=0.0):
     # box_math.h's distance_term_eps: the loss's eps, else torchvision's 1e-7.
     eps, two = loss_eps if eps > 0 else _const(1e-7, t), _const(2.0, t)
     diag2 = op.Add(op.Add(op.Mul(cw, cw), op.Mul(ch, ch)), eps)
-    dx = op.Sub(op.Div(op.Add(ax1, ax2), two), op.Div(op.Add(bx1, bx2), two))
-    dy = op.Sub(op.Div(op.Add(ay1, ay2), two), op.Div(op.Add(by1, by2), two))
+    dx = op.Div(op.Add(op.Sub(ax1, bx1), op.Sub(ax2, bx2)), two)  # box_math.h's centre_offset
+    dy = op.Div(op.Add(op.Sub(ay1, by1), op.Sub(ay2, by2)), two)
     diou = op.Sub(iou, op.Div(op.Add(op.Mul(dx, dx), op.Mul(dy, dy)), diag2))
     if mode == "diou":
         return diou
@@ -511,10 +511,24 @@ def parse_args(argv=None):
         raise UserError(f"--checkpoint {args.checkpoint} is a folder; name the checkpoint file in it (e.g. last.pt)")
     if os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is a folder; name the ONNX file to write")
+    if os.path.exists(args.out) and os.path.exists(args.checkpoint) and os.path.samefile(args.out, args.checkpoint):
+        raise UserError(f"--out {args.out} is the checkpoint itself; name another file for the ONNX graph")
+    if is_torch_file(args.out):
+        raise UserError(f"--out {args.out} holds a torch checkpoint, which export does not replace; name another file")
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder):
         raise UserError(f"--out {args.out}: the folder {folder} does not exist")
     return args
+
+
+def is_torch_file(path):
+    """Whether path is a file that torch.save wrote (a zip archive, or the legacy pickle format)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head == b"PK\x03\x04" or head[:2] == b"\x80\x02"
 
 
 def main(argv=None):

@@ -76,8 +76,10 @@ def _finite_overlap(a, b, mode, eps, alpha=None):
         enclosing = cw * ch
         return torch.where(enclosing + eps > 0, iou - safe_div(enclosing - union, enclosing + eps), iou)
     diag2 = cw * cw + ch * ch + _distance_eps(eps)
-    dx = (a[..., 0] + a[..., 2]) / 2 - (b[..., 0] + b[..., 2]) / 2
-    dy = (a[..., 1] + a[..., 3]) / 2 - (b[..., 1] + b[..., 3]) / 2
+    # Centre offsets from the corners' differences (box_math.h's centre_offset): exact for nearby boxes far from
+    # the origin, where the centres themselves round.
+    dx = ((a[..., 0] - b[..., 0]) + (a[..., 2] - b[..., 2])) / 2
+    dy = ((a[..., 1] - b[..., 1]) + (a[..., 3] - b[..., 3])) / 2
     diou = iou - (dx * dx + dy * dy) / diag2
     if mode == "diou":
         return diou

@@ -9,19 +9,28 @@ Data: the synthetic shapes dataset (default) or a COCO-format dataset
 --config file, then the flags given on the command line. Checkpoints go to --out
 every epoch (last.pt; with --checkpoint-every N also epochN.pt), each written
 whole or not at all; --resume continues from --out/last.pt exactly where it
-stopped (weights, optimizer, schedule, loss scaler, random states). Seeds make
-runs repeatable. A user error (bad flag, file or data) prints one line
-"error: ..." and exits with status 2; --debug adds the traceback.
+stopped (weights, optimizer, schedule, loss scaler, random states). An --out
+that holds an earlier run is refused unless --resume continues it or
+--overwrite deletes it, and a run locks its --out while it writes there. Seeds
+make runs repeatable. A user error (bad flag, file or data) prints one line
+"error: ..." and exits with status 2; --debug adds the traceback. SIGINT and
+SIGTERM stop a run with one line (exit status 130 or 143), leaving no partial
+file behind.
 """
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import math
 import os
 import random
+import re
+import signal
+import socket
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -29,8 +38,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+try:
+    import fcntl
+except ImportError:  # Windows: runs are not locked
+    fcntl = None
+
 from .detector.data import CocoDetection, DatasetError, ShapesDataset, collate, read_json
-from .detector.model import BACKBONES, FAMILIES, Detector, DetectorConfig
+from .detector.model import BACKBONES, FAMILIES, Detector, DetectorConfig, width_multiple
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +59,22 @@ class CliParser(argparse.ArgumentParser):
         raise UserError(message)
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM (Ctrl-C, SLURM, Kubernetes, `timeout`): a BaseException like KeyboardInterrupt, so that
+    it unwinds through every cleanup (a half-written temporary file is removed) and is not caught as an error."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
 @contextlib.contextmanager
 def exit_on_user_error(argv):
     """Turns a user error into `error: ...` on stderr and exit status 2 (with
-    --debug, after its traceback); any other exception is a bug and keeps its traceback."""
+    --debug, after its traceback), and SIGINT or SIGTERM into one line and status
+    128 + the signal's number once every file being written is cleaned up; any
+    other exception is a bug and keeps its traceback."""
+    restore = _raise_on_signals()
     try:
         yield
     # OSError: a file or folder the user named cannot be made or read (an --out under a file, a read-only
@@ -58,6 +84,25 @@ def exit_on_user_error(argv):
             traceback.print_exc()
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"interrupted by {signal.Signals(signum).name}: files already written are whole (a checkpoint "
+              f"being saved was not), so a training run continues with --resume", file=sys.stderr)
+        sys.exit(128 + signum)
+    finally:
+        restore()
+
+
+def _raise_on_signals():
+    """SIGTERM (and SIGINT) raise Interrupted in the main thread while a CLI runs; returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(s, h) for s, h in previous.items()]
 
 
 def one_line(error):
@@ -103,6 +148,8 @@ def build_parser():
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="also keep epochN.pt every N epochs, for curves across checkpoints (0: last.pt only)")
     p.add_argument("--resume", action="store_true", help="continue from --out/last.pt (an error if there is none)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out that holds an earlier run, deleting its checkpoints and log first")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     return p
@@ -151,10 +198,26 @@ def config_value(action, value, where):
     return items if isinstance(action.nargs, int) else items[0]
 
 
+SEED_LIMIT = 2**32  # NumPy's seeds are 32-bit
+
+
 def check_args(args):
     for name in ("epochs", "batch_size", "num_images", "width"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    multiple = width_multiple(args.backbone)
+    if args.width % multiple:
+        raise UserError(f"--width must be a multiple of {multiple} with the {args.backbone} backbone (its GroupNorm "
+                        f"layers split the channels into 8 groups), got {args.width}")
+    if not 0 < args.lr < math.inf:
+        raise UserError(f"--lr must be finite and positive, got {args.lr}")
+    if not 0 <= args.weight_decay < math.inf:
+        raise UserError(f"--weight-decay must be finite and not negative, got {args.weight_decay}")
+    for name in ("seed", "data_seed"):
+        if not 0 <= getattr(args, name) < SEED_LIMIT:
+            raise UserError(f"--{name.replace('_', '-')} must be in [0, {SEED_LIMIT - 1}], got {getattr(args, name)}")
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the run in --out and --overwrite deletes it: give one of them")
     for name in ("max_minutes", "workers", "threads", "checkpoint_every"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
@@ -163,15 +226,30 @@ def check_args(args):
     for name in ("gamma_cls", "gamma_loc", "qfl_beta"):
         if not 0 <= getattr(args, name) < math.inf:
             raise UserError(f"--{name.replace('_', '-')} must be finite and not negative, got {getattr(args, name)}")
-    if min(args.image_size) < 1:
-        raise UserError(f"--image-size must be positive, got {' '.join(map(str, args.image_size))}")
+    check_image_size(args.image_size)
     if bool(args.coco_images) != bool(args.coco_ann):
         raise UserError("--coco-images and --coco-ann go together")
     check_out_folder(args.out)
     check_device(args.device)
 
 
+def check_image_size(size, what="--image-size"):
+    """Height and width, whole numbers of at least MIN_IMAGE_SIDE (the detector's coarsest stride: below it a
+    level has no cell)."""
+    if not (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
+        raise UserError(f"{what} must be two whole numbers (height, width), got {size!r}")
+    if min(size) < MIN_IMAGE_SIDE:
+        raise UserError(f"{what} must be at least {MIN_IMAGE_SIDE} x {MIN_IMAGE_SIDE} (the detector's coarsest "
+                        f"stride), got {size[0]} x {size[1]}")
+
+
+MIN_IMAGE_SIDE = max(DetectorConfig().strides)
+
+
 def check_out_folder(path):
+    if os.path.islink(path) and not os.path.exists(path):
+        raise UserError(f"--out {path} is a symbolic link to {os.readlink(path)}, which does not exist")
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"--out {path} is an existing file, not a folder")
 
@@ -181,6 +259,8 @@ def check_device(name):
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: the detector runs on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: this machine or torch build has no CUDA GPU")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -261,6 +341,8 @@ def preview(keys, count=5):
 def load_file(path, what):
     """torch.load(weights_only=True) of a file the user named; a file that is
     missing, truncated or no torch file is their error, not a bug."""
+    if os.path.isdir(path):
+        raise UserError(f"{what} {path} is a folder, not a file")
     if not os.path.isfile(path):
         raise UserError(f"{what} {path} does not exist")
     try:
@@ -334,8 +416,12 @@ def write_atomically(path, write):
 
 
 def save_checkpoint(state, path):
+    # Serialised in memory first: torch's zip writer reports a failed write (a full disk) as a RuntimeError
+    # from C++, where the file object's own OSError says what happened.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     try:
-        write_atomically(path, lambda f: torch.save(state, f))
+        write_atomically(path, lambda f: f.write(buffer.getbuffer()))
     except OSError as e:
         raise UserError(f"cannot save checkpoint {path} ({e.strerror or e}); the previous one, if any, "
                         f"is intact") from e
@@ -481,9 +567,76 @@ def start_run(args, dataset, rank, world, device):
     return run, start_epoch
 
 
+RUN_FILES = ("last.pt", "log.jsonl", "config.json")
+
+
+def claim_out_folder(args):
+    """Makes --out and locks it for this run (released when the process ends, however it ends); refuses a
+    folder another training is writing, or one that holds an earlier run unless --resume continues it or
+    --overwrite deletes it first; removes the temporary files of a run that was killed while saving. Returns
+    the open lock file, to keep until the run is over."""
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    lock = open(os.path.join(out, ".lock"), "a+")
+    if fcntl is not None:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise UserError(f"--out {out} is being written by another training ({holder}); give each run its "
+                            f"own --out") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+    try:
+        check_earlier_run(args)
+    except BaseException:
+        lock.close()
+        raise
+    return lock
+
+
+TEMPORARY = re.compile(r"(last\.pt|config\.json|epoch\d+\.pt)\.\d+\.tmp")
+
+
+def check_earlier_run(args):
+    """The part of claim_out_folder that looks at what --out holds (under the lock)."""
+    out = args.out
+    for name in RUN_FILES:
+        path = os.path.join(out, name)
+        if os.path.islink(path):
+            raise UserError(f"--out {out}: {name} is a symbolic link; training writes its files in --out itself")
+        if os.path.isdir(path):
+            raise UserError(f"--out {out}: {name} is a folder, where training keeps a file")
+    for name in os.listdir(out):  # the temporary files of a run killed while saving (SIGKILL, a power cut)
+        if TEMPORARY.fullmatch(name):
+            os.unlink(os.path.join(out, name))
+    earlier = [n for n in ("last.pt", "log.jsonl") if os.path.exists(os.path.join(out, n))]
+    earlier += sorted(n for n in os.listdir(out) if re.fullmatch(r"epoch\d+\.pt", n))
+    if earlier and not args.resume:
+        if not args.overwrite:
+            raise UserError(f"--out {out} holds an earlier run ({', '.join(earlier)}): --resume continues it, "
+                            f"--overwrite deletes it and starts over, or give another --out")
+        for name in [*earlier, "config.json"]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(out, name))
+
+
 def train(args, dataset=None):
     """Trains on `dataset`, or on the one the flags name."""
     rank, world = distributed()
+    lock = claim_out_folder(args) if rank == 0 else None
+    try:
+        return train_locked(args, dataset, rank, world)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def train_locked(args, dataset, rank, world):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = train_device(args, world)

@@ -321,6 +321,19 @@ def test_opcheck_and_compile(device, gen):
     for x, y in zip(torch.compile(public, fullgraph=True, backend="aot_eager")(boxes, counts), public(boxes, counts)):
         torch.testing.assert_close(x, y)
 
+    # dynamic=True: shapes and Python floats (the centre-sampling radius) are symbolic; the radius check must
+    # trace (math.isfinite of a symbolic float did not).
+    def fcos(b, c, radius):
+        return mutualops.assign_fcos(points, b, c, strides=strides, regress_ranges=ranges,
+                                     center_sampling_radius=radius)
+
+    torch._dynamo.reset()
+    dynamic = torch.compile(fcos, fullgraph=True, dynamic=True, backend="aot_eager")
+    for radius in (1.5, 2.5):
+        torch.testing.assert_close(dynamic(boxes, counts, radius), fcos(boxes, counts, radius))
+    with pytest.raises(Exception, match="center_sampling_radius must be finite and >= 0"):
+        dynamic(boxes, counts, -1.0)
+
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_raw_mutual_targets_checks_indices(device):

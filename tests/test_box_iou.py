@@ -66,9 +66,10 @@ def test_pairwise_matches_torchvision(device, mode, gen):
     out = mutualops.box_iou(a.to(device), b.to(device), mode).cpu()
     expected = TORCHVISION[mode](a, b)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
-    if mode != "ciou" and device == "cpu":
-        # Same operations in the same order: bit-identical (CIoU uses atan, whose
-        # vectorised torch version differs from libm in the last bit).
+    if mode in ("iou", "giou") and device == "cpu":
+        # Same operations in the same order: bit-identical. DIoU and CIoU take the centre offset from the
+        # corners' differences where torchvision subtracts the centres (the last bit may differ; far from the
+        # origin only ours keeps its precision), and CIoU's atan is vectorised in torch.
         assert torch.equal(out, expected)
 
 
@@ -407,3 +408,22 @@ def test_integer_boxes_as_torchvision(gen):
     torch.testing.assert_close(ours, tvo.box_iou(a, b))
     with pytest.raises(TypeError, match="floating-point"):
         mutualops.box_iou(a.bool(), b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["diou", "ciou"])
+@pytest.mark.parametrize("offset", [1e7, 1e9])
+def test_distance_terms_keep_their_precision_far_from_the_origin(device, mode, offset, gen):
+    """Nearby float32 boxes far from the origin: their DIoU/CIoU is that of the same boxes at the origin. The
+    centres, as (x1 + x2) / 2, lost the low bits there (off by 0.005 at 1e7 and 0.75 at 1e9)."""
+    step = 1.0 if offset < 1e8 else 64.0  # float32's spacing there: the corners themselves are exact
+    near = (torch.rand(40, 4, generator=gen) * 50).round() * step
+    a = torch.stack([near[:, 0], near[:, 1], near[:, 0] + 10 * step + near[:, 2], near[:, 1] + 10 * step + near[:, 3]], 1)
+    b = a.roll(1, 0) + (torch.rand(40, 4, generator=gen) * 8).round() * step
+    at_origin = mutualops.box_iou_aligned(a.double(), b.double(), mode=mode)
+    far = mutualops.box_iou_aligned((a + offset).to(device), (b + offset).to(device), mode=mode)
+    assert (a + offset - offset).equal(a) and (b + offset - offset).equal(b)
+    torch.testing.assert_close(far.cpu().double(), at_origin, rtol=0, atol=2e-6)
+    pairwise = mutualops.box_iou((a + offset).to(device), (b + offset).to(device), mode=mode)
+    torch.testing.assert_close(pairwise.cpu().double(), mutualops.box_iou(a.double(), b.double(), mode=mode),
+                               rtol=0, atol=2e-6)

@@ -75,18 +75,24 @@ def test_config_file_sits_between_defaults_and_explicit_flags(tmp_path):
 # ---- safe checkpoints and exact resume ----------------------------------------
 
 def fail_saves_after(monkeypatch, good_saves):
-    """torch.save that works good_saves times, then writes part of the file and
-    fails as a full disk does."""
-    save, calls = torch.save, []
+    """Checkpoint saves that work good_saves times, then write part of the file and fail as a full disk does
+    (the file's write raises OSError ENOSPC)."""
+    atomically, calls = train.write_atomically, []
 
-    def flaky(obj, f, *args, **kwargs):
-        calls.append(f)
-        if len(calls) > good_saves:
+    def flaky(path, write):
+        if not str(path).endswith(".pt"):
+            return atomically(path, write)
+        calls.append(path)
+        if len(calls) <= good_saves:
+            return atomically(path, write)
+
+        def torn(f):
             f.write(b"PK\x03\x04 torn")
             raise OSError(errno.ENOSPC, "No space left on device")
-        return save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(torch, "save", flaky)
+        return atomically(path, torn)
+
+    monkeypatch.setattr(train, "write_atomically", flaky)
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint_and_resume_continues(tmp_path, monkeypatch, capsys):
@@ -95,7 +101,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_resume_continues(tmp_pa
         fail_saves_after(m, good_saves=1)
         message = expect_user_error(capsys, train.main, ["--out", str(out), *TINY, "--epochs", "2"])
     assert "cannot save checkpoint" in message and "No space left on device" in message
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "last.pt", "log.jsonl"]  # no torn temporary
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.json", "last.pt", "log.jsonl"]  # no temporary
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 0
     train_main(out, "--epochs", "2", "--resume")
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
@@ -186,6 +192,48 @@ def no_annotations(data):
     data["annotations"] = []
 
 
+def set_first(section, key, value):
+    return lambda data: data[section][0].__setitem__(key, value)
+
+
+def duplicate_first(section):
+    """The first entry of a section again, as two concatenated instance files have it (the same id)."""
+    return lambda data: data[section].append(dict(data[section][0]))
+
+
+def first_bbox(value):
+    return set_first("annotations", "bbox", value)
+
+
+def save_float_tiff(path):
+    from PIL import Image
+
+    Image.fromarray(np.full((64, 64), 0.5, np.float32)).save(path.with_suffix(".tif"))
+    path.unlink()
+    path.with_suffix(".tif").rename(path)  # the file name the annotations give, a float TIFF inside
+
+
+def dangling_link(tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone")
+    return str(link)
+
+
+def folder_as(path):
+    path.unlink()
+    path.mkdir()
+
+
+def linked_log(out):
+    (out / "log.jsonl").rename(out.parent / "elsewhere.jsonl")
+    (out / "log.jsonl").symlink_to(out.parent / "elsewhere.jsonl")
+
+
+def checkpoint_with_image_size(runs, path, size):
+    torch.save({**torch.load(runs / "fcos" / "last.pt", weights_only=True), "image_size": size}, path)
+    return ["--checkpoint", str(path)]
+
+
 def resnet18_conv1_only(path):
     torch.save({"stem.weight": torch.zeros(64, 3, 7, 7)}, path)
     return str(path)
@@ -197,11 +245,12 @@ def train_case(flags_of, expected):
                                    expected)
 
 
-def resume_case(family, damage, flags, expected):
+def resume_case(family, damage, flags, expected, resume=True):
     def case(tmp_path, runs):
         out = copy_run(runs, family, tmp_path)
         damage(out / "last.pt")
-        return train.main, ["--out", str(out), *TINY, "--epochs", "2", "--resume", *flags], expected
+        return train.main, ["--out", str(out), *TINY, "--epochs", "2", *(["--resume"] if resume else []), *flags], \
+            expected
     return case
 
 
@@ -278,6 +327,51 @@ CASES = {
     "evaluate missing image file": evaluate_case(lambda t, r: [*last_pt(r), *coco_flags(t, damage=delete)],
                                                  "images are missing"),
     "evaluate no checkpoint flag": evaluate_case(lambda t, r: [], "required: --checkpoint"),
+    # Issue 28: what real data sets and real runs bring.
+    "an earlier run without --resume": resume_case("fcos", lambda p: None, [], "holds an earlier run (last.pt, "
+                                                   "log.jsonl): --resume continues it, --overwrite", resume=False),
+    "resume and overwrite": train_case(lambda t, r: ["--resume", "--overwrite"], "give one of them"),
+    "last.pt a folder": resume_case("fcos", folder_as, [], "last.pt is a folder"),
+    "log.jsonl a link": resume_case("fcos", lambda p: linked_log(p.parent), [], "log.jsonl is a symbolic link"),
+    "out a dangling link": lambda t, r: (train.main, ["--out", dangling_link(t), *TINY], "which does not exist"),
+    "width not a multiple of 16": train_case(lambda t, r: ["--width", "24"], "--width must be a multiple of 16"),
+    "resnet width not a multiple of 8": train_case(lambda t, r: ["--backbone", "resnet18", "--width", "20"],
+                                                   "--width must be a multiple of 8"),
+    "negative lr": train_case(lambda t, r: ["--lr", "-0.1"], "--lr must be finite and positive"),
+    "lr not a number": train_case(lambda t, r: ["--lr", "nan"], "--lr must be finite and positive"),
+    "negative weight decay": train_case(lambda t, r: ["--weight-decay=-1e-4"], "--weight-decay must be finite"),
+    "negative seed": train_case(lambda t, r: ["--seed", "-1"], "--seed must be in [0, 4294967295]"),
+    "seed above 2**32": train_case(lambda t, r: ["--seed", "5000000000"], "--seed must be in [0, 4294967295]"),
+    "negative data seed": train_case(lambda t, r: ["--data-seed", "-5"], "--data-seed must be in"),
+    "meta device": train_case(lambda t, r: ["--device", "meta"], "runs on cpu or cuda"),
+    "image smaller than a stride": train_case(lambda t, r: ["--image-size", "16", "64"], "at least 32 x 32"),
+    "duplicate annotation ids": train_case(lambda t, r: coco_flags(t, edit=duplicate_first("annotations")),
+                                           "annotations[0] share id 1 (two files concatenated?)"),
+    "duplicate image ids": train_case(lambda t, r: coco_flags(t, edit=duplicate_first("images")), "share id"),
+    "duplicate category ids": train_case(lambda t, r: coco_flags(t, edit=duplicate_first("categories")),
+                                         "categories[6] and categories[0] share id 1"),
+    "string image id": train_case(lambda t, r: coco_flags(t, edit=set_first("images", "id", "000001")),
+                                  "has id '000001', not an integer"),
+    "fractional width": train_case(lambda t, r: coco_flags(t, edit=set_first("images", "width", 64.5)),
+                                   "has width 64.5, not a whole number"),
+    "NaN bbox": train_case(lambda t, r: coco_flags(t, edit=first_bbox([float("nan"), 1, 2, 3])), "must be finite"),
+    "infinite bbox": train_case(lambda t, r: coco_flags(t, edit=first_bbox([1, float("inf"), 2, 3])),
+                                "must be finite"),
+    "bbox beyond float32": train_case(lambda t, r: coco_flags(t, edit=first_bbox([1e39, 1, 2, 3])),
+                                      "within float32's range"),
+    "iscrowd not 0 or 1": train_case(lambda t, r: coco_flags(t, edit=set_first("annotations", "iscrowd", 2)),
+                                     "has iscrowd 2"),
+    "file name outside the folder": train_case(
+        lambda t, r: coco_flags(t, edit=set_first("images", "file_name", "../000001.png")), "leaves the image folder"),
+    "absolute file name": train_case(
+        lambda t, r: coco_flags(t, edit=set_first("images", "file_name", "/etc/passwd")), "leaves the image folder"),
+    "float TIFF": train_case(lambda t, r: coco_flags(t, damage=save_float_tiff), "has pixels of mode 'F'"),
+    "evaluate image size 1": evaluate_case(lambda t, r: [*last_pt(r), "--image-size", "1", "1"], "at least 32 x 32"),
+    "evaluate checkpoint folder": evaluate_case(lambda t, r: ["--checkpoint", str(r / "fcos")], "is a folder"),
+    "evaluate malformed image_size": evaluate_case(
+        lambda t, r: checkpoint_with_image_size(r, t / "c.pt", [64]), "its image_size must be two whole numbers"),
+    "evaluate one checkpoint twice": evaluate_case(lambda t, r: [*last_pt(r), str(r / "fcos" / "last.pt")],
+                                                   "is given twice"),
     "evaluate paired with one checkpoint": evaluate_case(lambda t, r: [*last_pt(r), "--paired"],
                                                          "--paired compares two checkpoints, got 1"),
 }
@@ -342,3 +436,117 @@ def test_checkpoints_with_retired_config_keys_keep_loading(tmp_path):
     model, _ = load_detector(str(path))
     assert model.config == config
     assert differing_config({**config.to_dict(), "extra": {}}, config.to_dict()) == []
+
+
+# ---- issue 28: runs that are killed, folders that are shared, data that is odd ----------------------------------
+
+def test_a_second_training_into_a_folder_being_written_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = train.claim_out_folder(train.parse_args(["--out", str(out), *TINY]))  # as a running training holds it
+    try:
+        message = expect_user_error(capsys, train.main, ["--out", str(out), *TINY, "--epochs", "1"])
+    finally:
+        holder.close()
+    assert "is being written by another training" in message and "pid" in message
+    train_main(out, "--epochs", "1")  # free again once the first run has ended
+
+
+def test_overwrite_starts_over_and_stale_temporaries_go(tmp_path, runs):
+    out = copy_run(runs, "fcos", tmp_path)
+    (out / "epoch7.pt").write_bytes(b"from the earlier run")
+    (out / "last.pt.99999.tmp").write_bytes(b"left by a run killed while saving")
+    (out / "notes.txt").write_text("the user's")
+    train_main(out, "--epochs", "1", "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.json", "last.pt", "log.jsonl", "notes.txt"]
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1
+
+
+def test_an_interrupted_save_leaves_no_temporary_and_exits_with_the_signal(tmp_path, monkeypatch, capsys):
+    import signal
+
+    atomically = train.write_atomically
+
+    def interrupted(path, write):
+        def half(f):
+            f.write(b"PK\x03\x04 half")
+            raise train.Interrupted(signal.SIGTERM)  # what the handler raises when SIGTERM lands mid-write
+
+        return atomically(path, half if str(path).endswith("last.pt") else write)
+
+    monkeypatch.setattr(train, "write_atomically", interrupted)
+    with pytest.raises(SystemExit) as exited:
+        train.main(["--out", str(tmp_path / "run"), *TINY, "--epochs", "1"])
+    assert exited.value.code == 128 + signal.SIGTERM
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted by SIGTERM"), lines
+    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "run").iterdir())
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_a_training_process_in_one_line(tmp_path, signum):
+    """A real process and a real signal, wherever it lands (a step, a save): one line, status 128 + signal,
+    no temporary left, and last.pt (if any) loads."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "mutualops.train", "--out", str(out), *TINY, "--epochs", "1000"],
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "last.pt").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(getattr(signal, signum))
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + getattr(signal, signum), err
+    assert err.strip().splitlines() == [line for line in err.strip().splitlines() if line.startswith("interrupted by")]
+    assert len(err.strip().splitlines()) == 1, err
+    assert not any(p.name.endswith(".tmp") for p in out.iterdir())
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] >= 0
+
+
+def test_images_above_pillows_limit_are_one_line(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the 64x64 images are then above twice the limit
+    message = expect_user_error(capsys, train.main, ["--out", str(tmp_path / "out"), *TINY, *coco_flags(tmp_path)])
+    assert "larger than Pillow opens" in message
+
+
+def test_coco_without_area_or_iscrowd_trains_and_evaluates(tmp_path, runs):
+    images, ann = make_coco(tmp_path / "coco")
+    edit_annotations(ann, lambda data: [(a.pop("area"), a.pop("iscrowd")) for a in data["annotations"]])
+    edit_annotations(ann, lambda data: [im.__setitem__("width", float(im["width"])) for im in data["images"]])
+    out = tmp_path / "run"
+    train_main(out, "--epochs", "1", "--coco-images", images, "--coco-ann", ann)
+    evaluate.main(["--checkpoint", str(out / "last.pt"), "--coco-images", images, "--coco-ann", ann, "--device", "cpu"])
+
+
+def test_evaluate_keeps_checkpoints_of_equal_folder_names_apart(tmp_path, runs, capsys):
+    for variant in ("baseline", "mutual"):
+        shutil.copytree(runs / "fcos", tmp_path / variant / "run1")
+    assert evaluate.checkpoint_names(["a/run1/last.pt", "b/run1/last.pt"]) == ["a/run1/last.pt", "b/run1/last.pt"]
+    assert evaluate.checkpoint_names(["run1/last.pt", "run2/last.pt"]) == ["run1/last.pt", "run2/last.pt"]
+    evaluate.main(["--checkpoint", str(tmp_path / "baseline" / "run1" / "last.pt"),
+                   str(tmp_path / "mutual" / "run1" / "last.pt"), "--paired", "--num-images", "4", "--device", "cpu",
+                   "--out", str(tmp_path / "eval")])
+    results = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert {"baseline/run1/last.pt", "mutual/run1/last.pt"} <= results.keys()
+    assert results["paired_harmony"]["of"] == "mutual/run1/last.pt"
+
+
+def test_backbone_weights_never_run_pickled_code(tmp_path, monkeypatch):
+    from mutualops.detector.model import ResNetBackbone
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"conv1.weight": Payload()}, tmp_path / "w.pt")
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        ResNetBackbone("resnet18", str(tmp_path / "w.pt"))
+    assert not marker.exists()

@@ -68,3 +68,55 @@ def test_coco_crowd_and_degenerate_annotations(tmp_path):
     assert target["ignore_boxes"].tolist() == [[0.0, 0.0, 20.0, 20.0]]
     images, targets = collate([ds[0], ds[0]])
     assert images.shape == (2, 3, 30, 40) and len(targets) == 2
+
+
+def write_single_image_coco(tmp_path, image):
+    (tmp_path / "images").mkdir()
+    image.save(tmp_path / "images" / "a.png")
+    ann = {"images": [{"id": 1, "file_name": "a.png", "height": image.height, "width": image.width}],
+           "categories": [{"id": 1, "name": "thing"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 8, 8]}]}
+    (tmp_path / "instances.json").write_text(json.dumps(ann))
+    return str(tmp_path / "images"), str(tmp_path / "instances.json")
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    """A 16-bit grey PNG (depth, thermal, medical) loads as its values / 65535 in all three channels; through
+    Pillow's RGB conversion it came out all white."""
+    import numpy as np
+    from PIL import Image
+
+    values = (np.arange(32 * 48, dtype=np.uint16).reshape(32, 48) * 40)  # up to 61400
+    images, ann = write_single_image_coco(tmp_path, Image.fromarray(values))
+    image, _ = CocoDetection(images, ann)[0]
+    expected = torch.from_numpy(values.astype(np.float32) / 65535)
+    assert image.shape == (3, 32, 48)
+    for channel in image:
+        torch.testing.assert_close(channel, expected, rtol=0, atol=1e-6)
+
+
+def test_downscaling_is_antialiased(tmp_path):
+    """A one-pixel checkerboard shrunk 8 times is mid-grey everywhere, not a sample of its pixels."""
+    import numpy as np
+    from PIL import Image
+
+    board = ((np.indices((256, 256)).sum(0) % 2) * 255).astype(np.uint8)
+    images, ann = write_single_image_coco(tmp_path, Image.fromarray(board).convert("RGB"))
+    image, target = CocoDetection(images, ann, size=(32, 32))[0]
+    assert image.shape == (3, 32, 32) and (image - 0.5).abs().max() < 0.02
+    assert target["boxes"].tolist() == [[0.25, 0.25, 1.25, 1.25]]
+
+
+def test_coco_fields_are_normalised(tmp_path):
+    from PIL import Image
+
+    images, ann = write_single_image_coco(tmp_path, Image.new("RGB", (16, 12)))
+    data = json.loads(open(ann).read())
+    data["images"][0].update(id=1.0, width=16.0, height=12.0)
+    data["annotations"][0]["image_id"] = 1.0
+    with open(ann, "w") as f:
+        json.dump(data, f)
+    dataset = CocoDetection(images, ann)
+    [entry] = dataset.coco.dataset["annotations"]
+    assert entry["area"] == 64.0 and entry["iscrowd"] == 0 and entry["image_id"] == 1
+    assert dataset.ids == [1] and isinstance(dataset.ids[0], int)

@@ -164,3 +164,18 @@ def test_no_detections_is_ap_0_where_there_are_objects(tmp_path):
 
     result, _ = evaluate(Blind(dataset, []), dataset, batch_size=2)
     assert (result["AP"], result["APs"], result["APm"]) == (0.0, 0.0, None)
+
+
+def test_dropped_annotations_are_not_scored_either(tmp_path):
+    """An annotation the loader drops (a box of zero width) is not in the ground truth AP is scored against:
+    detecting every object the model can see scores AP 1 (0.972 while the dropped one stayed there)."""
+    images, ann = write_coco(tmp_path)
+    data = json.loads(open(ann).read())
+    data["annotations"].append({"id": 999, "image_id": 41, "category_id": 12, "bbox": [70, 5, 0, 20], "area": 0,
+                                "iscrowd": 0})
+    with open(ann, "w") as f:
+        json.dump(data, f)
+    dataset = CocoDetection(images, ann, size=(64, 64))
+    assert 999 not in dataset.coco.anns
+    result, _ = evaluate(GroundTruthDetector(dataset, [dataset.category_ids.index(7)]), dataset, batch_size=2)
+    assert result["AP"] == pytest.approx(1.0)

@@ -474,6 +474,13 @@ def test_cli_user_errors_are_one_line(checkpoint, tmp_path, capsys):
     expect_user_error(capsys, ["--checkpoint", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "m.onnx")],
                       "cannot read checkpoint")
     assert not (tmp_path / "m.onnx").exists()
+    # The trained checkpoint, or another one, as --out: never replaced by the graph.
+    saved = checkpoint[0].read_bytes()
+    other = tmp_path / "epoch3.pt"
+    other.write_bytes(saved)
+    expect_user_error(capsys, ["--checkpoint", path, "--out", path], "is the checkpoint itself")
+    expect_user_error(capsys, ["--checkpoint", path, "--out", str(other)], "holds a torch checkpoint")
+    assert checkpoint[0].read_bytes() == saved and other.read_bytes() == saved
 
 
 def test_cli_refusals_keep_the_old_file(checkpoint, tmp_path, capsys):

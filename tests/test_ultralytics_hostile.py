@@ -137,12 +137,13 @@ def without_non_finite(pred, nc, multi_label):
     """The predictions with every detection whose xyxy box or score is not finite made a non-candidate (score 0),
     which is what the drop-in's documented rule amounts to: such a detection is never kept and suppresses
     nothing. A detection's score is its class's; with one label per box, the best class's, which is NaN when any
-    class is (torch's max)."""
+    class is (torch's max). Either way a box with a NaN class score is no candidate at all: Ultralytics (and the
+    drop-in with it) first keeps the boxes whose largest class score passes conf_thres, and that maximum is NaN."""
     xy, wh = pred[:, :2], pred[:, 2:4]
     box_ok = torch.isfinite(torch.cat([xy - wh / 2, xy + wh / 2], 1)).all(1)  # [B, N]
     cls = pred[:, 4:4 + nc]
     if multi_label and nc > 1:
-        keep = box_ok[:, None] & torch.isfinite(cls)
+        keep = (box_ok & ~cls.isnan().any(1))[:, None] & torch.isfinite(cls)
     else:
         keep = (box_ok & torch.isfinite(cls.amax(1)))[:, None].expand_as(cls)
     clean = pred.clone()

@@ -26,3 +26,11 @@ TORCH_LIBRARY_FRAGMENT(mutualops, m) {
       "Tensor priors, Tensor? scale, str box_coding, float gamma_cls, float gamma_loc) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
 }
+
+// Not differentiable (indices, selections, ranks, targets): autograd hands the call straight to the kernels,
+// so that no output claims requires_grad (torch's fallback would set it and then backpropagate nothing).
+TORCH_LIBRARY_IMPL(mutualops, Autograd, m) {
+  m.impl("assign_fcos", torch::CppFunction::makeFallthrough());
+  m.impl("assign_max_iou", torch::CppFunction::makeFallthrough());
+  m.impl("mutual_targets", torch::CppFunction::makeFallthrough());
+}

@@ -33,3 +33,12 @@ TORCH_LIBRARY_FRAGMENT(mutualops, m) {
       "int pre_nms_top_k, int max_detections, bool class_agnostic, bool logits=False) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
+
+// Not differentiable (indices, selections, ranks, targets): autograd hands the call straight to the kernels,
+// so that no output claims requires_grad (torch's fallback would set it and then backpropagate nothing).
+TORCH_LIBRARY_IMPL(mutualops, Autograd, m) {
+  m.impl("nms", torch::CppFunction::makeFallthrough());
+  m.impl("batched_nms", torch::CppFunction::makeFallthrough());
+  m.impl("rescored_nms_dense", torch::CppFunction::makeFallthrough());
+  m.impl("rescored_nms_flat", torch::CppFunction::makeFallthrough());
+}

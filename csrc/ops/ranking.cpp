@@ -9,3 +9,10 @@ TORCH_LIBRARY_FRAGMENT(mutualops, m) {
   // max(groups) + 1 (a data-dependent size).
   m.def("spearman(Tensor x, Tensor y, Tensor? groups, int? num_groups=None) -> Tensor");
 }
+
+// Not differentiable (indices, selections, ranks, targets): autograd hands the call straight to the kernels,
+// so that no output claims requires_grad (torch's fallback would set it and then backpropagate nothing).
+TORCH_LIBRARY_IMPL(mutualops, Autograd, m) {
+  m.impl("rank", torch::CppFunction::makeFallthrough());
+  m.impl("spearman", torch::CppFunction::makeFallthrough());
+}

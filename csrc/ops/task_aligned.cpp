@@ -16,3 +16,9 @@ TORCH_LIBRARY_FRAGMENT(mutualops, m) {
       "Tensor gt_bboxes, Tensor mask_gt, int topk, int topk2, int num_classes, float alpha, float beta, float eps, "
       "float min_side, bool with_scores) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
+
+// Not differentiable (indices, selections, ranks, targets): autograd hands the call straight to the kernels,
+// so that no output claims requires_grad (torch's fallback would set it and then backpropagate nothing).
+TORCH_LIBRARY_IMPL(mutualops, Autograd, m) {
+  m.impl("assign_task_aligned", torch::CppFunction::makeFallthrough());
+}

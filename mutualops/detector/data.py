@@ -266,8 +266,11 @@ def read_json(path, what):
 
 
 def read_coco_annotations(path):
-    """The instances JSON at path, checked for everything the loader relies on,
-    so that a broken file fails at once with its name, not inside some batch."""
+    """The instances JSON at path, checked for everything the loader, the trainer and the scorer rely on, so that
+    a broken file fails at once with its name and the entry at fault, not inside some batch or after a whole
+    inference pass. Ids, widths and heights written as whole floats (640.0) become ints; a missing `area` is
+    the box's, a missing `iscrowd` 0; annotations whose box has zero or negative width or height are dropped
+    (with one warning) from what is trained on and what is scored alike."""
     data = read_json(path, "COCO annotations")
     if not isinstance(data, dict) or not all(isinstance(data.get(key), list) for key in COCO_FIELDS):
         raise DatasetError(f"{path} is not COCO instances JSON: it needs the lists {', '.join(COCO_FIELDS)}")
@@ -275,46 +278,163 @@ def read_coco_annotations(path):
         for i, entry in enumerate(data[section]):
             if not isinstance(entry, dict) or not all(key in entry for key in fields):
                 raise DatasetError(f"{path}: {section}[{i}] needs the fields {', '.join(fields)}")
+            entry["id"] = _whole(entry["id"], f"{path}: {section}[{i}] has id {entry['id']!r}, not an integer")
+        _check_unique_ids(data[section], section, path)
     if not data["annotations"]:
         raise DatasetError(f"{path} has an empty annotations list: nothing to learn or evaluate")
+    for i, image in enumerate(data["images"]):
+        _check_image_entry(image, i, path)
     _check_annotations(data, path)
     return data
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _whole(value, message):
+    """value as an int if it is a whole number (640 or 640.0; not a bool or a string), else DatasetError(message)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value != int(value):
+        raise DatasetError(message)
+    return int(value)
+
+
+def _check_unique_ids(entries, section, path):
+    first = {}
+    for i, entry in enumerate(entries):
+        if entry["id"] in first:
+            raise DatasetError(f"{path}: {section}[{i}] and {section}[{first[entry['id']]}] share id {entry['id']} "
+                               f"(two files concatenated?): each {section[:-1]} needs its own id")
+        first[entry["id"]] = i
+
+
+def _check_image_entry(image, i, path):
+    where = f"{path}: image {image['id']}"
+    for key in ("width", "height"):
+        image[key] = _whole(image[key], f"{where} has {key} {image[key]!r}, not a whole number of pixels")
+        if image[key] < 1:
+            raise DatasetError(f"{where} has {key} {image[key]}")
+    name = image["file_name"]
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise DatasetError(f"{where} has file_name {name!r}, not a file name")
+    if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+        raise DatasetError(f"{where} has file_name {name!r}, which leaves the image folder: file names must be "
+                           f"relative to it")
 
 
 def _check_annotations(data, path):
     image_ids = {image["id"] for image in data["images"]}
     category_ids = {category["id"] for category in data["categories"]}
     for ann in data["annotations"]:
+        where = f"{path}: annotation {ann['id']}"
         bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-            raise DatasetError(f"{path}: annotation {ann['id']} has bbox {bbox!r}, not [x, y, width, height]")
+        if not (isinstance(bbox, list) and len(bbox) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+            raise DatasetError(f"{where} has bbox {bbox!r}, not [x, y, width, height]")
+        if not all(math.isfinite(v) and abs(v) <= FLOAT32_MAX for v in bbox):
+            raise DatasetError(f"{where} has bbox {bbox!r}: coordinates must be finite and within float32's range")
+        for key in ("image_id", "category_id"):
+            if isinstance(ann[key], float) and ann[key].is_integer():
+                ann[key] = int(ann[key])
         if ann["category_id"] not in category_ids:
-            raise DatasetError(f"{path}: annotation {ann['id']} has category_id {ann['category_id']!r}, "
-                               f"which is not among the categories")
+            raise DatasetError(f"{where} has category_id {ann['category_id']!r}, which is not among the categories")
         if ann["image_id"] not in image_ids:
-            raise DatasetError(f"{path}: annotation {ann['id']} has image_id {ann['image_id']!r}, "
-                               f"which is not among the images")
-    degenerate = sum(1 for ann in data["annotations"] if ann["bbox"][2] <= 0 or ann["bbox"][3] <= 0)
-    if degenerate:
-        log.warning("%s: dropping %d of %d annotations whose box has zero or negative width or height",
-                    path, degenerate, len(data["annotations"]))
+            raise DatasetError(f"{where} has image_id {ann['image_id']!r}, which is not among the images")
+        crowd = ann.setdefault("iscrowd", 0)  # pycocotools' evaluation reads both
+        if crowd not in (0, 1):  # True and False included
+            raise DatasetError(f"{where} has iscrowd {crowd!r}: 0 or 1")
+        ann["iscrowd"] = int(crowd)
+        area = ann.setdefault("area", float(bbox[2] * bbox[3]))
+        if isinstance(area, bool) or not isinstance(area, (int, float)) or not math.isfinite(area):
+            raise DatasetError(f"{where} has area {area!r}, not a finite number")
+    kept = [ann for ann in data["annotations"] if ann["bbox"][2] > 0 and ann["bbox"][3] > 0]
+    if len(kept) < len(data["annotations"]):
+        log.warning("%s: dropping %d of %d annotations whose box has zero or negative width or height "
+                    "(from training and scoring alike)", path, len(data["annotations"]) - len(kept),
+                    len(data["annotations"]))
+        data["annotations"] = kept
+    if not kept:
+        raise DatasetError(f"{path}: every annotation has a box of zero or negative width or height")
+
+
+# Pillow's modes of 16-bit grey images; "I" (32-bit) holds them too when a format widens them (values above
+# 65535 are refused when the image loads). Float images ("F") have no fixed range to scale by.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+READABLE_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I",
+                  *SIXTEEN_BIT_MODES)
 
 
 def _check_image_files(image_dir, images):
+    """Every image exists inside image_dir, opens (its header only: no pixels are decoded), has the size its
+    entry gives and a mode the loader can read: a broken one fails now, not hours into training."""
     if not os.path.isdir(image_dir):
         raise DatasetError(f"the image folder {image_dir} does not exist")
     missing = [im["file_name"] for im in images if not os.path.isfile(os.path.join(image_dir, im["file_name"]))]
     if missing:
         raise DatasetError(f"{len(missing)} of {len(images)} images are missing from {image_dir}, e.g. {missing[0]}")
+    for info in images:
+        path = os.path.join(image_dir, info["file_name"])
+        with _open_image(path) as im:
+            if im.size != (info["width"], info["height"]):
+                raise DatasetError(f"image {path} is {im.width}x{im.height} but its annotations say "
+                                   f"{info['width']}x{info['height']}")
+            if im.mode not in READABLE_MODES:
+                raise DatasetError(f"image {path} has pixels of mode {im.mode!r} (floating point, or another type "
+                                   f"without a fixed range): save it with 8 or 16 bits per channel")
+
+
+@contextlib.contextmanager
+def _open_image(path):
+    """PIL's image at path, or a DatasetError naming it (a corrupt file, or more pixels than Pillow opens)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            yield im
+    except Image.DecompressionBombError as e:
+        raise DatasetError(f"image {path} is larger than Pillow opens ({e}); downscale or tile it") from e
+    except OSError as e:  # PIL's error for a truncated, corrupt or unknown file
+        raise DatasetError(f"cannot read image {path}: {e}") from e
+
+
+def load_image(path, size=None):
+    """[3, H, W] float in [0, 1] of the image at path: 8-bit images of any mode as RGB, 16-bit grey images
+    (depth, thermal, medical, aerial) scaled by 1/65535 rather than clipped; with size=(H, W), resized with
+    antialiasing, before the conversion to float so that a large image never exists at float size."""
+    import numpy as np
+    from PIL import Image
+
+    with _open_image(path) as im:
+        try:
+            if im.mode in SIXTEEN_BIT_MODES or im.mode == "I":
+                grey = np.asarray(im).astype(np.float32)
+                if grey.size and (grey.min() < 0 or grey.max() > 65535):
+                    raise DatasetError(f"image {path} holds values outside 0..65535 (mode {im.mode!r}); "
+                                       f"save it with 8 or 16 bits per channel")
+                resized = Image.fromarray(grey / 65535)
+                if size and resized.size != (size[1], size[0]):
+                    resized = resized.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                array = np.asarray(resized)[None].repeat(3, 0)
+                return torch.from_numpy(np.ascontiguousarray(array)).clamp_(0, 1)
+            rgb = im.convert("RGB")
+        except (OSError, ValueError) as e:  # a file that decodes badly, or a mode Pillow cannot convert
+            if isinstance(e, DatasetError):
+                raise
+            raise DatasetError(f"cannot read image {path}: {e}") from e
+    if size and rgb.size != (size[1], size[0]):
+        rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    array = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
+    return array.reshape(rgb.height, rgb.width, 3).permute(2, 0, 1).float() / 255
 
 
 class CocoDetection(torch.utils.data.Dataset):
     """A COCO-format dataset read with pycocotools. Category ids map to
     contiguous 0-based labels (in id order); crowd annotations become
     ignore_boxes; boxes of zero or negative width or height are dropped (a
-    warning counts them). With size=(H, W), images are resized to it (boxes
-    scaled alike), so that batches stack. Missing or malformed files raise
-    DatasetError."""
+    warning counts them) from training and from `coco`, the ground truth that
+    evaluation scores against. With size=(H, W), images are resized to it
+    (antialiased; boxes scaled alike), so that batches stack. Missing or
+    malformed files raise DatasetError naming the image or annotation."""
 
     def __init__(self, image_dir, ann_file, size=None):
         from pycocotools.coco import COCO
@@ -336,27 +456,13 @@ class CocoDetection(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, index):
-        from PIL import Image
-
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
-        path = os.path.join(self.image_dir, info["file_name"])
-        try:
-            with Image.open(path) as im:
-                rgb = im.convert("RGB")
-        except OSError as e:  # PIL's error for a truncated or corrupt file
-            raise DatasetError(f"cannot read image {path}: {e}") from e
-        if rgb.size != (info["width"], info["height"]):
-            raise DatasetError(f"image {path} is {rgb.width}x{rgb.height} but its annotations say "
-                               f"{info['width']}x{info['height']}")
-        array = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-        image = array.reshape(info["height"], info["width"], 3).permute(2, 0, 1).float() / 255
+        image = load_image(os.path.join(self.image_dir, info["file_name"]), self.size)
         boxes, labels, ignore = [], [], []
         for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=[image_id])):
             x, y, bw, bh = ann["bbox"]
-            if bw <= 0 or bh <= 0:
-                continue
-            if ann.get("iscrowd", 0):
+            if ann["iscrowd"]:
                 ignore.append([x, y, x + bw, y + bh])
             else:
                 boxes.append([x, y, x + bw, y + bh])
@@ -367,8 +473,7 @@ class CocoDetection(torch.utils.data.Dataset):
             "ignore_boxes": torch.tensor(ignore, dtype=torch.float32).reshape(-1, 4),
             "image_id": image_id,
         }
-        if self.size and tuple(image.shape[1:]) != self.size:
-            image = torch.nn.functional.interpolate(image[None], size=self.size, mode="bilinear", align_corners=False)[0]
+        if self.size and self.size != (info["height"], info["width"]):
             scale = self._scale(image_id)
             target["boxes"] = target["boxes"] * scale
             target["ignore_boxes"] = target["ignore_boxes"] * scale

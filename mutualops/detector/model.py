@@ -30,6 +30,12 @@ FAMILIES = ("fcos", "retinanet")
 BACKBONES = ("small", "resnet18", "resnet34", "resnet50")
 
 
+def width_multiple(backbone):
+    """What the feature width must be a multiple of: GroupNorm(8, C) needs C % 8 == 0, and the small backbone's
+    stem has width / 2 channels."""
+    return 16 if backbone == "small" else 8
+
+
 @dataclass
 class DetectorConfig:
     family: str = "fcos"
@@ -56,6 +62,12 @@ class DetectorConfig:
 
     # Keys that checkpoints of earlier versions carry and this config no longer has (it never read them).
     RETIRED = ("extra",)
+
+    def __post_init__(self):
+        multiple = width_multiple(self.backbone)
+        if isinstance(self.width, int) and (self.width < 1 or self.width % multiple):
+            raise ValueError(f"width must be a positive multiple of {multiple} with the {self.backbone} backbone "
+                             f"(its GroupNorm layers split the channels into 8 groups), got {self.width}")
 
     def to_dict(self):
         return asdict(self)
@@ -111,7 +123,8 @@ class ResNetBackbone(nn.Module):
 
         net = getattr(torchvision.models, name)(weights=None)
         if weights_path:
-            net.load_state_dict(torch.load(weights_path, map_location="cpu"), strict=False)
+            # weights_only: a state dict needs no pickled code, and a file from elsewhere must not run any.
+            net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True), strict=False)
         self.body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
         self.layers = nn.ModuleList([net.layer2, net.layer3, net.layer4])
         expansion = 4 if name == "resnet50" else 1

@@ -103,6 +103,14 @@ MUTUALOPS_HD T enclosing_extent(T a1, T a2, T b1, T b2) {
   return clamp_min0(max2(max2(a2, b2), max2(a1, b1)) - min2(min2(a1, b1), min2(a2, b2)));
 }
 
+// The offset between two boxes' centres along one axis, (a1 + a2) / 2 - (b1 + b2) / 2, taken as the mean of
+// the corners' differences: far from the origin the sums lose the low bits that tell nearby boxes apart (at
+// 1e7 in float32 a centre moves in steps of 1), where the difference of two nearby coordinates is exact.
+template <typename T>
+MUTUALOPS_HD T centre_offset(T a1, T a2, T b1, T b2) {
+  return ((a1 - b1) + (a2 - b2)) / T(2);
+}
+
 MUTUALOPS_HD float atan_of(float x) { return atanf(x); }
 
 MUTUALOPS_HD double atan_of(double x) { return atan(x); }
@@ -158,8 +166,7 @@ MUTUALOPS_HD T box_overlap(const Box<T>& a, const Box<T>& b, const BoxShape<T>& 
     return enclosing + eps > T(0) ? iou - (enclosing - uni) / (enclosing + eps) : iou;
   }
   const T diag2 = cw * cw + ch * ch + distance_term_eps(eps);
-  const T dx = (a.x1 + a.x2) / T(2) - (b.x1 + b.x2) / T(2);
-  const T dy = (a.y1 + a.y2) / T(2) - (b.y1 + b.y2) / T(2);
+  const T dx = centre_offset(a.x1, a.x2, b.x1, b.x2), dy = centre_offset(a.y1, a.y2, b.y1, b.y2);
   const T diou = iou - (dx * dx + dy * dy) / diag2;
   if (M == IouMode::kDiou) return diou;
   const T dt = sa.angle - sb.angle;
@@ -278,8 +285,7 @@ MUTUALOPS_HD void box_overlap_backward(const Box<T>& a, const Box<T>& b, IouMode
       }
     } else if (mode == IouMode::kDiou || mode == IouMode::kCiou) {
       const T diag2 = cw * cw + ch * ch + distance_term_eps(eps);
-      const T dx = (a.x1 + a.x2) / T(2) - (b.x1 + b.x2) / T(2);
-      const T dy = (a.y1 + a.y2) / T(2) - (b.y1 + b.y2) / T(2);
+      const T dx = centre_offset(a.x1, a.x2, b.x1, b.x2), dy = centre_offset(a.y1, a.y2, b.y1, b.y2);
       const T rho2 = dx * dx + dy * dy;
       const T g_rho2 = -grad / diag2;
       const T g_diag2 = grad * rho2 / (diag2 * diag2);
