@@ -19,6 +19,4 @@ TORCH_LIBRARY_FRAGMENT(mutualops, m) {
 
 // Not differentiable (indices, selections, ranks, targets): autograd hands the call straight to the kernels,
 // so that no output claims requires_grad (torch's fallback would set it and then backpropagate nothing).
-TORCH_LIBRARY_IMPL(mutualops, Autograd, m) {
-  m.impl("assign_task_aligned", torch::CppFunction::makeFallthrough());
-}
+TORCH_LIBRARY_IMPL(mutualops, Autograd, m) { m.impl("assign_task_aligned", torch::CppFunction::makeFallthrough()); }
