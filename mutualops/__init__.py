@@ -11,6 +11,8 @@ from .assign import MutualTargets, assign_and_label, assign_fcos, assign_max_iou
 from .box_iou import box_iou, box_iou_aligned, iou_loss  # noqa: E402
 from .nms import Detections, batched_nms, nms, rescored_nms  # noqa: E402
 from .ranking import rank, spearman  # noqa: E402
+from .rotated import (  # noqa: E402
+    batched_nms_rotated, box_iou_rotated, box_iou_rotated_aligned, fast_nms_rotated, nms_rotated)
 from .task_aligned import TaskAlignedTargets, assign_task_aligned  # noqa: E402
 from . import metrics  # noqa: E402
 
@@ -32,5 +34,6 @@ def build_info():
 __all__ = [
     "box_iou", "box_iou_aligned", "iou_loss", "nms", "batched_nms", "rescored_nms", "Detections", "assign_fcos",
     "assign_max_iou", "mutual_targets", "assign_and_label", "MutualTargets", "assign_task_aligned",
-    "TaskAlignedTargets", "rank", "spearman", "metrics", "build_info", "reference",
+    "TaskAlignedTargets", "rank", "spearman", "box_iou_rotated", "box_iou_rotated_aligned", "nms_rotated",
+    "batched_nms_rotated", "fast_nms_rotated", "metrics", "build_info", "reference",
 ]

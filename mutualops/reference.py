@@ -477,3 +477,154 @@ def assign_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
     scores = torch.zeros((b, n, c), dtype=dt, device=dev).scatter_(2, out_labels.clamp(max=c - 1)[..., None],
                                                                    (norm * fg)[..., None])
     return out_labels, out_boxes, scores, fg, gt_idx, norm * fg
+
+
+# ---- oriented boxes (docs/method.md, section 2.7) -------------------------------------------------------------
+
+
+def rotated_corners(boxes):
+    """xywhr [..., 5] -> the corners [..., 4, 2] in the order Ultralytics' xywhr2xyxyxyxy gives them."""
+    cx, cy, w, h, r = boxes.unbind(-1)
+    c, s = torch.cos(r), torch.sin(r)
+    u = torch.stack((w / 2 * c, w / 2 * s), -1)
+    v = torch.stack((-h / 2 * s, h / 2 * c), -1)
+    centre = torch.stack((cx, cy), -1)
+    return torch.stack((centre + u + v, centre + u - v, centre - u - v, centre - u + v), -2)
+
+
+def _inside_rectangle(points, box, tol):
+    """points [..., K, 2] inside the rectangle of box [..., 5] (centre at the origin's offset box[..., :2])."""
+    c, s = torch.cos(box[..., 4])[..., None], torch.sin(box[..., 4])[..., None]
+    dx, dy = points[..., 0] - box[..., 0, None], points[..., 1] - box[..., 1, None]
+    along, across = dx * c + dy * s, -dx * s + dy * c
+    return ((along.abs() <= box[..., 2, None].clamp(min=0) / 2 + tol)
+            & (across.abs() <= box[..., 3, None].clamp(min=0) / 2 + tol))
+
+
+def _rotated_intersection(a, b):
+    """Intersection area of broadcastable xywhr boxes, float64, by another algorithm than the kernels' (which
+    clip a by b's half-planes): the polygon's vertices are collected (corners of either box inside the other,
+    crossings of their edges), ordered by angle about their mean and summed by the shoelace formula."""
+    a, b = torch.broadcast_tensors(a.double(), b.double())
+    origin = a[..., :2]
+    a = torch.cat((a[..., :2] - origin, a[..., 2:]), -1)  # relative to a's centre: exact far from the origin
+    b = torch.cat((b[..., :2] - origin, b[..., 2:]), -1)
+    ca = rotated_corners(torch.cat((a[..., :2], a[..., 2:4].clamp(min=0), a[..., 4:]), -1))
+    cb = rotated_corners(torch.cat((b[..., :2], b[..., 2:4].clamp(min=0), b[..., 4:]), -1))
+    scale = torch.maximum(a[..., 2:4].abs().amax(-1), b[..., 2:4].abs().amax(-1))[..., None]
+    tol = 1e-9 * scale
+    in_b, in_a = _inside_rectangle(ca, b, tol), _inside_rectangle(cb, a, tol)
+    # Edge crossings: edge i of a (p, p + r) and edge j of b (q, q + t).
+    p, q = ca[..., :, None, :], cb[..., None, :, :]
+    r = (torch.roll(ca, -1, -2) - ca)[..., :, None, :]
+    t = (torch.roll(cb, -1, -2) - cb)[..., None, :, :]
+    cross = r[..., 0] * t[..., 1] - r[..., 1] * t[..., 0]
+    qp = q - p
+    safe = torch.where(cross == 0, torch.ones_like(cross), cross)
+    ta = (qp[..., 0] * t[..., 1] - qp[..., 1] * t[..., 0]) / safe
+    tb = (qp[..., 0] * r[..., 1] - qp[..., 1] * r[..., 0]) / safe
+    hit = (cross != 0) & (ta >= 0) & (ta <= 1) & (tb >= 0) & (tb <= 1)
+    crossings = (p + ta[..., None] * r).flatten(-3, -2)
+    points = torch.cat((ca, cb, crossings), -2)
+    valid = torch.cat((in_b, in_a, hit.flatten(-2)), -1)
+    count = valid.sum(-1, keepdim=True)
+    mean = (points * valid[..., None]).sum(-2) / count.clamp(min=1)
+    angle = torch.atan2(points[..., 1] - mean[..., None, 1], points[..., 0] - mean[..., None, 0])
+    order = torch.where(valid, angle, torch.full_like(angle, math.inf)).argsort(-1)
+    points = points.gather(-2, order[..., None].expand_as(points))
+    valid = valid.gather(-1, order)
+    points = torch.where(valid[..., None], points, points[..., :1, :])  # padding repeats the first vertex
+    nxt = torch.roll(points, -1, -2)
+    area = (points[..., 0] * nxt[..., 1] - points[..., 1] * nxt[..., 0]).sum(-1).abs() / 2
+    area = torch.where(count[..., 0] >= 3, area, torch.zeros_like(area))
+    area_a = a[..., 2].clamp(min=0) * a[..., 3].clamp(min=0)
+    area_b = b[..., 2].clamp(min=0) * b[..., 3].clamp(min=0)
+    return torch.minimum(area, torch.minimum(area_a, area_b)), area_a, area_b
+
+
+def _rotated_exact_iou(a, b):
+    inter, area_a, area_b = _rotated_intersection(a, b)
+    union = area_a + area_b - inter
+    iou = torch.where(union > 0, inter / torch.where(union > 0, union, torch.ones_like(union)), torch.zeros_like(union))
+    finite = torch.isfinite(a).all(-1) & torch.isfinite(b).all(-1)
+    return torch.where(finite, iou, torch.full_like(iou, math.nan))
+
+
+def _gaussian(boxes):
+    """Ultralytics' covariance of an xywhr box: (a, b, c) of [[a, c], [c, b]]."""
+    p, q = boxes[..., 2].pow(2) / 12, boxes[..., 3].pow(2) / 12
+    cos, sin = boxes[..., 4].cos(), boxes[..., 4].sin()
+    cos2, sin2 = cos.pow(2), sin.pow(2)
+    return p * cos2 + q * sin2, p * sin2 + q * cos2, (p - q) * cos * sin
+
+
+def probiou(obb1, obb2, mode="probiou", eps=1e-7):
+    """Probabilistic IoU (Gaussian Bhattacharyya distance, ICCV 2021) of broadcastable xywhr boxes, as
+    Ultralytics' probiou defines it; mode probiou_ciou subtracts CIoU's aspect term with a constant weight."""
+    x1, y1, x2, y2 = obb1[..., 0], obb1[..., 1], obb2[..., 0], obb2[..., 1]
+    a1, b1, c1 = _gaussian(obb1)
+    a2, b2, c2 = _gaussian(obb2)
+    sa, sb, sc = a1 + a2, b1 + b2, c1 + c2
+    det = sa * sb - sc.pow(2)
+    t1 = ((sa * (y1 - y2).pow(2) + sb * (x1 - x2).pow(2)) / (det + eps)) * 0.25
+    t2 = ((sc * (x2 - x1) * (y1 - y2)) / (det + eps)) * 0.5
+    t3 = (det / (4 * ((a1 * b1 - c1.pow(2)).clamp(0) * (a2 * b2 - c2.pow(2)).clamp(0)).sqrt() + eps) + eps).log() * 0.5
+    bd = (t1 + t2 + t3).clamp(eps, 100.0)
+    iou = 1 - (1.0 - (-bd).exp() + eps).sqrt()
+    if mode == "probiou_ciou":
+        v = (4 / math.pi**2) * ((obb2[..., 2] / obb2[..., 3]).atan() - (obb1[..., 2] / obb1[..., 3]).atan()).pow(2)
+        with torch.no_grad():
+            alpha = v / (v - iou + (1 + eps))
+        iou = iou - v * alpha
+    return iou
+
+
+def _rotated_overlap(a, b, mode, eps):
+    if mode == "iou":
+        return _rotated_exact_iou(a, b).to(a.dtype)
+    compute = a.dtype if a.dtype in (torch.float32, torch.float64) else torch.float32
+    return probiou(a.to(compute), b.to(compute), mode, eps).to(a.dtype)
+
+
+def box_iou_rotated(boxes1, boxes2, mode="iou", eps=1e-7):
+    """[N,5] x [M,5] -> [N,M] or [B,N,5] x [B,M,5] -> [B,N,M]."""
+    return _rotated_overlap(boxes1[..., :, None, :], boxes2[..., None, :, :], mode, eps)
+
+
+def box_iou_rotated_aligned(boxes1, boxes2, mode="iou", eps=1e-7):
+    return _rotated_overlap(boxes1, boxes2, mode, eps)
+
+
+def _rotated_candidates(boxes, scores):
+    """Finite candidates in detection order (score descending, ties to the lower index)."""
+    finite = torch.isfinite(scores) & torch.isfinite(boxes).all(dim=1)
+    cand = finite.nonzero().squeeze(1)
+    return cand[torch.sort(scores[cand].to(_math_dtype(scores)), descending=True, stable=True).indices]
+
+
+def batched_nms_rotated(boxes, scores, idxs, iou_threshold):
+    """Greedy NMS over the exact rotated IoU within each idxs value, on a full IoU matrix."""
+    cand = _rotated_candidates(boxes, scores)
+    b = boxes[cand].to(_math_dtype(boxes))
+    over = (box_iou_rotated(b, b) > iou_threshold) & (idxs[cand][:, None] == idxs[cand][None, :])
+    removed = torch.zeros(len(cand), dtype=torch.bool)
+    keep = []
+    for i in range(len(cand)):
+        if not removed[i]:
+            keep.append(i)
+            removed |= over[i].cpu()
+    return cand[torch.tensor(keep, dtype=torch.long, device=cand.device)] if keep else cand[:0]
+
+
+def nms_rotated(boxes, scores, iou_threshold):
+    return batched_nms_rotated(boxes, scores, torch.zeros(boxes.shape[0], dtype=torch.long, device=boxes.device),
+                               iou_threshold)
+
+
+def fast_nms_rotated(boxes, scores, iou_threshold, eps=1e-7):
+    """Matrix NMS over probiou: a candidate goes when any candidate before it (kept or not) overlaps it above
+    the threshold (Ultralytics' TorchNMS.fast_nms with batch_probiou), on the full N x N matrix."""
+    cand = _rotated_candidates(boxes, scores)
+    b = boxes[cand]
+    over = (box_iou_rotated(b, b, "probiou", eps) > iou_threshold).triu(diagonal=1)
+    return cand[~over.any(0)]

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "mutualops/float_math.h"
 #include "mutualops/macros.h"
 
 namespace mutualops {
@@ -110,10 +111,6 @@ template <typename T>
 MUTUALOPS_HD T centre_offset(T a1, T a2, T b1, T b2) {
   return ((a1 - b1) + (a2 - b2)) / T(2);
 }
-
-MUTUALOPS_HD float atan_of(float x) { return atanf(x); }
-
-MUTUALOPS_HD double atan_of(double x) { return atan(x); }
 
 // atan(w / h), the CIoU aspect angle, defined as pi/2 (or 0 for a point) when
 // h is 0 instead of dividing by zero.

@@ -6,21 +6,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "mutualops/float_math.h"
 #include "mutualops/macros.h"
 
 namespace mutualops {
-
-MUTUALOPS_HD float sqrt_of(float x) { return sqrtf(x); }
-
-MUTUALOPS_HD double sqrt_of(double x) { return sqrt(x); }
-
-MUTUALOPS_HD float pow_of(float x, float y) { return powf(x, y); }
-
-MUTUALOPS_HD double pow_of(double x, double y) { return pow(x, y); }
-
-MUTUALOPS_HD float exp_of(float x) { return expf(x); }
-
-MUTUALOPS_HD double exp_of(double x) { return exp(x); }
 
 template <typename T>
 MUTUALOPS_HD T sigmoid(T x) {

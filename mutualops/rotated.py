@@ -1,0 +1,151 @@
+"""Oriented boxes (docs/method.md, section 2.7): exact and probabilistic IoU, greedy and matrix NMS.
+
+Boxes are xywhr [..., 5]: centre x, centre y, width, height and an angle in radians that turns the width axis
+from +x towards +y, as Ultralytics' OBB boxes turn (clockwise on screen, where y points down). mmcv's default
+(clockwise=True) is the same; mmcv with clockwise=False and detectron2's (degrees, counter-clockwise) negate
+the angle: ``angle = -torch.deg2rad(detectron2_angle)``. A box with w <= 0 or h <= 0 has area 0, a zero union
+gives 0, and a box with a non-finite value gives NaN (the NMS ops never keep it and it suppresses nothing).
+The rotated ops have no ONNX translation yet.
+"""
+
+import torch
+
+from ._validate import as_float, check_choice, check_float, check_index, check_same, promote, unit_interval
+
+MODES = ("iou", "probiou", "probiou_ciou")
+
+
+def _check_rotated(x, name, ranks):
+    check_float(x, name)
+    if x.dim() not in ranks or x.shape[-1] != 5:
+        shapes = " or ".join("[" + ", ".join(["B", "N", "5"][3 - r:]) + "]" for r in ranks)
+        raise ValueError(f"{name} must have shape {shapes} (cx, cy, w, h, angle), got {list(x.shape)}")
+
+
+def _check_eps(eps):
+    eps = as_float(eps, "eps")
+    if not 0.0 <= eps < 1.0:
+        raise ValueError(f"eps must be a number in [0, 1), got {eps}")
+    return eps
+
+
+def box_iou_rotated(boxes1, boxes2, mode="iou", *, eps=1e-7):
+    """Pairwise overlap of oriented boxes: [N,5] x [M,5] -> [N,M], or [B,N,5] x [B,M,5] -> [B,N,M].
+
+    mode "iou" is the exact IoU (the area of the two rectangles' intersection polygon over their union);
+    "probiou" is Ultralytics' probabilistic IoU (1 - the Hellinger distance of the boxes' Gaussians, its
+    batch_probiou with boxes1 as obb1), "probiou_ciou" that minus CIoU's aspect term; eps is probiou's epsilon.
+    The output is the only N x M allocation; fp16 and bf16 compute in fp32. Not differentiable (see
+    box_iou_rotated_aligned).
+    """
+    check_choice(mode, "mode", MODES)
+    eps = _check_eps(eps)
+    _check_rotated(boxes1, "boxes1", (2, 3))
+    _check_rotated(boxes2, "boxes2", (2, 3))
+    if boxes1.dim() != boxes2.dim():
+        raise ValueError(f"boxes1 and boxes2 must have the same rank, got {list(boxes1.shape)} and {list(boxes2.shape)}")
+    if boxes1.dim() == 3 and boxes1.shape[0] != boxes2.shape[0]:
+        raise ValueError(f"boxes1 and boxes2 must have the same batch size, got {boxes1.shape[0]} and {boxes2.shape[0]}")
+    check_same(boxes1, boxes2, "boxes1", "boxes2", dtype=False)
+    return torch.ops.mutualops.box_iou_rotated(*promote(boxes1, boxes2), mode, eps)
+
+
+def box_iou_rotated_aligned(boxes1, boxes2, mode="iou", *, eps=1e-7):
+    """Overlap of matching rows: [..., 5] x [..., 5] -> [...].
+
+    The probiou modes are differentiable (Ultralytics' probiou and its CIoU variant, the OBB box loss); the
+    exact IoU is not, and backpropagating through it raises an error.
+    """
+    check_choice(mode, "mode", MODES)
+    eps = _check_eps(eps)
+    check_float(boxes1, "boxes1")
+    check_float(boxes2, "boxes2")
+    if boxes1.dim() == 0 or boxes1.shape[-1] != 5:
+        raise ValueError(f"boxes1 must have shape [..., 5] (cx, cy, w, h, angle), got {list(boxes1.shape)}")
+    if boxes1.shape != boxes2.shape:
+        raise ValueError(f"boxes1 and boxes2 must have the same shape, got {list(boxes1.shape)} and {list(boxes2.shape)}")
+    check_same(boxes1, boxes2, "boxes1", "boxes2", dtype=False)
+    boxes1, boxes2 = promote(boxes1, boxes2)
+    out = torch.ops.mutualops.box_iou_rotated_aligned(boxes1.reshape(-1, 5), boxes2.reshape(-1, 5), mode, eps)
+    return out.reshape(boxes1.shape[:-1])
+
+
+def _check_nms(boxes, scores, iou_threshold):
+    _check_rotated(boxes, "boxes", (2,))
+    check_float(scores, "scores")
+    if scores.shape != boxes.shape[:1]:
+        raise ValueError(f"scores must have shape [{boxes.shape[0]}], got {list(scores.shape)}")
+    check_same(boxes, scores, "boxes", "scores", dtype=False)
+    if boxes.device.type == "meta":
+        raise ValueError("boxes is a meta tensor: the number of kept boxes depends on values it does not hold")
+    return unit_interval(iou_threshold, "iou_threshold")
+
+
+def nms_rotated(boxes, scores, iou_threshold):
+    """Greedy NMS over the exact rotated IoU (detectron2's and mmcv's nms_rotated): indices of the kept boxes
+    [N,5], by decreasing score (ties to the lower index); a box goes when a kept box overlaps it with IoU >
+    iou_threshold."""
+    iou_threshold = _check_nms(boxes, scores, iou_threshold)
+    return torch.ops.mutualops.nms_rotated(*promote(boxes, scores), iou_threshold)
+
+
+def batched_nms_rotated(boxes, scores, idxs, iou_threshold):
+    """nms_rotated within each value of `idxs` (class, image...)."""
+    iou_threshold = _check_nms(boxes, scores, iou_threshold)
+    check_index(idxs, "idxs", scores.shape, boxes.device)
+    return torch.ops.mutualops.batched_nms_rotated(*promote(boxes, scores), idxs, iou_threshold)
+
+
+def fast_nms_rotated(boxes, scores, iou_threshold, *, eps=1e-7):
+    """Matrix ("fast") NMS over probiou, Ultralytics' rotated NMS (TorchNMS.fast_nms with batch_probiou): a box
+    goes when any box before it in score order, kept or not, has probiou > iou_threshold with it. Returns the
+    kept indices by decreasing score, in memory that grows with N (Ultralytics builds the N x N matrix).
+    Ultralytics separates classes by offsetting the centres by class * 7680 before the call; so can you."""
+    iou_threshold = _check_nms(boxes, scores, iou_threshold)
+    return torch.ops.mutualops.fast_nms_rotated(*promote(boxes, scores), iou_threshold, _check_eps(eps))
+
+
+@torch.library.register_fake("mutualops::box_iou_rotated")
+def _box_iou_rotated_fake(boxes1, boxes2, mode="iou", eps=1e-7):
+    if boxes1.dim() == 2:
+        return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]))
+    return boxes1.new_empty((boxes1.shape[0], boxes1.shape[1], boxes2.shape[1]))
+
+
+@torch.library.register_fake("mutualops::box_iou_rotated_aligned")
+def _box_iou_rotated_aligned_fake(boxes1, boxes2, mode="iou", eps=1e-7):
+    return boxes1.new_empty((boxes1.shape[0],))
+
+
+def _kept_fake(boxes, scores, *args):
+    size = torch.library.get_ctx().new_dynamic_size()
+    return scores.new_empty((size,), dtype=torch.long)
+
+
+for _name in ("nms_rotated", "batched_nms_rotated", "fast_nms_rotated"):
+    torch.library.register_fake(f"mutualops::{_name}", _kept_fake)
+
+
+def _save_aligned(ctx, inputs, output):
+    boxes1, boxes2, mode, eps = inputs
+    ctx.save_for_backward(boxes1, boxes2)
+    ctx.mode, ctx.eps = mode, eps
+
+
+def _aligned_backward(ctx, grad):
+    if ctx.mode == "iou":
+        raise RuntimeError("box_iou_rotated_aligned: the exact rotated IoU has no gradient; "
+                           "train with mode='probiou' (or 'probiou_ciou')")
+    # The gradient of the same formula in torch ops (reference.probiou, which the kernels follow operation by
+    # operation): the loss sees Ultralytics' own gradient, clamps included, in O(N) memory.
+    from . import reference
+
+    boxes1, boxes2 = ctx.saved_tensors
+    compute = boxes1.dtype if boxes1.dtype in (torch.float32, torch.float64) else torch.float32
+    _, pullback = torch.func.vjp(lambda a, b: reference.probiou(a, b, ctx.mode, ctx.eps),
+                                 boxes1.to(compute), boxes2.to(compute))
+    grad1, grad2 = pullback(grad.to(compute))
+    return grad1.to(boxes1.dtype), grad2.to(boxes2.dtype), None, None
+
+
+torch.library.register_autograd("mutualops::box_iou_rotated_aligned", _aligned_backward, setup_context=_save_aligned)
