@@ -27,6 +27,7 @@ def test_outputs_of_ops_without_a_gradient_do_not_require_grad(device, gen):
     y = torch.randn(40, generator=gen).to(device).requires_grad_()
     groups = torch.arange(40, device=device) // 10
     points = (torch.rand(30, 2, generator=gen) * 100).to(device)
+    rotated = torch.cat([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2], scores[:, None]], 1)
     calls = {
         "nms": lambda: mutualops.nms(boxes, scores, 0.5),
         "batched_nms": lambda: mutualops.batched_nms(boxes, scores, groups[:30], 0.5),
@@ -38,6 +39,11 @@ def test_outputs_of_ops_without_a_gradient_do_not_require_grad(device, gen):
                                                      .expand(30, 2)),
         "rank": lambda: mutualops.rank(x, groups),
         "spearman": lambda: mutualops.spearman(x, y, groups),
+        "box_iou_rotated": lambda: mutualops.box_iou_rotated(rotated, rotated),
+        "box_iou_rotated probiou": lambda: mutualops.box_iou_rotated(rotated, rotated, "probiou"),
+        "nms_rotated": lambda: mutualops.nms_rotated(rotated, scores, 0.5),
+        "batched_nms_rotated": lambda: mutualops.batched_nms_rotated(rotated, scores, groups[:30], 0.5),
+        "fast_nms_rotated": lambda: mutualops.fast_nms_rotated(rotated, scores, 0.5),
         "raw rank": lambda: torch.ops.mutualops.rank(x, groups, "average"),
         "raw spearman": lambda: torch.ops.mutualops.spearman(x, y, groups, 4),
     }

@@ -452,6 +452,94 @@ def test_rescored_nms_flat(device, data):
         assert_detections(det, expected, fixed_shape, dtype, min(opts["max_detections"], m))
 
 
+# --- oriented boxes -------------------------------------------------------------------------------------------
+
+
+@st.composite
+def rotated_boxes(draw, lead, dtype, hostile=True, scale=50.0):
+    """xywhr boxes [*lead, 5]: centres in [0, scale), sides in [-0.1, 0.6) * scale (some zero or negative),
+    angles in [-4, 4) rad, duplicates from rounding, and special values when hostile."""
+    centre = draw(values(tuple(lead) + (2,), torch.float64, 0.0, scale, hostile=False))
+    side = draw(values(tuple(lead) + (2,), torch.float64, -0.1 * scale, 0.6 * scale, hostile=False))
+    angle = draw(values(tuple(lead) + (1,), torch.float64, -4.0, 4.0, hostile=False))
+    b = torch.cat([centre, side, angle], -1)
+    if hostile and b.numel():
+        for pos, v in draw(st.lists(st.tuples(st.integers(0, b.numel() - 1), st.sampled_from(SPECIAL)), max_size=3)):
+            b.view(-1)[pos] = v
+    return cast(b, dtype)
+
+
+@FEW
+@given(data=st.data())
+@pytest.mark.parametrize("device", DEVICES)
+def test_box_iou_rotated(device, data):
+    # The reference computes the exact IoU in float64 and the kernels in the input's math type: they agree
+    # within the type's tolerance where the boxes are moderate; everywhere IoU and probiou are in [0, 1], and
+    # every mode is NaN exactly where a box has a non-finite value.
+    draw = on_device(data.draw, device)
+    dtype = draw(dtypes())
+    a = draw(layout(draw(rotated_boxes((draw(sizes),), dtype))))
+    b = draw(layout(draw(rotated_boxes((draw(sizes),), draw(st.sampled_from([dtype, dtype, draw(dtypes())]))))))
+    mode = draw(st.sampled_from(["iou", "iou", "probiou", "probiou_ciou", "giou"]))
+    names = ("boxes1", "boxes2", "mode")
+    for call in (lambda: mutualops.box_iou_rotated(a, b, mode), lambda: OP.box_iou_rotated(a, b, mode, 1e-7)):
+        out, err = attempt(call, *names)
+        if err is not None:
+            continue
+        x, y = (t.cpu() for t in promote(a, b))
+        finite = torch.isfinite(x).all(-1)[:, None] & torch.isfinite(y).all(-1)[None, :]
+        out = out.cpu().double()
+        assert torch.equal(torch.isnan(out), ~finite), f"{mode}: NaN exactly where a box is not finite"
+        if mode != "probiou_ciou":  # the CIoU term of a box with a negative side has no bound
+            assert ((out[finite] >= -1e-6) & (out[finite] <= 1 + 1e-6)).all(), f"{mode}: out of range"
+        moderate = (x.abs().amax(-1) < 1e4)[:, None] & (y.abs().amax(-1) < 1e4)[None, :] & finite
+        expected = ref.box_iou_rotated(x, y, mode).double()
+        tol = TOL[x.dtype] * (10 if mode != "iou" else 1)  # probiou: exp and log of distances up to 100
+        torch.testing.assert_close(out[moderate], expected[moderate], rtol=tol, atol=tol, msg=lambda m: f"{mode}: {m}")
+
+
+@FEW
+@given(data=st.data())
+@pytest.mark.parametrize("device", DEVICES)
+def test_rotated_nms(device, data):
+    # Greedy NMS is checked by its definition on the kernels' own IoU (the reference's float64 IoU may fall on
+    # the other side of a threshold that a drawn pair meets exactly): kept boxes are finite, in score order, and
+    # no kept box overlaps an earlier kept box of its class above the threshold, while every other finite box
+    # does overlap an earlier kept one. The matrix NMS equals its definition on the kernels' probiou.
+    draw = on_device(data.draw, device)
+    n = draw(st.integers(0, 10))
+    dtype = draw(dtypes())
+    b = draw(layout(draw(rotated_boxes((n,), dtype))))
+    s = draw(layout(draw(values((n,), draw(st.sampled_from([dtype, dtype, draw(dtypes())])), 0, 1))))
+    idxs = draw(layout(draw(indices((n,), 0, 3, dtype=draw(st.sampled_from([torch.int64, torch.int32,
+                                                                              torch.float32]))))))
+    thr = draw(threshold())
+    names = ("boxes", "scores", "idxs", "iou_threshold")
+    keep, err = attempt(lambda: mutualops.batched_nms_rotated(b, s, idxs, thr), *names)
+    if err is None:
+        x, y = promote(b, s)
+        x, y, k = x.cpu(), y.cpu(), keep.cpu()
+        valid = torch.isfinite(x).all(-1) & torch.isfinite(y)
+        assert valid[k].all() and (y[k][1:] <= y[k][:-1]).all()
+        math_type = x.double() if x.dtype == torch.float64 else x.float()  # the kernels' arithmetic
+        iou = mutualops.box_iou_rotated(math_type, math_type)  # iou[i, j]: i earlier, as the kernels take pairs
+        same = idxs.cpu()[:, None] == idxs.cpu()[None, :]
+        kept = torch.zeros(n, dtype=torch.bool)
+        kept[k] = True
+        for i in valid.nonzero()[:, 0].tolist():
+            earlier = kept & same[i] & ((y > y[i]) | ((y == y[i]) & (torch.arange(n) < i)))
+            assert bool((iou[:, i][earlier] > thr).any()) != bool(kept[i]), f"box {i}"
+    keep, err = attempt(lambda: OP.fast_nms_rotated(b, s, thr, 1e-7), *names)
+    if err is None:
+        x, y = b.cpu(), s.cpu()
+        valid = torch.isfinite(x).all(-1) & torch.isfinite(y)
+        order = valid.nonzero()[:, 0]
+        order = order[torch.sort(y[order].double(), descending=True, stable=True).indices]
+        math_type = x[order].double() if x.dtype == torch.float64 else x[order].float()
+        over = (mutualops.box_iou_rotated(math_type, math_type, "probiou") > thr).triu(diagonal=1)
+        assert torch.equal(keep.cpu(), order[~over.any(0)])
+
+
 # --- label assignment -----------------------------------------------------------------------------------------
 
 

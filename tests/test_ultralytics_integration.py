@@ -1,6 +1,8 @@
 """mutualops.integrations.ultralytics: its NMS against Ultralytics' own, and an
 unmodified YOLOv8n training and validation with and without install()."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -11,10 +13,12 @@ pytest.importorskip("ultralytics")
 from ultralytics.utils import nms as ultralytics_nms  # noqa: E402
 from ultralytics.utils import tal  # noqa: E402
 
+import mutualops  # noqa: E402
 from helpers import DEVICES  # noqa: E402
 from mutualops.integrations import ultralytics as mo_ultralytics  # noqa: E402
 
 ULTRALYTICS_NMS = ultralytics_nms.non_max_suppression
+ULTRALYTICS_FAST_NMS = ultralytics_nms.TorchNMS.fast_nms
 
 
 @pytest.fixture(autouse=True)
@@ -117,6 +121,40 @@ def test_install_and_uninstall_are_idempotent():
     mo_ultralytics.uninstall()
     assert not mo_ultralytics.installed()
     assert ultralytics_nms.non_max_suppression is ULTRALYTICS_NMS and tal.TaskAlignedAssigner.forward is forward
+    assert ultralytics_nms.TorchNMS.__dict__["fast_nms"].__func__ is ULTRALYTICS_FAST_NMS
+
+
+def rotated_predictions(gen, images=3, n=2000, classes=6, device="cpu"):
+    """Raw YOLO-OBB output [B, 4 + nc + 1, N]: xywh, class probabilities without exact ties, the angle last."""
+    xy = torch.rand(images, 2, n, generator=gen) * 640
+    wh = torch.rand(images, 2, n, generator=gen) * 60 + 4
+    count = images * classes * n
+    cls = ((torch.randperm(count, generator=gen).double() / count) ** 3).float().reshape(images, classes, n)
+    cls[0] = 0  # an image without detections
+    angle = (torch.rand(images, 1, n, generator=gen) - 0.5) * math.pi
+    return torch.cat([xy, wh, cls, angle], 1).to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("settings", [dict(conf_thres=0.001, iou_thres=0.7, multi_label=True),
+                                      dict(conf_thres=0.25, iou_thres=0.45), dict(conf_thres=0.01, agnostic=True)])
+def test_rotated_nms_keeps_what_ultralytics_keeps_on_mutualops(device, settings, gen, monkeypatch):
+    pred = rotated_predictions(gen, device=device)
+    theirs = ULTRALYTICS_NMS(pred, nc=6, rotated=True, max_time_img=1e6, **settings)
+    calls = []
+    monkeypatch.setattr(mo_ultralytics, "fast_nms_rotated",
+                        lambda *a, **k: calls.append(len(a[0])) or mutualops.fast_nms_rotated(*a, **k))
+    mo_ultralytics.install()
+    ours = ultralytics_nms.non_max_suppression(pred, nc=6, rotated=True, max_time_img=1e6, **settings)
+    assert len(calls) == 2 and max(calls) > 100  # image 0 has no candidate
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+    # Other overlaps and the export form keep Ultralytics' code.
+    boxes = pred[1, :4].T.contiguous()
+    scores = pred[1, 4]
+    torch.testing.assert_close(ultralytics_nms.TorchNMS.fast_nms(boxes, scores, 0.5),
+                               ULTRALYTICS_FAST_NMS(boxes, scores, 0.5))
+    assert len(calls) == 2
 
 
 def test_installed_assigner_matches_and_subclasses_keep_theirs(gen, monkeypatch):

@@ -137,3 +137,25 @@ def test_a_ddp_worker_started_as_ultralytics_starts_it_runs_on_mutualops(tmp_pat
     counts = worker["counts"]
     assert counts["installed"] and counts["mutualops assigner"] >= 2 and counts["mutualops nms"] >= 1, worker
     assert counts["ultralytics assigner"] == 0 and counts["ultralytics nms"] == 0, worker
+
+
+def test_bench_yolo_trains_each_side_in_its_own_process(tmp_path):
+    """benchmarks/bench_yolo.py --quick: both sides train (the drop-in one through MUTUALOPS_ULTRALYTICS, which
+    each child checks), with equal per-step losses, and validate; tables.py renders the record."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    record = tmp_path / "yolo-cpu.json"
+    out = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "bench_yolo.py"), "--quick", "--threads", "2",
+                          "--work", str(tmp_path / "work"), "--json", str(record)],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    data = json.loads(record.read_text())
+    assert data["losses_equal"] and data["max_loss_difference"] < 1e-4
+    for side in ("ultralytics", "mutualops"):
+        assert data["training"][side]["steps"] >= 1 and data["training"][side]["assigner_ms_per_call"] > 0
+        assert data["validation"][side]["images"] == 4 and data["validation"][side]["nms_calls"] >= 1
+    sys.path.insert(0, os.path.join(root, "benchmarks"))
+    try:
+        import tables
+    finally:
+        sys.path.pop(0)
+    assert "| mutualops drop-in |" in tables.yolo_tables(data, str(record))

@@ -9,12 +9,14 @@ or, without touching the script, for every process Ultralytics starts (the
 
     MUTUALOPS_ULTRALYTICS=1 yolo detect train data=... model=yolov8n.yaml
 
-``install()`` swaps two hot paths for mutualops ops: the task-aligned
+``install()`` swaps three hot paths for mutualops ops: the task-aligned
 assigner inside the detection loss (``TaskAlignedAssigner.forward``, for the
-plain detection assigner; the segment, pose and OBB subclasses keep theirs)
-and ``ultralytics.utils.nms.non_max_suppression`` (for axis-aligned boxes;
-rotated and end-to-end outputs keep Ultralytics' code). ``uninstall()``
-restores both. Results are Ultralytics' own except where documented in
+plain detection assigner; the segment, pose and OBB subclasses keep theirs),
+``ultralytics.utils.nms.non_max_suppression`` (for axis-aligned boxes;
+end-to-end outputs keep Ultralytics' code) and, inside its rotated (OBB)
+path, the matrix NMS over probiou (``TorchNMS.fast_nms`` with
+``batch_probiou``: mutualops.fast_nms_rotated, the same keeps in O(N) memory
+instead of an N x N matrix). ``uninstall()`` restores all three. Results are Ultralytics' own except where documented in
 docs/method.md ("Using mutualops in Ultralytics"): the NMS has no time limit
 (every image gets its detections), separates classes exactly instead of
 offsetting boxes by ``class * max_wh`` in float32, and orders exact score ties
@@ -29,6 +31,7 @@ import torch
 
 from .._extension import has_backend
 from ..nms import batched_nms
+from ..rotated import fast_nms_rotated
 from ..task_aligned import assign_task_aligned
 
 _originals = {}
@@ -53,8 +56,10 @@ def install(announce=None):
     _originals["forward"] = tal.TaskAlignedAssigner.forward
     _originals["non_max_suppression"] = nms_module.non_max_suppression
     _originals["assigner_class"] = tal.TaskAlignedAssigner
+    _originals["fast_nms"] = nms_module.TorchNMS.__dict__["fast_nms"]
     tal.TaskAlignedAssigner.forward = _assigner_forward
     nms_module.non_max_suppression = non_max_suppression
+    nms_module.TorchNMS.fast_nms = staticmethod(_fast_nms)
     if announce:
         _logger().info(f"mutualops: Ultralytics' task-aligned assigner and NMS run on mutualops ({announce})")
 
@@ -66,6 +71,7 @@ def uninstall():
     tal, nms_module = _modules()
     tal.TaskAlignedAssigner.forward = _originals["forward"]
     nms_module.non_max_suppression = _originals["non_max_suppression"]
+    nms_module.TorchNMS.fast_nms = _originals["fast_nms"]
     _originals.clear()
     global _fallbacks
     _fallbacks = 0
@@ -115,6 +121,24 @@ def fallbacks():
     return _fallbacks
 
 
+def _fast_nms(boxes, scores, iou_threshold, use_triu=True, iou_func=None, exit_early=True):
+    """``TorchNMS.fast_nms``: with ``batch_probiou`` (the rotated path of non_max_suppression) on mutualops'
+    matrix NMS; any other overlap, the export-friendly ``use_triu=False`` form, a device without kernels or
+    input the op refuses keep Ultralytics' code. Non-finite boxes or scores are never kept (Ultralytics keeps
+    a NaN box, which its NaN overlaps never suppress)."""
+    original = _originals["fast_nms"].__func__
+    nms_module = _modules()[1]
+    if iou_func is None:
+        return original(boxes, scores, iou_threshold, use_triu, exit_early=exit_early)
+    if (use_triu and iou_func is nms_module.batch_probiou and isinstance(boxes, torch.Tensor)
+            and _has_kernels(boxes.device) and not torch.compiler.is_compiling()):
+        try:
+            return fast_nms_rotated(boxes, scores, iou_threshold)
+        except (TypeError, ValueError):
+            pass
+    return original(boxes, scores, iou_threshold, use_triu, iou_func, exit_early)
+
+
 def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=None, agnostic=False,
                         multi_label=False, max_det=300, nc=0, max_time_img=0.05, max_nms=30000, max_wh=7680,
                         rotated=False, end2end=False, return_idxs=False):
@@ -123,6 +147,7 @@ def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=Non
     conf, class, extra...) per image, and the kept input indices with
     ``return_idxs``), one NMS call per image and no time limit. ``max_time_img`` and ``max_wh`` are accepted and unused."""
     pred = prediction[0] if isinstance(prediction, (list, tuple)) else prediction
+    # Rotated boxes keep Ultralytics' loop, whose matrix NMS install() routes to mutualops.
     if rotated or end2end or pred.shape[-1] == 6 or not _has_kernels(pred.device):
         return _originals.get("non_max_suppression", _modules()[1].non_max_suppression)(
             prediction, conf_thres, iou_thres, classes, agnostic, multi_label, max_det, nc, max_time_img, max_nms,
