@@ -32,8 +32,8 @@ from .box_iou import box_iou_aligned
 from .detector.data import SPLIT_SEEDS, CocoDetection, ShapesDataset, collate
 from .detector.model import Detector, DetectorConfig
 from .metrics import gt_index_from_iou, harmony, paired_harmony
-from .train import CliParser, UserError, check_device, check_image_size, check_out_folder, exit_on_user_error, \
-    read_checkpoint, write_atomically
+from .train import CliParser, UserError, check_classes, check_device, check_image_size, check_out_folder, \
+    exit_on_user_error, make_out_folder, read_checkpoint, write_atomically
 
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 HARMONY_IOU = 0.5
@@ -262,6 +262,7 @@ def dataset_for(args, model, state, path):
     if len(dataset.classes) != model.config.num_classes:
         raise UserError(f"{path} detects {model.config.num_classes} classes but the data set has "
                         f"{len(dataset.classes)}")
+    check_classes(state.get("classes"), dataset.classes, path)
     return dataset
 
 
@@ -285,6 +286,8 @@ def checkpoint_names(paths):
 
 
 def evaluate_checkpoints(args):
+    if args.out:
+        make_out_folder(args.out)  # before the inference pass, whose results it is to hold
     by_checkpoint, samples, per_object = {}, {}, []
     for path, name in zip(args.checkpoint, checkpoint_names(args.checkpoint)):
         model, state = load_detector(path, args.device)

@@ -21,6 +21,7 @@ file behind.
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ import re
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -254,6 +256,30 @@ def check_out_folder(path):
         raise UserError(f"--out {path} is an existing file, not a folder")
 
 
+def make_out_folder(path):
+    """Creates --out and makes sure files can be written in it, before any work whose results would go there."""
+    check_out_folder(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UserError(f"--out {path}: cannot write there ({e.strerror or e})") from None
+
+
+def check_classes(saved, classes, path):
+    """A checkpoint's class names (absent from old ones) must be the data set's, in order: the model's class k
+    is the data's class k, and a second export of one project may number its categories otherwise."""
+    if saved is None or list(saved) == list(classes):
+        return
+    if len(saved) != len(classes):
+        raise UserError(f"{path} detects {len(saved)} classes but the data set has {len(classes)}")
+    differing = [f"{k}: checkpoint {a!r}, data {b!r}" for k, (a, b) in enumerate(zip(saved, classes)) if a != b]
+    raise UserError(f"{path} was trained on other classes than the data set has ({len(differing)} of "
+                    f"{len(classes)} differ, by category order: {'; '.join(differing[:3])}"
+                    f"{'; ...' if len(differing) > 3 else ''})")
+
+
 def check_device(name):
     try:
         device = torch.device(name)
@@ -435,22 +461,32 @@ def train_device(args, world):
     return device
 
 
-def resume(path, model, optimizer, schedule, scaler):
-    """Restores everything the run had after its last saved epoch; returns the epoch to continue with."""
+def resume(path, model, optimizer, schedule, scaler, classes, steps):
+    """Restores everything the run had at its last save; returns (the epoch to continue with, the steps of it
+    already done, the random states to restore when that epoch starts, if it is one the save was made in): a
+    save that --max-minutes made within an epoch continues that epoch where it stopped."""
     if not os.path.exists(path):
         raise UserError(f"--resume: there is no checkpoint {path} to resume from")
     state = read_checkpoint(path, RESUME_KEYS)
     differing = differing_config(state["config"], model.config.to_dict())
     if differing:
         raise UserError(f"{path} holds a different model than the flags ask for: {'; '.join(differing)}")
+    check_classes(state.get("classes"), classes, path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     if state.get("scaler"):  # absent from older checkpoints, empty when AMP was off
         scaler.load_state_dict(state["scaler"])
-    if "rng" in state:
-        set_rng_state(state["rng"])
-    return state["epoch"] + 1
+    done, saved_steps = state.get("epoch_steps"), state.get("steps_per_epoch")
+    if done is None or done >= saved_steps:  # a whole epoch (older checkpoints save only those)
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        return state["epoch"] + 1, 0, None
+    if saved_steps != steps:
+        print(f"train: {path} stopped after step {done} of {saved_steps} in epoch {state['epoch'] + 1}, but an "
+              f"epoch now has {steps} steps (another batch size or data set): that epoch starts over")
+        return state["epoch"], 0, state.get("rng")
+    return state["epoch"], done, state.get("rng")
 
 
 def differing_config(saved, wanted):
@@ -507,16 +543,42 @@ def train_step(run, images, targets):
     return losses
 
 
-def train_epoch(run, epoch, loader):
-    """(the epoch's log entry: mean losses and images per second, whether --max-minutes ran out)."""
+class EpochSampler(torch.utils.data.Sampler):
+    """The distributed sampler's order for an epoch, less its first `skip` indices: a run resumed within an
+    epoch sees the rest of that epoch's batches, in the order it would have seen them."""
+
+    def __init__(self, sampler):
+        self.sampler, self.skip = sampler, 0
+
+    def set_epoch(self, epoch, skip=0):
+        self.sampler.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self):
+        return max(len(self.sampler) - self.skip, 0)
+
+
+def train_epoch(run, epoch, loader, skip=0, rng=None):
+    """(the epoch's log entry: mean losses and images per second, the steps of the epoch done (run.steps for
+    a whole one), whether --max-minutes ran out). `skip`: steps of this epoch done before a resume, `rng`: the
+    random states saved there."""
     run.model.train()
-    bar = loader
+    iterator = iter(loader)
+    # Starting an epoch draws the loader's seed from torch's generator; a run resumed within the epoch has
+    # that draw behind it in the saved states, which therefore take over only now.
+    if rng is not None:
+        set_rng_state(rng)
+    bar = iterator
     if run.rank == 0 and not run.args.no_progress:
         from tqdm import tqdm
 
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{run.args.epochs}", unit="batch", leave=False)
-    seen, t0, sums, stop = 0, time.perf_counter(), {}, False
-    for step, (images, targets) in enumerate(bar):
+        bar = tqdm(iterator, desc=f"epoch {epoch + 1}/{run.args.epochs}", unit="batch", leave=False,
+                   initial=skip, total=run.steps)
+    seen, t0, sums, stop, done = 0, time.perf_counter(), {}, False, skip
+    for step, (images, targets) in enumerate(bar, start=skip):
         if step >= run.steps:
             break
         images = images.to(run.device)
@@ -525,24 +587,28 @@ def train_epoch(run, epoch, loader):
         seen += images.shape[0] * run.world
         for k in ("loss", "cls", "box", "quality"):
             sums[k] = sums.get(k, 0.0) + float(losses[k].detach())
-        if bar is not loader:
+        if bar is not iterator:
             bar.set_postfix(loss=f"{float(losses['loss'].detach()):.3f}", img_s=f"{seen / (time.perf_counter() - t0):.1f}")
-        if run.out_of_time():
+        done = step + 1
+        if run.out_of_time() and done < run.steps:
             stop = True
             break
-    entry = {"epoch": epoch, **{k: v / max(step + 1, 1) for k, v in sums.items()},
+    stop = stop or run.out_of_time()
+    entry = {"epoch": epoch, **{k: v / max(done - skip, 1) for k, v in sums.items()},
              "images_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
-    return entry, stop
+    if done < run.steps:
+        entry.update(partial=True, steps=done)
+    return entry, done, stop
 
 
-def save_epoch(run, epoch, entry, dataset):
+def save_epoch(run, epoch, entry, dataset, done):
     state = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
              "schedule": run.schedule.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng_state(),
-             "epoch": epoch, "config": run.model.config.to_dict(), "classes": list(dataset.classes),
-             "image_size": list(run.args.image_size)}
+             "epoch": epoch, "epoch_steps": done, "steps_per_epoch": run.steps, "config": run.model.config.to_dict(),
+             "classes": list(dataset.classes), "image_size": list(run.args.image_size)}
     args = run.args
     save_checkpoint(state, os.path.join(args.out, "last.pt"))
-    if args.checkpoint_every and (epoch + 1) % args.checkpoint_every == 0:
+    if done == run.steps and args.checkpoint_every and (epoch + 1) % args.checkpoint_every == 0:
         save_checkpoint(state, os.path.join(args.out, f"epoch{epoch + 1}.pt"))
     with open(os.path.join(args.out, "log.jsonl"), "a") as f:
         f.write(json.dumps(entry) + "\n")
@@ -551,7 +617,8 @@ def save_epoch(run, epoch, entry, dataset):
 
 
 def start_run(args, dataset, rank, world, device):
-    """(Run, the epoch to start from): model, optimizer, schedule and loss scaler, resumed with --resume."""
+    """(Run, (the epoch to start from, its steps already done, random states for its start)): model,
+    optimizer, schedule and loss scaler, resumed with --resume."""
     steps = steps_per_epoch(dataset, args.batch_size, world)
     model = Detector(config_from(args, len(dataset.classes))).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -559,12 +626,14 @@ def start_run(args, dataset, rank, world, device):
     # float16 needs loss scaling against underflow; bfloat16 (the CPU's half type) keeps float32's range.
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
     os.makedirs(args.out, exist_ok=True)
-    start_epoch = resume(os.path.join(args.out, "last.pt"), model, optimizer, schedule, scaler) if args.resume else 0
+    start = (0, 0, None)
+    if args.resume:
+        start = resume(os.path.join(args.out, "last.pt"), model, optimizer, schedule, scaler, dataset.classes, steps)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     run = Run(args, model, net, optimizer, schedule, scaler, device, rank, world, steps, time.perf_counter())
-    return run, start_epoch
+    return run, start
 
 
 RUN_FILES = ("last.pt", "log.jsonl", "config.json")
@@ -644,27 +713,59 @@ def train_locked(args, dataset, rank, world):
         check_backbone_weights(args)  # before seeding: it builds a model, drawing random numbers
     seed_everything(args.seed)
     dataset = dataset_from(args) if dataset is None else dataset
-    run, start_epoch = start_run(args, dataset, rank, world, device)
-    sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True, seed=args.seed, drop_last=True)
+    run, (start_epoch, skip, rng) = start_run(args, dataset, rank, world, device)
+    if start_epoch >= args.epochs:
+        if rank == 0:
+            print(f"train: {args.out} has trained {start_epoch} epochs and --epochs is {args.epochs}: nothing to "
+                  f"do (a larger --epochs trains on)")
+        return run.model, []
+    sampler = EpochSampler(torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True, seed=args.seed,
+                                                               drop_last=True))
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                                          collate_fn=collate, drop_last=True)
     if rank == 0:
         settings = {**vars(args), "model": run.model.config.to_dict()}
         write_atomically(os.path.join(args.out, "config.json"),
                          lambda f: f.write(json.dumps(settings, indent=2, default=str).encode()))
+        if args.resume:
+            trim_log(os.path.join(args.out, "log.jsonl"), start_epoch, skip)
     log = []
     for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        entry, stop = train_epoch(run, epoch, loader)
+        sampler.set_epoch(epoch, skip * args.batch_size if epoch == start_epoch else 0)
+        first = epoch == start_epoch
+        entry, done, stop = train_epoch(run, epoch, loader, skip if first else 0, rng if first else None)
         log.append(entry)
         if rank == 0:
-            save_epoch(run, epoch, entry, dataset)
+            save_epoch(run, epoch, entry, dataset, done)
         if stop:
+            if rank == 0 and (done < run.steps or epoch + 1 < args.epochs):
+                print(f"train: --max-minutes {args.max_minutes:g} ran out after step {done} of {run.steps} in "
+                      f"epoch {epoch + 1} of {args.epochs}; --resume continues from there")
             break
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return run.model, log
+
+
+def trim_log(path, epoch, skip):
+    """log.jsonl as the checkpoint left it: complete entries of the epochs before `epoch` (and the partial
+    entry of `epoch` itself when the run continues within it). A crash can leave a torn last line, and a run
+    killed after writing its log but before its checkpoint an entry last.pt does not hold; either would spoil
+    the entries this run appends."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path, "rb") as f:
+        for line in f.read().decode("utf-8", "replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("epoch"), int) and (
+                    entry["epoch"] < epoch or (entry["epoch"] == epoch and skip and entry.get("partial"))):
+                kept.append(line)
+    write_atomically(path, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
 
 
 def main(argv=None):

@@ -201,6 +201,12 @@ def duplicate_first(section):
     return lambda data: data[section].append(dict(data[section][0]))
 
 
+def swap_first_category_names(data):
+    """The same categories numbered otherwise, as a second export of one project may number them."""
+    first, second = data["categories"][0], data["categories"][1]
+    first["name"], second["name"] = second["name"], first["name"]
+
+
 def first_bbox(value):
     return set_first("annotations", "bbox", value)
 
@@ -374,6 +380,16 @@ CASES = {
                                                    "is given twice"),
     "evaluate paired with one checkpoint": evaluate_case(lambda t, r: [*last_pt(r), "--paired"],
                                                          "--paired compares two checkpoints, got 1"),
+    # The fresh review of issue 28.
+    "negative area": train_case(lambda t, r: coco_flags(t, edit=set_first("annotations", "area", -1)),
+                                "has area -1, not a finite number >= 0"),
+    "evaluate other class names": evaluate_case(lambda t, r: [*last_pt(r), *coco_flags(t, edit=swap_first_category_names)],
+                                                 "trained on other classes than the data set has (2 of 6 differ"),
+    "resume on other class names": lambda t, r: (
+        train.main, ["--out", str(copy_run(r, "fcos", t)), *TINY, "--epochs", "2", "--resume",
+                     *coco_flags(t, edit=swap_first_category_names)], "trained on other classes"),
+    "evaluate out not writable": evaluate_case(lambda t, r: [*last_pt(r), "--out", write(t / "f", "") + "/sub"],
+                                               "--out"),
 }
 
 
@@ -550,3 +566,42 @@ def test_backbone_weights_never_run_pickled_code(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="[Ww]eights only"):
         ResNetBackbone("resnet18", str(tmp_path / "w.pt"))
     assert not marker.exists()
+
+
+def test_evaluate_makes_its_out_folder_before_the_inference_pass(tmp_path, runs, monkeypatch, capsys):
+    monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: pytest.fail("evaluated before checking --out"))
+    message = expect_user_error(capsys, evaluate.main, ["--num-images", "4", "--device", "cpu", *last_pt(runs), "--out",
+                                                        write(tmp_path / "f", "") + "/sub"])
+    assert "cannot write there" in message
+
+
+def test_a_time_limit_within_an_epoch_resumes_where_it_stopped(tmp_path, capsys, random_loss_weights):
+    # 8 images in batches of 4: two steps per epoch; the limit stops the run after the first.
+    train_main(tmp_path / "whole", "--epochs", "2")
+    train_main(tmp_path / "sliced", "--epochs", "2", "--max-minutes", "1e-9")
+    assert "ran out after step 1 of 2 in epoch 1 of 2; --resume continues" in capsys.readouterr().out
+    partial = torch.load(tmp_path / "sliced" / "last.pt", weights_only=True)
+    assert partial["epoch"] == 0 and partial["epoch_steps"] == 1
+    train_main(tmp_path / "sliced", "--epochs", "2", "--resume")
+    whole, sliced = (torch.load(tmp_path / name / "last.pt", weights_only=True) for name in ("whole", "sliced"))
+    torch.testing.assert_close(sliced["model"], whole["model"], rtol=1e-5, atol=1e-6)
+    assert sliced["schedule"]["last_epoch"] == whole["schedule"]["last_epoch"] == 4
+    log = [json.loads(line) for line in (tmp_path / "sliced" / "log.jsonl").read_text().splitlines()]
+    assert [(e["epoch"], e.get("partial", False)) for e in log] == [(0, True), (0, False), (1, False)]
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path, runs, capsys):
+    out = copy_run(runs, "fcos", tmp_path)
+    before = {name: (out / name).read_bytes() for name in ("last.pt", "log.jsonl", "config.json")}
+    train_main(out, "--epochs", "1", "--resume")
+    assert "has trained 1 epochs and --epochs is 1: nothing to do" in capsys.readouterr().out
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_a_torn_log_line_is_dropped_on_resume(tmp_path, runs):
+    # A crash while appending leaves the last line cut; the resumed run's entries must still read back.
+    out = copy_run(runs, "fcos", tmp_path)
+    log = out / "log.jsonl"
+    log.write_bytes(log.read_bytes()[:-15])
+    train_main(out, "--epochs", "2", "--resume")
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1]

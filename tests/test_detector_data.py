@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from mutualops.detector.data import CocoDetection, ShapesDataset, collate, export_coco
+from mutualops.detector.data import CocoDetection, DatasetError, ShapesDataset, collate, export_coco
 
 pytest.importorskip("pycocotools", reason="COCO-format data is read with pycocotools")
 
@@ -120,3 +120,31 @@ def test_coco_fields_are_normalised(tmp_path):
     [entry] = dataset.coco.dataset["annotations"]
     assert entry["area"] == 64.0 and entry["iscrowd"] == 0 and entry["image_id"] == 1
     assert dataset.ids == [1] and isinstance(dataset.ids[0], int)
+
+
+def test_exif_orientation_is_applied_as_labelling_tools_show_it(tmp_path):
+    """A photo stored sideways with EXIF orientation 6 (a phone held upright) is annotated as displayed: the
+    loader turns it, so that the box holds the object, and the size check compares the displayed size."""
+    import numpy as np
+    from PIL import Image
+
+    displayed = np.zeros((48, 64, 3), np.uint8)  # H x W as shown
+    displayed[10:20, 30:50] = 255  # the object: x 30..50, y 10..20
+    stored = Image.fromarray(displayed).transpose(Image.Transpose.ROTATE_90)  # what orientation 6 turns back
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "images").mkdir()
+    stored.save(tmp_path / "images" / "a.png", exif=exif)
+    assert stored.size == (48, 64)
+    ann = {"images": [{"id": 1, "file_name": "a.png", "height": 48, "width": 64}],
+           "categories": [{"id": 1, "name": "thing"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [30, 10, 20, 10]}]}
+    (tmp_path / "instances.json").write_text(json.dumps(ann))
+    image, target = CocoDetection(str(tmp_path / "images"), str(tmp_path / "instances.json"))[0]
+    assert image.shape == (3, 48, 64)
+    x1, y1, x2, y2 = (int(v) for v in target["boxes"][0])
+    assert image[:, y1:y2, x1:x2].min() == 1.0 and image.sum() == 3 * 20 * 10
+    ann["images"][0].update(height=64, width=48)  # the stored size: not what the annotations were drawn on
+    (tmp_path / "instances.json").write_text(json.dumps(ann))
+    with pytest.raises(DatasetError, match=r"is 64x48 as displayed \(its EXIF orientation turns it\)"):
+        CocoDetection(str(tmp_path / "images"), str(tmp_path / "instances.json"))

@@ -345,8 +345,10 @@ def _check_annotations(data, path):
             raise DatasetError(f"{where} has iscrowd {crowd!r}: 0 or 1")
         ann["iscrowd"] = int(crowd)
         area = ann.setdefault("area", float(bbox[2] * bbox[3]))
-        if isinstance(area, bool) or not isinstance(area, (int, float)) or not math.isfinite(area):
-            raise DatasetError(f"{where} has area {area!r}, not a finite number")
+        if isinstance(area, bool) or not isinstance(area, (int, float)) or not math.isfinite(area) or area < 0:
+            # pycocotools leaves a GT with an area outside [0, 1e10] out of every area range: it would not be
+            # scored at all.
+            raise DatasetError(f"{where} has area {area!r}, not a finite number >= 0")
     kept = [ann for ann in data["annotations"] if ann["bbox"][2] > 0 and ann["bbox"][3] > 0]
     if len(kept) < len(data["annotations"]):
         log.warning("%s: dropping %d of %d annotations whose box has zero or negative width or height "
@@ -375,12 +377,29 @@ def _check_image_files(image_dir, images):
     for info in images:
         path = os.path.join(image_dir, info["file_name"])
         with _open_image(path) as im:
-            if im.size != (info["width"], info["height"]):
-                raise DatasetError(f"image {path} is {im.width}x{im.height} but its annotations say "
+            width, height = _displayed_size(im)
+            if (width, height) != (info["width"], info["height"]):
+                turned = " as displayed (its EXIF orientation turns it)" if (width, height) != im.size else ""
+                raise DatasetError(f"image {path} is {width}x{height}{turned} but its annotations say "
                                    f"{info['width']}x{info['height']}")
             if im.mode not in READABLE_MODES:
                 raise DatasetError(f"image {path} has pixels of mode {im.mode!r} (floating point, or another type "
                                    f"without a fixed range): save it with 8 or 16 bits per channel")
+
+
+# EXIF orientations 5 to 8 turn the stored pixels a quarter: the displayed image is H x W.
+_QUARTER_TURNS = {5, 6, 7, 8}
+_ORIENTATION = 0x0112
+
+
+def _displayed_size(im):
+    """(width, height) of the image as viewers, labelling tools and the loader show it: EXIF orientation
+    applied."""
+    try:
+        orientation = im.getexif().get(_ORIENTATION, 1)
+    except Exception:  # a malformed EXIF block: Pillow shows the stored pixels
+        orientation = 1
+    return (im.height, im.width) if orientation in _QUARTER_TURNS else im.size
 
 
 @contextlib.contextmanager
@@ -398,14 +417,16 @@ def _open_image(path):
 
 
 def load_image(path, size=None):
-    """[3, H, W] float in [0, 1] of the image at path: 8-bit images of any mode as RGB, 16-bit grey images
-    (depth, thermal, medical, aerial) scaled by 1/65535 rather than clipped; with size=(H, W), resized with
-    antialiasing, before the conversion to float so that a large image never exists at float size."""
+    """[3, H, W] float in [0, 1] of the image at path, turned as its EXIF orientation says (as labelling tools
+    show it, and as COCO annotations of phone photos are drawn): 8-bit images of any mode as RGB, 16-bit grey
+    images (depth, thermal, medical, aerial) scaled by 1/65535 rather than clipped; with size=(H, W), resized
+    with antialiasing, before the conversion to float so that a large image never exists at float size."""
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageOps
 
-    with _open_image(path) as im:
+    with _open_image(path) as stored:
         try:
+            im = ImageOps.exif_transpose(stored)
             if im.mode in SIXTEEN_BIT_MODES or im.mode == "I":
                 grey = np.asarray(im).astype(np.float32)
                 if grey.size and (grey.min() < 0 or grey.max() > 65535):
