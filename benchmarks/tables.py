@@ -8,7 +8,8 @@ A table lives between the lines `<!-- table:KEY -->` and `<!-- /table:KEY -->`,
 KEY being NAME:summary or NAME:full for benchmarks/results/ablation-NAME.json,
 BENCH:DEVICE for benchmarks/results/BENCH-DEVICE.json (every row, with the
 machine and date), BENCH:DEVICE-sweep for its sweep over G, targets:DEVICE for
-the rows of every benchmark that carry a target, and demo:DEVICE for
+the rows of every benchmark that carry a target, yolo:DEVICE for
+benchmarks/results/yolo-DEVICE.json (bench_yolo.py) and demo:DEVICE for
 benchmarks/results/demo-DEVICE.json. Nothing between the markers is written by
 hand.
 """
@@ -151,6 +152,37 @@ def demo_table(data, path):
     return "\n".join(rows)
 
 
+def yolo_tables(data, path):
+    """bench_yolo's two tables: training with each side, and validation of the same weights by each side."""
+    m, setup, t, v = data["machine"], data["setup"], data["training"], data["validation"]
+    sides = {"ultralytics": "Ultralytics' own", "mutualops": "mutualops drop-in"}
+    rows = [f"`{data['command']}`, {m['date']}, {m['platform']} ({m['cpu_count']} cores), torch {m['torch']}, device "
+            f"{m['device']}{', ' + m['gpu'] if m.get('gpu') else ''}; `{os.path.relpath(path, ROOT)}`. YOLOv8n from its "
+            f"yaml at {setup['image_size']} px, batch {setup['batch']}, {setup['epochs']} epochs of "
+            f"{setup['train_images']} generated images with {setup['objects_per_image'][0]} to "
+            f"{setup['objects_per_image'][1]} objects each; per-step losses of the two sides equal (largest "
+            f"difference {data['max_loss_difference']:.1e}).", "",
+            "| side | training steps/s | step ms (median) | assigner ms per step | share of the step | peak memory MiB |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for key, name in sides.items():
+        s = t[key]
+        rows.append(f"| {name} | {s['steps_per_second']:.3f} | {s['step_ms_median']:.0f} | {s['assigner_ms_per_call']:.1f} "
+                    f"| {100 * s['assigner_share']:.0f}% | {s['peak_memory_bytes'] / MIB:.0f} |")
+    speedup = t["mutualops"]["steps_per_second"] / t["ultralytics"]["steps_per_second"]
+    assigner = t["ultralytics"]["assigner_ms_per_call"] / t["mutualops"]["assigner_ms_per_call"]
+    rows += [f"| speed-up | {speedup:.2f}x | | {assigner:.0f}x | | |", "",
+             f"Validation of one model (trained {setup['val_epochs']} epochs with the drop-in) by each side at conf "
+             f"0.001, iou 0.7, {v['mutualops']['images']} images in batches of {setup['val_batch']}, Ultralytics with its "
+             "default NMS time limit:", "",
+             "| side | NMS s | candidates per image (median) | images returned empty | time-limit warnings | mAP50-95 "
+             "| mAP50 |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for key, name in sides.items():
+        s = v[key]
+        rows.append(f"| {name} | {s['nms_seconds']:.2f} | {s['candidates_per_image_median']:.0f} | {s['images_empty']} "
+                    f"| {s['time_limit_warnings']} | {s['mAP50_95']:.4f} | {s['mAP50']:.4f} |")
+    return "\n".join(rows)
+
+
 def benchmark_tables():
     """{key: markdown} for every committed op benchmark and demo result."""
     out, targeted = {}, {}
@@ -165,6 +197,9 @@ def benchmark_tables():
         targeted.setdefault(device, []).extend(bench_row(r, f"{bench}: ") for r in data["rows"] if r["target"])
     for device, rows in targeted.items():
         out[f"targets:{device}"] = "\n".join([BENCH_HEADER] + rows)
+    for path in sorted(glob.glob(os.path.join(HERE, "results", "yolo-*.json"))):
+        with open(path) as f:
+            out[f"yolo:{os.path.basename(path)[len('yolo-'):-len('.json')]}"] = yolo_tables(json.load(f), path)
     for path in sorted(glob.glob(os.path.join(HERE, "results", "demo-*.json"))):
         with open(path) as f:
             out[f"demo:{os.path.basename(path)[len('demo-'):-len('.json')]}"] = demo_table(json.load(f), path)
