@@ -84,3 +84,16 @@ def promote(*tensors):
     for t in present[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
     return tuple(t.to(dtype) if t is not None else None for t in tensors)
+
+
+def kept_size(boxes, scores, name="boxes"):
+    """The data-dependent length of an NMS fake kernel's output. Plain meta tensors (not torch.compile's fake
+    ones) have no values to count, and a CPU tensor meeting a meta one is a device error: both name the
+    argument instead of torch's message about running operators on meta tensors."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    check_same(boxes, scores, name, "scores", dtype=False)
+    if not isinstance(boxes, FakeTensor):
+        raise ValueError(f"{name} is a meta tensor: the number of kept boxes depends on values it does not hold")
+    return torch.library.get_ctx().new_dynamic_size()
+

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._validate import as_int, check_boxes, check_float, check_index, check_same, unit_interval
+from ._validate import as_int, check_boxes, check_float, check_index, check_same, kept_size, unit_interval
 
 
 def _check_nms(boxes, scores, iou_threshold):
@@ -43,8 +43,7 @@ def _batched_nms_fake(boxes, scores, idxs, iou_threshold):
 
 @torch.library.register_fake("mutualops::nms")
 def _nms_fake(boxes, scores, iou_threshold):
-    size = torch.library.get_ctx().new_dynamic_size()
-    return scores.new_empty((size,), dtype=torch.long)
+    return scores.new_empty((kept_size(boxes, scores),), dtype=torch.long)
 
 
 class Detections(NamedTuple):

@@ -10,7 +10,8 @@ The rotated ops have no ONNX translation yet.
 
 import torch
 
-from ._validate import as_float, check_choice, check_float, check_index, check_same, promote, unit_interval
+from ._validate import as_float, check_choice, check_float, check_index, check_same, kept_size, promote, \
+    unit_interval
 
 MODES = ("iou", "probiou", "probiou_ciou")
 
@@ -53,8 +54,9 @@ def box_iou_rotated(boxes1, boxes2, mode="iou", *, eps=1e-7):
 def box_iou_rotated_aligned(boxes1, boxes2, mode="iou", *, eps=1e-7):
     """Overlap of matching rows: [..., 5] x [..., 5] -> [...].
 
-    The probiou modes are differentiable (Ultralytics' probiou and its CIoU variant, the OBB box loss); the
-    exact IoU is not, and backpropagating through it raises an error.
+    The probiou modes are differentiable (Ultralytics' probiou and its CIoU variant); the exact IoU is not,
+    and backpropagating through it raises an error. Ultralytics' OBB box loss calls probiou with floor=0.01
+    (added to w^2/12 and h^2/12 to bound gradients of tiny boxes), which these ops do not take yet.
     """
     check_choice(mode, "mode", MODES)
     eps = _check_eps(eps)
@@ -105,8 +107,26 @@ def fast_nms_rotated(boxes, scores, iou_threshold, *, eps=1e-7):
     return torch.ops.mutualops.fast_nms_rotated(*promote(boxes, scores), iou_threshold, _check_eps(eps))
 
 
+def _check_raw(boxes1, boxes2, ranks, mode, eps):
+    """What the kernels check of a raw call, for the fake kernels: meta tensors and torch.compile's fake ones
+    get the same TypeError or ValueError as real ones."""
+    check_choice(mode, "mode", MODES)
+    _check_eps(eps)
+    _check_rotated(boxes1, "boxes1", ranks)
+    _check_rotated(boxes2, "boxes2", ranks)
+    if boxes1.dtype != boxes2.dtype:
+        raise TypeError(f"boxes1 and boxes2 must have the same dtype, got {boxes1.dtype} and {boxes2.dtype}")
+    check_same(boxes1, boxes2, "boxes1", "boxes2", dtype=False)
+
+
 @torch.library.register_fake("mutualops::box_iou_rotated")
 def _box_iou_rotated_fake(boxes1, boxes2, mode="iou", eps=1e-7):
+    _check_raw(boxes1, boxes2, (2, 3), mode, eps)
+    if boxes1.dim() != boxes2.dim():
+        raise ValueError(f"boxes1 and boxes2 must both be [N,5]/[M,5] or both [B,N,5]/[B,M,5], got "
+                         f"{list(boxes1.shape)} and {list(boxes2.shape)}")
+    if boxes1.dim() == 3 and boxes1.shape[0] != boxes2.shape[0]:
+        raise ValueError(f"boxes1 and boxes2 must have the same batch size, got {boxes1.shape[0]} and {boxes2.shape[0]}")
     if boxes1.dim() == 2:
         return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]))
     return boxes1.new_empty((boxes1.shape[0], boxes1.shape[1], boxes2.shape[1]))
@@ -114,16 +134,36 @@ def _box_iou_rotated_fake(boxes1, boxes2, mode="iou", eps=1e-7):
 
 @torch.library.register_fake("mutualops::box_iou_rotated_aligned")
 def _box_iou_rotated_aligned_fake(boxes1, boxes2, mode="iou", eps=1e-7):
+    _check_raw(boxes1, boxes2, (2,), mode, eps)
+    if boxes1.shape != boxes2.shape:
+        raise ValueError(f"boxes1 and boxes2 must both be [N,5] with the same N, got {list(boxes1.shape)} and "
+                         f"{list(boxes2.shape)}")
     return boxes1.new_empty((boxes1.shape[0],))
 
 
-def _kept_fake(boxes, scores, *args):
-    size = torch.library.get_ctx().new_dynamic_size()
-    return scores.new_empty((size,), dtype=torch.long)
+def _kept_fake(boxes, scores, iou_threshold, *rest):
+    _check_rotated(boxes, "boxes", (2,))
+    check_float(scores, "scores")
+    if scores.shape != boxes.shape[:1] or scores.dtype != boxes.dtype:
+        raise (ValueError if scores.shape != boxes.shape[:1] else TypeError)(
+            f"scores must be [{boxes.shape[0]}] of the dtype of boxes, got {list(scores.shape)} {scores.dtype}")
+    unit_interval(iou_threshold, "iou_threshold")
+    return scores.new_empty((kept_size(boxes, scores),), dtype=torch.long)
 
 
-for _name in ("nms_rotated", "batched_nms_rotated", "fast_nms_rotated"):
-    torch.library.register_fake(f"mutualops::{_name}", _kept_fake)
+@torch.library.register_fake("mutualops::batched_nms_rotated")
+def _batched_kept_fake(boxes, scores, idxs, iou_threshold):
+    check_index(idxs, "idxs", scores.shape, boxes.device)
+    return _kept_fake(boxes, scores, iou_threshold)
+
+
+@torch.library.register_fake("mutualops::fast_nms_rotated")
+def _fast_kept_fake(boxes, scores, iou_threshold, eps=1e-7):
+    _check_eps(eps)
+    return _kept_fake(boxes, scores, iou_threshold)
+
+
+torch.library.register_fake("mutualops::nms_rotated", _kept_fake)
 
 
 def _save_aligned(ctx, inputs, output):

@@ -279,6 +279,31 @@ def test_fast_nms_rotated_is_exact_on_boxes_the_distance_bound_cannot_cover(devi
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_nms_rotated_on_boxes_whose_gaussians_overflow(device, dtype):
+    # Two determinants of huge boxes multiply past float32's range inside t3: the computed probiou of far-apart
+    # boxes comes out near 1 and Ultralytics suppresses; so must the op, which cannot prune such boxes by distance.
+    boxes = torch.tensor([[0.0, 0, 1e8, 1e8, 0], [1e8, 0, 1000, 1000, 0], [0, 0, 3e5, 3e5, 0],
+                          [1.5e5, 0, 3e5, 3e5, 0], [6e5, 0, 3e5, 3e5, 0]], device=device).to(dtype)
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5], device=device).to(dtype)
+    want = ultralytics_fast_nms(boxes.float(), scores.float(), 0.7)
+    assert len(want) < 5
+    torch.testing.assert_close(mutualops.fast_nms_rotated(boxes, scores, 0.7), want)
+
+
+def test_fast_nms_rotated_rounds_the_threshold_as_ultralytics_compares_it():
+    # torch compares a float32 matrix with float32(threshold); a probiou equal to that value is not above it.
+    boxes = torch.tensor([[10.0, 10, 20, 8, 0.3], [13, 11, 18, 9, 0.5]])
+    scores = torch.tensor([0.9, 0.8])
+    value = np.float32(metrics.batch_probiou(boxes, boxes)[0, 1].item())
+    threshold = float(value) - float(np.spacing(value)) / 4  # rounds to value in float32
+    assert np.float32(threshold) == value and threshold < float(value)
+    want = ultralytics_fast_nms(boxes, scores, threshold)
+    assert want.tolist() == [0, 1]
+    torch.testing.assert_close(mutualops.fast_nms_rotated(boxes, scores, threshold), want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_fast_nms_rotated_drops_non_finite_candidates(device, gen):
     boxes, scores = crowd(50, gen, device)
     boxes[0, 2], scores[1] = math.nan, math.nan
@@ -313,6 +338,7 @@ def test_mixed_dtypes_compute_in_the_wider_one(gen):
 
 # ---- hostile input, opcheck, compile -----------------------------------------------------------------------------
 
+OP = torch.ops.mutualops
 R = torch.tensor([[1.0, 2, 3, 4, 0.5], [2, 2, 3, 3, 0.1], [5, 5, 1, 1, 0]])
 S = torch.tensor([0.9, 0.8, 0.7])
 
@@ -359,6 +385,36 @@ S = torch.tensor([0.9, 0.8, 0.7])
     ],
 )
 def test_bad_input_names_the_argument(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def meta(*shape, dtype=torch.float32):
+    return torch.empty(*shape, device="meta", dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: OP.box_iou_rotated(meta(4, 4), meta(3, 5), "iou", 1e-7), ValueError, "boxes1"),
+        (lambda: OP.box_iou_rotated(meta(4, 5, dtype=torch.int32), meta(3, 5, dtype=torch.int32), "iou", 1e-7),
+         TypeError, "boxes1"),
+        (lambda: OP.box_iou_rotated(meta(4, 5), meta(3, 5), "zzz", 1e-7), ValueError, "mode"),
+        (lambda: OP.box_iou_rotated(meta(4, 5), meta(3, 5), "probiou", 5.0), ValueError, "eps"),
+        (lambda: OP.box_iou_rotated(meta(2, 4, 5), meta(3, 5), "iou", 1e-7), ValueError, "both"),
+        (lambda: OP.box_iou_rotated(meta(2, 4, 5), meta(3, 3, 5), "iou", 1e-7), ValueError, "batch size"),
+        (lambda: OP.box_iou_rotated(meta(4, 5), meta(3, 5, dtype=torch.float64), "iou", 1e-7), TypeError, "dtype"),
+        (lambda: OP.box_iou_rotated(meta(4, 5), torch.rand(3, 5), "iou", 1e-7), ValueError, "device"),
+        (lambda: OP.box_iou_rotated_aligned(meta(4, 5), meta(7, 5), "iou", 1e-7), ValueError, "same N"),
+        (lambda: OP.nms_rotated(meta(4, 5), meta(4), 0.5), ValueError, "meta tensor"),
+        (lambda: OP.fast_nms_rotated(meta(4, 5), meta(4), 0.5, 1e-7), ValueError, "meta tensor"),
+        (lambda: OP.fast_nms_rotated(torch.rand(4, 5), meta(4), 0.5, 1e-7), ValueError, "device"),
+        (lambda: OP.nms_rotated(meta(4, 5), meta(3), 0.5), ValueError, "scores"),
+        (lambda: OP.batched_nms_rotated(meta(4, 5), meta(4), meta(4), 0.5), TypeError, "idxs"),
+        (lambda: OP.nms(meta(4, 4), meta(4), 0.5), ValueError, "meta tensor"),
+    ],
+)
+def test_raw_ops_on_meta_tensors_check_as_on_real_ones(call, error, match):
     with pytest.raises(error, match=match):
         call()
 

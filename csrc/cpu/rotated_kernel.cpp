@@ -216,11 +216,17 @@ double max_variance_ratio() {
 // the two boxes' 2 lmax + eps / lmin; t3 >= -log(1 + eps / (4 det)) / 2, which is under 0.008 once det >= 16
 // eps (smaller boxes are compared with every box). So the pair needs |d|^2 < 4 u (bound + 0.008), where u is
 // the larger box term; the reach doubles the slack and adds 10% for rounding.
+//
+// The bound is the exact formula's; the computed one must not stray from it. Besides the variance ratio, that
+// rules out boxes whose covariance determinant passes a quarter of the square root of T's largest value: the
+// product of two such determinants inside t3 overflows to infinity in T, which sends t3 to log(eps) / 2 and
+// the computed probiou of two far-apart boxes near 1 (Ultralytics computes that value too, and suppresses).
 template <typename T>
 double probiou_reach(const RotatedBox<T>& b, double bound, double eps) {
   const double p = double(b.w) * double(b.w) / 12.0, q = double(b.h) * double(b.h) / 12.0;
   const double lo = std::min(p, q), hi = std::max(p, q);
-  if (!(lo > 0.0) || hi > lo * max_variance_ratio<T>() || lo * hi < 16.0 * eps || !std::isfinite(hi)) {
+  const double largest_det = std::sqrt(double(std::numeric_limits<T>::max())) / 4.0;
+  if (!(lo > 0.0) || hi > lo * max_variance_ratio<T>() || lo * hi < 16.0 * eps || !(hi * hi <= largest_det)) {
     return std::numeric_limits<double>::infinity();
   }
   const double u = 2.0 * hi + eps / lo;
@@ -254,7 +260,8 @@ at::Tensor fast_nms_rotated_typed(const at::Tensor& boxes, const at::Tensor& sco
   for (int64_t k = 0; k < m; ++k) xs[k] = double(box[by_x[k]].cx);
 
   Scratch<uint8_t> removed(m, 0);
-  const acc_t threshold = nms_threshold<acc_t>(iou_threshold);
+  // Rounded to the math type as torch rounds a Python float it compares a tensor with: Ultralytics' rule.
+  const acc_t threshold = static_cast<acc_t>(iou_threshold);
   const acc_t e = static_cast<acc_t>(eps);
   // The pair as the matrix holds it: the earlier box is obb1 (the row), the later obb2 (the column). Several
   // threads may mark one box; each writes the same value.

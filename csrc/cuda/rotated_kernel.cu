@@ -182,8 +182,9 @@ at::Tensor fast_nms_rotated_typed(const at::Tensor& boxes, const at::Tensor& sco
   gaussian_kernel<acc_t><<<grid_for(n), kThreads, 0, stream>>>(sorted_boxes.data_ptr<acc_t>(), n, gauss_data);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   at::Tensor keep = at::empty({n}, sorted_valid.options());
+  // The threshold rounds to the math type as torch rounds a Python float it compares a tensor with (Ultralytics).
   fast_nms_rotated_kernel<acc_t><<<grid_for(n), kThreads, 0, stream>>>(
-      sorted_boxes.data_ptr<acc_t>(), gauss_data, sorted_valid.data_ptr<bool>(), n, nms_threshold<acc_t>(iou_threshold),
+      sorted_boxes.data_ptr<acc_t>(), gauss_data, sorted_valid.data_ptr<bool>(), n, static_cast<acc_t>(iou_threshold),
       static_cast<acc_t>(eps), keep.data_ptr<bool>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return order.masked_select(keep);  // the output is data-dependent: one host synchronisation
