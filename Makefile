@@ -64,8 +64,8 @@ gpu-check:
 	GPU_PY="$(GPU_PY)" GPU_REPORT="$(GPU_REPORT)" bash benchmarks/gpu_check.sh
 
 # Here, before a device call: the GPU machine's python 3.12 wheels of the test dependencies with CUDA cases
-# (52 MiB, under the device tool's 64 MiB carry); gpu-check installs those the machine lacks.
-GPU_WHEEL_PINS = $(shell grep -E '^(numpy|scipy|hypothesis|pycocotools|tqdm)==' requirements.txt)
+# (55 MiB, under the device tool's 64 MiB carry); gpu-check installs those the machine lacks.
+GPU_WHEEL_PINS = $(shell grep -E '^(numpy|scipy|hypothesis|pycocotools|tqdm|shapely)==' requirements.txt)
 gpu-wheels: $(STAMPS)/deps
 	rm -rf gpu-wheels
 	$(VPY) -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
