@@ -550,20 +550,20 @@ def _rotated_exact_iou(a, b):
     return torch.where(finite, iou, torch.full_like(iou, math.nan))
 
 
-def _gaussian(boxes):
-    """Ultralytics' covariance of an xywhr box: (a, b, c) of [[a, c], [c, b]]."""
-    p, q = boxes[..., 2].pow(2) / 12, boxes[..., 3].pow(2) / 12
+def _gaussian(boxes, floor=0.0):
+    """Ultralytics' covariance of an xywhr box: (a, b, c) of [[a, c], [c, b]], floor added to the variances."""
+    p, q = boxes[..., 2].pow(2) / 12 + floor, boxes[..., 3].pow(2) / 12 + floor
     cos, sin = boxes[..., 4].cos(), boxes[..., 4].sin()
     cos2, sin2 = cos.pow(2), sin.pow(2)
     return p * cos2 + q * sin2, p * sin2 + q * cos2, (p - q) * cos * sin
 
 
-def probiou(obb1, obb2, mode="probiou", eps=1e-7):
+def probiou(obb1, obb2, mode="probiou", eps=1e-7, floor=0.0):
     """Probabilistic IoU (Gaussian Bhattacharyya distance, ICCV 2021) of broadcastable xywhr boxes, as
     Ultralytics' probiou defines it; mode probiou_ciou subtracts CIoU's aspect term with a constant weight."""
     x1, y1, x2, y2 = obb1[..., 0], obb1[..., 1], obb2[..., 0], obb2[..., 1]
-    a1, b1, c1 = _gaussian(obb1)
-    a2, b2, c2 = _gaussian(obb2)
+    a1, b1, c1 = _gaussian(obb1, floor)
+    a2, b2, c2 = _gaussian(obb2, floor)
     sa, sb, sc = a1 + a2, b1 + b2, c1 + c2
     det = sa * sb - sc.pow(2)
     t1 = ((sa * (y1 - y2).pow(2) + sb * (x1 - x2).pow(2)) / (det + eps)) * 0.25
@@ -579,11 +579,11 @@ def probiou(obb1, obb2, mode="probiou", eps=1e-7):
     return iou
 
 
-def _rotated_overlap(a, b, mode, eps):
+def _rotated_overlap(a, b, mode, eps, floor=0.0):
     if mode == "iou":
         return _rotated_exact_iou(a, b).to(a.dtype)
     compute = a.dtype if a.dtype in (torch.float32, torch.float64) else torch.float32
-    return probiou(a.to(compute), b.to(compute), mode, eps).to(a.dtype)
+    return probiou(a.to(compute), b.to(compute), mode, eps, floor).to(a.dtype)
 
 
 def box_iou_rotated(boxes1, boxes2, mode="iou", eps=1e-7):
@@ -591,8 +591,8 @@ def box_iou_rotated(boxes1, boxes2, mode="iou", eps=1e-7):
     return _rotated_overlap(boxes1[..., :, None, :], boxes2[..., None, :, :], mode, eps)
 
 
-def box_iou_rotated_aligned(boxes1, boxes2, mode="iou", eps=1e-7):
-    return _rotated_overlap(boxes1, boxes2, mode, eps)
+def box_iou_rotated_aligned(boxes1, boxes2, mode="iou", eps=1e-7, floor=0.0):
+    return _rotated_overlap(boxes1, boxes2, mode, eps, floor)
 
 
 def _rotated_candidates(boxes, scores):

@@ -8,6 +8,8 @@ gives 0, and a box with a non-finite value gives NaN (the NMS ops never keep it 
 The rotated ops have no ONNX translation yet.
 """
 
+import math
+
 import torch
 
 from ._validate import as_float, check_choice, check_float, check_index, check_same, kept_size, promote, \
@@ -28,6 +30,15 @@ def _check_eps(eps):
     if not 0.0 <= eps < 1.0:
         raise ValueError(f"eps must be a number in [0, 1), got {eps}")
     return eps
+
+
+def _check_floor(floor, mode):
+    floor = as_float(floor, "floor")
+    if not 0.0 <= floor < math.inf:
+        raise ValueError(f"floor must be a finite number >= 0, got {floor}")
+    if mode == "iou" and floor != 0.0:
+        raise ValueError(f"floor applies to the probiou modes, not to mode 'iou'; got floor {floor}")
+    return floor
 
 
 def box_iou_rotated(boxes1, boxes2, mode="iou", *, eps=1e-7):
@@ -51,15 +62,17 @@ def box_iou_rotated(boxes1, boxes2, mode="iou", *, eps=1e-7):
     return torch.ops.mutualops.box_iou_rotated(*promote(boxes1, boxes2), mode, eps)
 
 
-def box_iou_rotated_aligned(boxes1, boxes2, mode="iou", *, eps=1e-7):
+def box_iou_rotated_aligned(boxes1, boxes2, mode="iou", *, eps=1e-7, floor=0.0):
     """Overlap of matching rows: [..., 5] x [..., 5] -> [...].
 
-    The probiou modes are differentiable (Ultralytics' probiou and its CIoU variant); the exact IoU is not,
-    and backpropagating through it raises an error. Ultralytics' OBB box loss calls probiou with floor=0.01
-    (added to w^2/12 and h^2/12 to bound gradients of tiny boxes), which these ops do not take yet.
+    The probiou modes are differentiable: Ultralytics' probiou and its CIoU variant, with its `floor` added to
+    both Gaussian variances (w^2/12 and h^2/12; Ultralytics' OBB box loss passes 0.01 to bound the gradients of
+    tiny boxes). The exact IoU is not differentiable (backpropagating through it raises an error) and takes no
+    floor.
     """
     check_choice(mode, "mode", MODES)
     eps = _check_eps(eps)
+    floor = _check_floor(floor, mode)
     check_float(boxes1, "boxes1")
     check_float(boxes2, "boxes2")
     if boxes1.dim() == 0 or boxes1.shape[-1] != 5:
@@ -68,7 +81,7 @@ def box_iou_rotated_aligned(boxes1, boxes2, mode="iou", *, eps=1e-7):
         raise ValueError(f"boxes1 and boxes2 must have the same shape, got {list(boxes1.shape)} and {list(boxes2.shape)}")
     check_same(boxes1, boxes2, "boxes1", "boxes2", dtype=False)
     boxes1, boxes2 = promote(boxes1, boxes2)
-    out = torch.ops.mutualops.box_iou_rotated_aligned(boxes1.reshape(-1, 5), boxes2.reshape(-1, 5), mode, eps)
+    out = torch.ops.mutualops.box_iou_rotated_aligned(boxes1.reshape(-1, 5), boxes2.reshape(-1, 5), mode, eps, floor)
     return out.reshape(boxes1.shape[:-1])
 
 
@@ -133,8 +146,9 @@ def _box_iou_rotated_fake(boxes1, boxes2, mode="iou", eps=1e-7):
 
 
 @torch.library.register_fake("mutualops::box_iou_rotated_aligned")
-def _box_iou_rotated_aligned_fake(boxes1, boxes2, mode="iou", eps=1e-7):
+def _box_iou_rotated_aligned_fake(boxes1, boxes2, mode="iou", eps=1e-7, floor=0.0):
     _check_raw(boxes1, boxes2, (2,), mode, eps)
+    _check_floor(floor, mode)
     if boxes1.shape != boxes2.shape:
         raise ValueError(f"boxes1 and boxes2 must both be [N,5] with the same N, got {list(boxes1.shape)} and "
                          f"{list(boxes2.shape)}")
@@ -167,9 +181,10 @@ torch.library.register_fake("mutualops::nms_rotated", _kept_fake)
 
 
 def _save_aligned(ctx, inputs, output):
-    boxes1, boxes2, mode, eps = inputs
+    boxes1, boxes2, *given = inputs  # the arguments after the boxes, defaults filled in
+    mode, eps, floor = (*given, *("iou", 1e-7, 0.0)[len(given):])
     ctx.save_for_backward(boxes1, boxes2)
-    ctx.mode, ctx.eps = mode, eps
+    ctx.mode, ctx.eps, ctx.floor = mode, eps, floor
 
 
 def _aligned_backward(ctx, grad):
@@ -182,10 +197,10 @@ def _aligned_backward(ctx, grad):
 
     boxes1, boxes2 = ctx.saved_tensors
     compute = boxes1.dtype if boxes1.dtype in (torch.float32, torch.float64) else torch.float32
-    _, pullback = torch.func.vjp(lambda a, b: reference.probiou(a, b, ctx.mode, ctx.eps),
+    _, pullback = torch.func.vjp(lambda a, b: reference.probiou(a, b, ctx.mode, ctx.eps, ctx.floor),
                                  boxes1.to(compute), boxes2.to(compute))
     grad1, grad2 = pullback(grad.to(compute))
-    return grad1.to(boxes1.dtype), grad2.to(boxes2.dtype), None, None
+    return grad1.to(boxes1.dtype), grad2.to(boxes2.dtype), None, None, None
 
 
 torch.library.register_autograd("mutualops::box_iou_rotated_aligned", _aligned_backward, setup_context=_save_aligned)

@@ -168,12 +168,16 @@ def test_probiou_on_degenerate_boxes_matches_ultralytics(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode, ciou", [("probiou", False), ("probiou_ciou", True)])
-def test_probiou_gradient_is_ultralytics_autograd(device, mode, ciou, gen):
-    a = random_rotated(30, gen, dtype=torch.float64, device=device)
+@pytest.mark.parametrize("floor", [0.0, 0.01])  # 0.01: what Ultralytics' OBB box loss passes
+def test_probiou_gradient_is_ultralytics_autograd(device, mode, ciou, floor, gen):
+    a = random_rotated(30, gen, dtype=torch.float64, device=device, min_side=0.05)
     b = (a + 0.5 * torch.randn(a.shape, generator=gen, dtype=torch.float64).to(device)).requires_grad_()
     a.requires_grad_()
-    ours = torch.autograd.grad(mutualops.box_iou_rotated_aligned(a, b, mode).sum(), (a, b))
-    theirs = torch.autograd.grad(metrics.probiou(a, b, CIoU=ciou).sum(), (a, b))
+    ours_value = mutualops.box_iou_rotated_aligned(a, b, mode, floor=floor)
+    theirs_value = metrics.probiou(a, b, CIoU=ciou, floor=floor).squeeze(-1)
+    torch.testing.assert_close(ours_value, theirs_value, atol=1e-12, rtol=1e-10)
+    ours = torch.autograd.grad(ours_value.sum(), (a, b))
+    theirs = torch.autograd.grad(theirs_value.sum(), (a, b))
     for x, y in zip(ours, theirs):
         torch.testing.assert_close(x, y, atol=1e-10, rtol=1e-8)
     torch.autograd.gradcheck(lambda x, y: mutualops.box_iou_rotated_aligned(x, y, "probiou"), (a[:6], b[:6]))
@@ -359,6 +363,12 @@ S = torch.tensor([0.9, 0.8, 0.7])
         (lambda: mutualops.box_iou_rotated(R.to(torch.float8_e4m3fn), R), TypeError, "boxes1.*float16"),
         (lambda: mutualops.box_iou_rotated_aligned(R, R[:2]), ValueError, "same shape"),
         (lambda: mutualops.box_iou_rotated_aligned(R[:, :4], R[:, :4]), ValueError, "boxes1"),
+        (lambda: mutualops.box_iou_rotated_aligned(R, R, "probiou", floor=-0.01), ValueError, "floor"),
+        (lambda: mutualops.box_iou_rotated_aligned(R, R, "probiou", floor=math.inf), ValueError, "floor"),
+        (lambda: mutualops.box_iou_rotated_aligned(R, R, floor=0.01), ValueError, "floor applies to the probiou"),
+        (lambda: torch.ops.mutualops.box_iou_rotated_aligned(R, R, "iou", 1e-7, 0.01), ValueError, "floor"),
+        (lambda: torch.ops.mutualops.box_iou_rotated_aligned(R, R, "probiou", 1e-7, math.nan), ValueError,
+         "floor"),
         (lambda: mutualops.nms_rotated(R, S[:2], 0.5), ValueError, "scores"),
         (lambda: mutualops.nms_rotated(R, S, 1.5), ValueError, "iou_threshold"),
         (lambda: mutualops.nms_rotated(R, S, math.nan), ValueError, "iou_threshold"),
@@ -429,6 +439,8 @@ def test_opcheck(device, gen):
     for mode in ("probiou", "probiou_ciou"):
         torch.library.opcheck(torch.ops.mutualops.box_iou_rotated_aligned.default,
                               (a.double().requires_grad_(), a.double().flip(0).requires_grad_(), mode, 1e-7))
+        torch.library.opcheck(torch.ops.mutualops.box_iou_rotated_aligned.default,
+                              (a.double().requires_grad_(), a.double().flip(0).requires_grad_(), mode, 1e-7, 0.01))
     torch.library.opcheck(torch.ops.mutualops.box_iou_rotated_aligned.default, (a, a.flip(0), "iou", 1e-7))
     torch.library.opcheck(torch.ops.mutualops.nms_rotated.default, (a, scores, 0.5))
     torch.library.opcheck(torch.ops.mutualops.batched_nms_rotated.default,

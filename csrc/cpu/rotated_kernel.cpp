@@ -90,9 +90,10 @@ at::Tensor box_iou_rotated_cpu(const at::Tensor& boxes1, const at::Tensor& boxes
 }
 
 at::Tensor box_iou_rotated_aligned_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view mode,
-                                       double eps) {
-  check_rotated_aligned(boxes1, boxes2, eps);
+                                       double eps, double floor) {
+  check_rotated_aligned(boxes1, boxes2, eps, floor);
   const RotatedMode rotated_mode = parse_rotated_mode(mode);
+  check_rotated_floor(rotated_mode, floor);
   const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
   at::Tensor out = at::empty({b1.size(0)}, b1.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_rotated_aligned_cpu", [&] {
@@ -104,7 +105,7 @@ at::Tensor box_iou_rotated_aligned_cpu(const at::Tensor& boxes1, const at::Tenso
       for (int64_t i = begin; i < end; ++i) {
         o[i] = static_cast<scalar_t>(rotated_overlap(load_rotated_box<acc_t>(p1 + 5 * i),
                                                      load_rotated_box<acc_t>(p2 + 5 * i), rotated_mode,
-                                                     static_cast<acc_t>(eps)));
+                                                     static_cast<acc_t>(eps), static_cast<acc_t>(floor)));
       }
     });
   });

@@ -34,12 +34,13 @@ __global__ void pairwise_rotated_kernel(const scalar_t* __restrict__ boxes1, con
 
 template <typename scalar_t>
 __global__ void aligned_rotated_kernel(const scalar_t* __restrict__ boxes1, const scalar_t* __restrict__ boxes2,
-                                       scalar_t* __restrict__ out, int64_t n, RotatedMode mode, double eps) {
+                                       scalar_t* __restrict__ out, int64_t n, RotatedMode mode, double eps,
+                                       double floor) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t i = grid_start(); i < n; i += grid_stride()) {
-    out[i] =
-        static_cast<scalar_t>(rotated_overlap(load_rotated_box<acc_t>(boxes1 + 5 * i),
-                                              load_rotated_box<acc_t>(boxes2 + 5 * i), mode, static_cast<acc_t>(eps)));
+    out[i] = static_cast<scalar_t>(rotated_overlap(load_rotated_box<acc_t>(boxes1 + 5 * i),
+                                                   load_rotated_box<acc_t>(boxes2 + 5 * i), mode,
+                                                   static_cast<acc_t>(eps), static_cast<acc_t>(floor)));
   }
 }
 
@@ -62,9 +63,10 @@ at::Tensor box_iou_rotated_cuda(const at::Tensor& boxes1, const at::Tensor& boxe
 }
 
 at::Tensor box_iou_rotated_aligned_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view mode,
-                                        double eps) {
-  check_rotated_aligned(boxes1, boxes2, eps);
+                                        double eps, double floor) {
+  check_rotated_aligned(boxes1, boxes2, eps, floor);
   const RotatedMode rotated_mode = parse_rotated_mode(mode);
+  check_rotated_floor(rotated_mode, floor);
   const c10::cuda::CUDAGuard guard(boxes1.device());
   const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
   const int64_t n = b1.size(0);
@@ -72,7 +74,7 @@ at::Tensor box_iou_rotated_aligned_cuda(const at::Tensor& boxes1, const at::Tens
   if (n == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_rotated_aligned_cuda", [&] {
     aligned_rotated_kernel<scalar_t><<<grid_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        b1.data_ptr<scalar_t>(), b2.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n, rotated_mode, eps);
+        b1.data_ptr<scalar_t>(), b2.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n, rotated_mode, eps, floor);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

@@ -6,8 +6,11 @@ TORCH_LIBRARY_FRAGMENT(mutualops, m) {
   // [N,5] x [M,5] -> [N,M], or [B,N,5] x [B,M,5] -> [B,N,M]; mode iou (exact polygon overlap), probiou or
   // probiou_ciou (Ultralytics' Gaussian overlap, eps its epsilon).
   m.def("box_iou_rotated(Tensor boxes1, Tensor boxes2, str mode=\"iou\", float eps=1e-7) -> Tensor");
-  // [N,5] x [N,5] -> [N]; the probiou modes are differentiable (Python autograd, mutualops/rotated.py).
-  m.def("box_iou_rotated_aligned(Tensor boxes1, Tensor boxes2, str mode=\"iou\", float eps=1e-7) -> Tensor");
+  // [N,5] x [N,5] -> [N]; the probiou modes are differentiable (Python autograd, mutualops/rotated.py). floor is
+  // added to both Gaussian variances, as Ultralytics' OBB loss does (its probiou's floor).
+  m.def(
+      "box_iou_rotated_aligned(Tensor boxes1, Tensor boxes2, str mode=\"iou\", float eps=1e-7, float floor=0.0) "
+      "-> Tensor");
   // Greedy NMS over the exact IoU (detectron2's and mmcv's nms_rotated): kept indices by score descending, ties
   // to the lower index; boxes or scores that are not finite are never kept and suppress nothing.
   m.def("nms_rotated(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");

@@ -46,8 +46,9 @@ inline std::array<int64_t, 3> check_rotated_pairwise(const at::Tensor& boxes1, c
   return {boxes1.size(0), boxes1.size(1), boxes2.size(1)};
 }
 
-inline void check_rotated_aligned(const at::Tensor& boxes1, const at::Tensor& boxes2, double eps) {
+inline void check_rotated_aligned(const at::Tensor& boxes1, const at::Tensor& boxes2, double eps, double floor) {
   check_rotated_eps(eps);
+  TORCH_CHECK_VALUE(floor >= 0.0 && floor < INFINITY, "floor must be a finite number >= 0, got ", floor);
   check_rotated_boxes(boxes1, "boxes1");
   check_rotated_boxes(boxes2, "boxes2");
   TORCH_CHECK_VALUE(boxes1.dim() == 2 && boxes1.sizes() == boxes2.sizes(),
@@ -55,6 +56,12 @@ inline void check_rotated_aligned(const at::Tensor& boxes1, const at::Tensor& bo
                     boxes2.sizes());
   TORCH_CHECK_TYPE(boxes1.scalar_type() == boxes2.scalar_type(), "boxes1 and boxes2 must have the same dtype");
   TORCH_CHECK_VALUE(boxes1.device() == boxes2.device(), "boxes1 and boxes2 must be on the same device");
+}
+
+// The Gaussian's floor belongs to probiou; the exact IoU has no use for it.
+inline void check_rotated_floor(RotatedMode mode, double floor) {
+  TORCH_CHECK_VALUE(mode != RotatedMode::kIou || floor == 0.0,
+                    "floor applies to the probiou modes, not to mode 'iou'; got floor ", floor);
 }
 
 inline void check_rotated_nms(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {

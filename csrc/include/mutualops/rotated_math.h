@@ -145,15 +145,16 @@ MUTUALOPS_HD T rotated_iou(const RotatedBox<T>& a, const RotatedBox<T>& b) {
 // ---- probabilistic IoU ----------------------------------------------------------------------------------------
 
 // A box as the covariance [[a, c], [c, b]] of the uniform distribution over it (w^2 / 12 and h^2 / 12 turned
-// by the angle), as Ultralytics' _get_covariance_matrix builds it; `det` is a b - c^2 clamped at 0.
+// by the angle), as Ultralytics' _get_covariance_matrix builds it; `det` is a b - c^2 clamped at 0. `floor`
+// is added to both variances, as Ultralytics' OBB loss adds 0.01 to bound the gradients of tiny boxes.
 template <typename T>
 struct Gaussian {
   T a, b, c, det;
 };
 
 template <typename T>
-MUTUALOPS_HD Gaussian<T> box_gaussian(const RotatedBox<T>& r) {
-  const T p = r.w * r.w / T(12), q = r.h * r.h / T(12);
+MUTUALOPS_HD Gaussian<T> box_gaussian(const RotatedBox<T>& r, T floor = T(0)) {
+  const T p = r.w * r.w / T(12) + floor, q = r.h * r.h / T(12) + floor;
   const T cs = cos_of(r.angle), sn = sin_of(r.angle);
   const T cos2 = cs * cs, sin2 = sn * sn;
   const T a = p * cos2 + q * sin2, b = p * sin2 + q * cos2, c = (p - q) * cs * sn;
@@ -202,9 +203,10 @@ MUTUALOPS_HD T probiou(const RotatedBox<T>& r1, const Gaussian<T>& g1, const Rot
 
 // The overlap of one mode, for aligned pairs (pairwise kernels cache the per-box frame or Gaussian instead).
 template <typename T>
-MUTUALOPS_HD T rotated_overlap(const RotatedBox<T>& a, const RotatedBox<T>& b, RotatedMode mode, T eps) {
+MUTUALOPS_HD T rotated_overlap(const RotatedBox<T>& a, const RotatedBox<T>& b, RotatedMode mode, T eps,
+                               T floor = T(0)) {
   if (mode == RotatedMode::kIou) return rotated_iou(a, b);
-  const Gaussian<T> ga = box_gaussian(a), gb = box_gaussian(b);
+  const Gaussian<T> ga = box_gaussian(a, floor), gb = box_gaussian(b, floor);
   return mode == RotatedMode::kProbiou ? probiou<RotatedMode::kProbiou>(a, ga, b, gb, eps)
                                        : probiou<RotatedMode::kProbiouCiou>(a, ga, b, gb, eps);
 }
