@@ -191,13 +191,13 @@ at::Tensor run_nms_rotated(const at::Tensor& boxes, const at::Tensor& scores, co
 }
 
 at::Tensor nms_rotated_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  check_rotated_nms(boxes, scores, iou_threshold);
+  check_nms_boxes_scores(boxes, scores, iou_threshold, kXywhrBoxes);
   return run_nms_rotated(boxes, scores, std::nullopt, iou_threshold);
 }
 
 at::Tensor batched_nms_rotated_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
                                    double iou_threshold) {
-  check_rotated_batched_nms(boxes, scores, idxs, iou_threshold);
+  check_nms_args(boxes, scores, idxs, iou_threshold, kXywhrBoxes);
   return run_nms_rotated(boxes, scores, idxs, iou_threshold);
 }
 
@@ -296,7 +296,7 @@ at::Tensor fast_nms_rotated_typed(const at::Tensor& boxes, const at::Tensor& sco
 }
 
 at::Tensor fast_nms_rotated_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold, double eps) {
-  check_rotated_nms(boxes, scores, iou_threshold);
+  check_nms_boxes_scores(boxes, scores, iou_threshold, kXywhrBoxes);
   check_rotated_eps(eps);
   const at::Tensor b = boxes.contiguous(), s = scores.contiguous();
   at::Tensor keep;

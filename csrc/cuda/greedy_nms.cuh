@@ -9,6 +9,7 @@
 // __global__ function defined in two translation units would otherwise be defined twice at link time.
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
 
 #include <algorithm>
 #include <limits>
@@ -297,6 +298,20 @@ at::Tensor nms_typed(const at::Tensor& boxes, const at::Tensor& scores, const st
           .squeeze(0);
   const at::Tensor kept_in_order = idxs.has_value() ? at::zeros_like(keep).index_put_({by_key}, keep) : keep;
   return order.masked_select(kept_in_order);  // the output is data-dependent: one host synchronisation
+}
+
+// nms / batched_nms for one kind of box: kept indices by score descending, ties to the lower index.
+template <typename Kind>
+at::Tensor run_nms(const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& idxs,
+                   double iou_threshold) {
+  const c10::cuda::CUDAGuard guard(boxes.device());
+  const at::Tensor b = boxes.contiguous(), s = scores.contiguous();
+  std::optional<at::Tensor> k;
+  if (idxs.has_value()) k = idxs->to(at::kLong).contiguous();
+  at::Tensor keep;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "nms_cuda",
+                                  [&] { keep = nms_typed<Kind, scalar_t>(b, s, k, iou_threshold); });
+  return keep;
 }
 
 }  // namespace

@@ -56,27 +56,15 @@ at::Tensor detection_order(const at::Tensor& score, const at::Tensor& index, int
   return perm.gather(1, std::get<1>(at::sort(score.gather(1, perm), /*stable=*/true, 1, /*descending=*/true)));
 }
 
-at::Tensor run_nms(const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& idxs,
-                   double iou_threshold) {
-  const c10::cuda::CUDAGuard guard(boxes.device());
-  const at::Tensor b = boxes.contiguous(), s = scores.contiguous();
-  std::optional<at::Tensor> k;
-  if (idxs.has_value()) k = idxs->to(at::kLong).contiguous();
-  at::Tensor keep;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "nms_cuda",
-                                  [&] { keep = nms_typed<AxisAlignedBoxes, scalar_t>(b, s, k, iou_threshold); });
-  return keep;
-}
-
 at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
   check_nms_boxes_scores(boxes, scores, iou_threshold);
-  return run_nms(boxes, scores, std::nullopt, iou_threshold);
+  return run_nms<AxisAlignedBoxes>(boxes, scores, std::nullopt, iou_threshold);
 }
 
 at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
                             double iou_threshold) {
   check_nms_args(boxes, scores, idxs, iou_threshold);
-  return run_nms(boxes, scores, idxs, iou_threshold);
+  return run_nms<AxisAlignedBoxes>(boxes, scores, idxs, iou_threshold);
 }
 
 // ---- rescored NMS -------------------------------------------------------

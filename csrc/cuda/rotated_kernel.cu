@@ -82,27 +82,15 @@ at::Tensor box_iou_rotated_aligned_cuda(const at::Tensor& boxes1, const at::Tens
 
 // ---- greedy NMS over the exact IoU ------------------------------------------------------------------------------
 
-at::Tensor run_nms_rotated(const at::Tensor& boxes, const at::Tensor& scores, const std::optional<at::Tensor>& idxs,
-                           double iou_threshold) {
-  const c10::cuda::CUDAGuard guard(boxes.device());
-  const at::Tensor b = boxes.contiguous(), s = scores.contiguous();
-  std::optional<at::Tensor> k;
-  if (idxs.has_value()) k = idxs->to(at::kLong).contiguous();
-  at::Tensor keep;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "nms_rotated_cuda",
-                                  [&] { keep = nms_typed<RotatedBoxes, scalar_t>(b, s, k, iou_threshold); });
-  return keep;
-}
-
 at::Tensor nms_rotated_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  check_rotated_nms(boxes, scores, iou_threshold);
-  return run_nms_rotated(boxes, scores, std::nullopt, iou_threshold);
+  check_nms_boxes_scores(boxes, scores, iou_threshold, kXywhrBoxes);
+  return run_nms<RotatedBoxes>(boxes, scores, std::nullopt, iou_threshold);
 }
 
 at::Tensor batched_nms_rotated_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
                                     double iou_threshold) {
-  check_rotated_batched_nms(boxes, scores, idxs, iou_threshold);
-  return run_nms_rotated(boxes, scores, idxs, iou_threshold);
+  check_nms_args(boxes, scores, idxs, iou_threshold, kXywhrBoxes);
+  return run_nms<RotatedBoxes>(boxes, scores, idxs, iou_threshold);
 }
 
 // ---- matrix NMS over probiou ------------------------------------------------------------------------------------
@@ -193,7 +181,7 @@ at::Tensor fast_nms_rotated_typed(const at::Tensor& boxes, const at::Tensor& sco
 }
 
 at::Tensor fast_nms_rotated_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold, double eps) {
-  check_rotated_nms(boxes, scores, iou_threshold);
+  check_nms_boxes_scores(boxes, scores, iou_threshold, kXywhrBoxes);
   check_rotated_eps(eps);
   const c10::cuda::CUDAGuard guard(boxes.device());
   const at::Tensor b = boxes.contiguous(), s = scores.contiguous();

@@ -11,9 +11,19 @@
 
 namespace mutualops {
 
-inline void check_nms_boxes_scores(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
+// The box layouts NMS takes: values per box, and the shape as messages name it.
+struct NmsBoxes {
+  int64_t coords;
+  const char* shape;
+};
+constexpr NmsBoxes kXyxyBoxes{4, "[N, 4]"};
+constexpr NmsBoxes kXywhrBoxes{5, "[N, 5] (cx, cy, w, h, angle)"};
+
+inline void check_nms_boxes_scores(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold,
+                                   const NmsBoxes& layout = kXyxyBoxes) {
   check_kernel_float(boxes, "boxes");
-  TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, "boxes must have shape [N, 4], got ", boxes.sizes());
+  TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == layout.coords, "boxes must have shape ", layout.shape,
+                    ", got ", boxes.sizes());
   TORCH_CHECK_VALUE(scores.dim() == 1 && scores.size(0) == boxes.size(0), "scores must have shape [", boxes.size(0),
                     "], got ", scores.sizes());
   TORCH_CHECK_TYPE(scores.scalar_type() == boxes.scalar_type(), "scores must have the dtype of boxes");
@@ -23,8 +33,8 @@ inline void check_nms_boxes_scores(const at::Tensor& boxes, const at::Tensor& sc
 }
 
 inline void check_nms_args(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
-                           double iou_threshold) {
-  check_nms_boxes_scores(boxes, scores, iou_threshold);
+                           double iou_threshold, const NmsBoxes& layout = kXyxyBoxes) {
+  check_nms_boxes_scores(boxes, scores, iou_threshold, layout);
   TORCH_CHECK_VALUE(idxs.dim() == 1 && idxs.size(0) == boxes.size(0), "idxs must have shape [", boxes.size(0),
                     "], got ", idxs.sizes());
   TORCH_CHECK_TYPE(at::isIntegralType(idxs.scalar_type(), /*includeBool=*/false),

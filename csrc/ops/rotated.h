@@ -8,6 +8,7 @@
 
 #include "checks.h"
 #include "mutualops/rotated_math.h"
+#include "nms.h"
 
 namespace mutualops {
 
@@ -62,28 +63,6 @@ inline void check_rotated_aligned(const at::Tensor& boxes1, const at::Tensor& bo
 inline void check_rotated_floor(RotatedMode mode, double floor) {
   TORCH_CHECK_VALUE(mode != RotatedMode::kIou || floor == 0.0,
                     "floor applies to the probiou modes, not to mode 'iou'; got floor ", floor);
-}
-
-inline void check_rotated_nms(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  check_kernel_float(boxes, "boxes");
-  TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 5, "boxes must have shape [N, 5] (cx, cy, w, h, angle), got ",
-                    boxes.sizes());
-  TORCH_CHECK_VALUE(scores.dim() == 1 && scores.size(0) == boxes.size(0), "scores must have shape [", boxes.size(0),
-                    "], got ", scores.sizes());
-  TORCH_CHECK_TYPE(scores.scalar_type() == boxes.scalar_type(), "scores must have the dtype of boxes");
-  TORCH_CHECK_VALUE(scores.device() == boxes.device(), "boxes and scores must be on one device");
-  TORCH_CHECK_VALUE(iou_threshold >= 0.0 && iou_threshold <= 1.0, "iou_threshold must be in [0, 1], got ",
-                    iou_threshold);
-}
-
-inline void check_rotated_batched_nms(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
-                                      double iou_threshold) {
-  check_rotated_nms(boxes, scores, iou_threshold);
-  TORCH_CHECK_VALUE(idxs.dim() == 1 && idxs.size(0) == boxes.size(0), "idxs must have shape [", boxes.size(0),
-                    "], got ", idxs.sizes());
-  TORCH_CHECK_TYPE(at::isIntegralType(idxs.scalar_type(), /*includeBool=*/false),
-                   "idxs must be an integer tensor, got ", idxs.scalar_type());
-  TORCH_CHECK_VALUE(idxs.device() == boxes.device(), "boxes, scores and idxs must be on one device");
 }
 
 // The Bhattacharyya distance below which probiou exceeds `iou_threshold`: 1 - sqrt(1 - exp(-bd) + eps) > t
