@@ -13,7 +13,7 @@ from .nms import Detections, batched_nms, nms, rescored_nms  # noqa: E402
 from .ranking import rank, spearman  # noqa: E402
 from .rotated import (  # noqa: E402
     batched_nms_rotated, box_iou_rotated, box_iou_rotated_aligned, fast_nms_rotated, nms_rotated)
-from .task_aligned import TaskAlignedTargets, assign_task_aligned  # noqa: E402
+from .task_aligned import TaskAlignedTargets, assign_task_aligned, assign_task_aligned_rotated  # noqa: E402
 from . import metrics  # noqa: E402
 
 __version__ = "0.1.0"
@@ -35,5 +35,5 @@ __all__ = [
     "box_iou", "box_iou_aligned", "iou_loss", "nms", "batched_nms", "rescored_nms", "Detections", "assign_fcos",
     "assign_max_iou", "mutual_targets", "assign_and_label", "MutualTargets", "assign_task_aligned",
     "TaskAlignedTargets", "rank", "spearman", "box_iou_rotated", "box_iou_rotated_aligned", "nms_rotated",
-    "batched_nms_rotated", "fast_nms_rotated", "metrics", "build_info", "reference",
+    "batched_nms_rotated", "fast_nms_rotated", "assign_task_aligned_rotated", "metrics", "build_info", "reference",
 ]

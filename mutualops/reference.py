@@ -435,45 +435,81 @@ def assign_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
                         alpha=1.0, beta=6.0, eps=1e-9, min_side=16.0, topk2=None):
     """Task-aligned assignment with dense [B, G, A] planes: (labels, bboxes, scores [B, A, C], fg, gt_idx,
     alignment [B, A]). torch.topk decides ties, so on each device it ranks as that device's torch does."""
+
+    def candidates(gt, x, y):
+        centre, size = (gt[..., :2] + gt[..., 2:]) / 2, gt[..., 2:] - gt[..., :2]
+        size = torch.where(size < min_side, torch.full_like(size, min_side), size)
+        region = torch.cat([centre - size / 2, centre + size / 2], -1)[:, :, None, :]  # [B, G, 1, 4]
+        return ((x - region[..., 0] > 1e-9) & (y - region[..., 1] > 1e-9) & (region[..., 2] - x > 1e-9)
+                & (region[..., 3] - y > 1e-9))
+
+    return _assign_task_aligned(candidates, _ultralytics_ciou, pd_scores, pd_bboxes, anc_points, gt_labels,
+                                gt_bboxes, mask_gt, topk, num_classes, alpha, beta, eps, topk2)
+
+
+def assign_task_aligned_rotated(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk=13,
+                                num_classes=80, alpha=1.0, beta=6.0, eps=1e-9, min_side=16.0, topk2=None):
+    """assign_task_aligned for xywhr boxes: candidates inside the GT's rectangle, edges included (sides under
+    min_side widened to it), probiou for CIoU."""
+
+    def candidates(gt, x, y):
+        wh = gt[..., 2:4]
+        corners = rotated_corners(torch.cat([gt[..., :2], torch.where(wh < min_side, min_side, wh), gt[..., 4:]], -1))
+        a, ab, ad = corners[..., 0, :], corners[..., 1, :] - corners[..., 0, :], corners[..., 3, :] - corners[..., 0, :]
+        px, py = x - a[..., 0, None], y - a[..., 1, None]
+        along_ab = px * ab[..., 0, None] + py * ab[..., 1, None]
+        along_ad = px * ad[..., 0, None] + py * ad[..., 1, None]
+        return ((along_ab >= 0) & (along_ab <= (ab * ab).sum(-1)[..., None]) & (along_ad >= 0)
+                & (along_ad <= (ad * ad).sum(-1)[..., None]))
+
+    def overlap(gt, pred):
+        gt, pred = torch.broadcast_tensors(gt, pred)
+        return probiou(gt.reshape(-1, 5), pred.reshape(-1, 5)).reshape(gt.shape[:-1]).clamp(min=0)
+
+    return _assign_task_aligned(candidates, overlap, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                                topk, num_classes, alpha, beta, eps, topk2)
+
+
+def _assign_task_aligned(candidates, overlap, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk,
+                         num_classes, alpha, beta, eps, topk2):
+    """The rule of both assigners: `candidates(gt, x, y)` the [B, G, A] candidate mask, `overlap(gt, pred)` the
+    [B, G, A] overlap (clamped at 0) of broadcast GT and predicted boxes."""
     topk2 = topk2 or topk
     b, n, c = pd_scores.shape
-    g = gt_bboxes.shape[1]
+    g, coords = gt_bboxes.shape[1:]
     dt = torch.float64 if any(t.dtype == torch.float64 for t in (pd_scores, pd_bboxes, anc_points, gt_bboxes)) \
         else torch.float32
     dev = pd_scores.device
     if g == 0:
         return (torch.full((b, n), num_classes, dtype=torch.long, device=dev),
-                torch.zeros((b, n, 4), dtype=gt_bboxes.dtype, device=dev), torch.zeros((b, n, c), dtype=dt, device=dev),
-                torch.zeros((b, n), dtype=torch.bool, device=dev), torch.zeros((b, n), dtype=torch.long, device=dev),
-                torch.zeros((b, n), dtype=dt, device=dev))
+                torch.zeros((b, n, coords), dtype=gt_bboxes.dtype, device=dev),
+                torch.zeros((b, n, c), dtype=dt, device=dev), torch.zeros((b, n), dtype=torch.bool, device=dev),
+                torch.zeros((b, n), dtype=torch.long, device=dev), torch.zeros((b, n), dtype=dt, device=dev))
     labels = gt_labels.reshape(b, g).long()
     valid = mask_gt.reshape(b, g) != 0
     gt = gt_bboxes.to(dt)
-    centre, size = (gt[..., :2] + gt[..., 2:]) / 2, gt[..., 2:] - gt[..., :2]
-    size = torch.where(size < min_side, torch.full_like(size, min_side), size)
-    region = torch.cat([centre - size / 2, centre + size / 2], -1)[:, :, None, :]  # [B, G, 1, 4]
     anc = anc_points.to(dt)
-    x, y = anc[:, 0], anc[:, 1]
-    inside = ((x - region[..., 0] > 1e-9) & (y - region[..., 1] > 1e-9) & (region[..., 2] - x > 1e-9)
-              & (region[..., 3] - y > 1e-9) & valid[..., None])  # [B, G, A]
-    ciou = torch.where(inside, _ultralytics_ciou(gt[:, :, None, :], pd_bboxes.to(dt)[:, None, :, :]),
-                       torch.zeros((), dtype=dt, device=dev))
+    inside = candidates(gt, anc[:, 0], anc[:, 1]) & valid[..., None]  # [B, G, A]
+    zero = torch.zeros((), dtype=dt, device=dev)
+    # A NaN overlap (only degenerate boxes give one) counts as 0, as in the kernels.
+    ov = torch.nan_to_num(overlap(gt[:, :, None, :], pd_bboxes.to(dt)[:, None, :, :]), nan=0.0)
+    ov = torch.where(inside, ov, zero)
     score = pd_scores.to(dt).transpose(1, 2).gather(1, labels.clamp(0, c - 1)[:, :, None].expand(b, g, n))
-    alignment = torch.where(inside, score.pow(alpha) * ciou.pow(beta), torch.zeros((), dtype=dt, device=dev))
+    alignment = torch.where(inside, score.pow(alpha) * ov.pow(beta), zero)
     picked = torch.zeros_like(inside).scatter_(2, alignment.topk(topk, dim=2).indices, True)
     pos = picked & inside
     several = pos.sum(1, keepdim=True) > 1
-    best = torch.zeros_like(pos).scatter_(1, ciou.argmax(1, keepdim=True), True)
+    best = torch.zeros_like(pos).scatter_(1, ov.argmax(1, keepdim=True), True)
     pos = torch.where(several, best, pos)
     if topk2 != topk:
         pos &= torch.zeros_like(pos).scatter_(2, (alignment * pos).topk(topk2, dim=2).indices, True)
     fg = pos.any(1)
     gt_idx = pos.to(torch.uint8).argmax(1)
-    al, ov = alignment * pos, ciou * pos
+    al, ov = alignment * pos, ov * pos
     norm = (al * ov.amax(2, keepdim=True) / (al.amax(2, keepdim=True) + eps)).amax(1)
-    norm = torch.where(fg, norm, torch.zeros((), dtype=dt, device=dev))  # 0 off the positives (0 / 0 with eps=0)
+    norm = torch.where(fg, norm, zero)  # 0 off the positives (0 / 0 with eps=0)
     out_labels = labels.gather(1, gt_idx).clamp(min=0)
-    out_boxes = gt_bboxes.gather(1, gt_idx[..., None].expand(b, n, 4))
+    out_boxes = gt_bboxes.gather(1, gt_idx[..., None].expand(b, n, coords))
     scores = torch.zeros((b, n, c), dtype=dt, device=dev).scatter_(2, out_labels.clamp(max=c - 1)[..., None],
                                                                    (norm * fg)[..., None])
     return out_labels, out_boxes, scores, fg, gt_idx, norm * fg

@@ -22,7 +22,7 @@ DEFAULT_STRIDES = (8, 16, 32)
 
 class TaskAlignedTargets(NamedTuple):
     target_labels: torch.Tensor  # [B, A] int64: the assigned GT's class (background: GT 0's, num_classes without GT)
-    target_bboxes: torch.Tensor  # [B, A, 4] the assigned GT's box (background: GT 0's), dtype of gt_bboxes
+    target_bboxes: torch.Tensor  # [B, A, 4] (rotated: 5) the assigned GT's box (background: GT 0's), gt_bboxes' dtype
     target_scores: torch.Tensor  # [B, A, C] soft one-hot targets; [B, A] alignment with dense_scores=False
     fg_mask: torch.Tensor  # [B, A] bool
     target_gt_idx: torch.Tensor  # [B, A] int64, 0 for background
@@ -58,12 +58,33 @@ def assign_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
     ``dense_scores=False`` its target_scores is the [B, A] alignment alone
     (the value at target_labels), sparing the [B, A, C] tensor.
     """
+    return _assign(torch.ops.mutualops.assign_task_aligned, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes,
+                   mask_gt, topk, num_classes, alpha, beta, eps, stride, topk2, dense_scores)
+
+
+def assign_task_aligned_rotated(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, *, topk=13,
+                                num_classes=80, alpha=1.0, beta=6.0, eps=1e-9, stride=None, topk2=None,
+                                dense_scores=True):
+    """Task-aligned assignment of oriented boxes, with the arguments, defaults and results of Ultralytics'
+    ``RotatedTaskAlignedAssigner`` (which YOLO-OBB trains with, there with topk=10, alpha=0.5, beta=6.0).
+
+    As :func:`assign_task_aligned`, with pd_bboxes [B, A, 5] and gt_bboxes [B, G, 5] xywhr (centre, size, angle
+    in radians; docs/method.md, section 2.7) and two differences of rule: an anchor is a candidate of a GT when
+    it lies in the GT's rectangle, edges included, each side under the stride widened to it; and the overlap
+    is probiou (eps 1e-7) in place of CIoU. target_bboxes is [B, A, 5].
+    """
+    return _assign(torch.ops.mutualops.assign_task_aligned_rotated, pd_scores, pd_bboxes, anc_points, gt_labels,
+                   gt_bboxes, mask_gt, topk, num_classes, alpha, beta, eps, stride, topk2, dense_scores)
+
+
+def _assign(op, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk, num_classes, alpha, beta, eps,
+            stride, topk2, dense_scores):
     for name, t in (("pd_scores", pd_scores), ("pd_bboxes", pd_bboxes), ("anc_points", anc_points),
                     ("gt_labels", gt_labels), ("gt_bboxes", gt_bboxes), ("mask_gt", mask_gt)):
         check_tensor(t, name)
     topk = as_int(topk, "topk")
     topk2 = as_int(topk2, "topk2") if topk2 else topk  # Ultralytics' `topk2 or topk`
-    labels, bboxes, scores, fg, gt_idx, alignment = torch.ops.mutualops.assign_task_aligned(
+    labels, bboxes, scores, fg, gt_idx, alignment = op(
         pd_scores.detach(), pd_bboxes.detach(), anc_points.detach(), gt_labels.detach(), gt_bboxes.detach(),
         mask_gt.detach(), topk, topk2, as_int(num_classes, "num_classes"), as_float(alpha, "alpha"),
         as_float(beta, "beta"), as_float(eps, "eps"), _min_side(stride), bool(dense_scores))
@@ -74,12 +95,19 @@ def _math_dtype(*tensors):
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-@torch.library.register_fake("mutualops::assign_task_aligned")
-def _assign_task_aligned_fake(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk, topk2,
-                              num_classes, alpha, beta, eps, min_side, with_scores):
-    b, n = pd_scores.shape[:2]
-    math = _math_dtype(pd_scores, pd_bboxes, anc_points, gt_bboxes)
-    return (pd_scores.new_empty((b, n), dtype=torch.long), pd_scores.new_empty((b, n, 4), dtype=gt_bboxes.dtype),
-            pd_scores.new_empty((b, n, num_classes if with_scores else 0), dtype=math),
-            pd_scores.new_empty((b, n), dtype=torch.bool), pd_scores.new_empty((b, n), dtype=torch.long),
-            pd_scores.new_empty((b, n), dtype=math))
+def _fake(coords):
+    def fake(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk, topk2, num_classes, alpha, beta,
+             eps, min_side, with_scores):
+        b, n = pd_scores.shape[:2]
+        math = _math_dtype(pd_scores, pd_bboxes, anc_points, gt_bboxes)
+        return (pd_scores.new_empty((b, n), dtype=torch.long),
+                pd_scores.new_empty((b, n, coords), dtype=gt_bboxes.dtype),
+                pd_scores.new_empty((b, n, num_classes if with_scores else 0), dtype=math),
+                pd_scores.new_empty((b, n), dtype=torch.bool), pd_scores.new_empty((b, n), dtype=torch.long),
+                pd_scores.new_empty((b, n), dtype=math))
+
+    return fake
+
+
+torch.library.register_fake("mutualops::assign_task_aligned")(_fake(4))
+torch.library.register_fake("mutualops::assign_task_aligned_rotated")(_fake(5))

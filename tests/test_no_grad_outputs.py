@@ -28,6 +28,8 @@ def test_outputs_of_ops_without_a_gradient_do_not_require_grad(device, gen):
     groups = torch.arange(40, device=device) // 10
     points = (torch.rand(30, 2, generator=gen) * 100).to(device)
     rotated = torch.cat([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2], scores[:, None]], 1)
+    labels, mask = torch.zeros(2, 5, device=device), torch.ones(2, 5, device=device)
+    rotated_gt = torch.cat([(gt[..., :2] + gt[..., 2:]) / 2, gt[..., 2:] - gt[..., :2], gt[..., :1] * 0], -1)
     calls = {
         "nms": lambda: mutualops.nms(boxes, scores, 0.5),
         "batched_nms": lambda: mutualops.batched_nms(boxes, scores, groups[:30], 0.5),
@@ -44,6 +46,11 @@ def test_outputs_of_ops_without_a_gradient_do_not_require_grad(device, gen):
         "nms_rotated": lambda: mutualops.nms_rotated(rotated, scores, 0.5),
         "batched_nms_rotated": lambda: mutualops.batched_nms_rotated(rotated, scores, groups[:30], 0.5),
         "fast_nms_rotated": lambda: mutualops.fast_nms_rotated(rotated, scores, 0.5),
+        "raw assign_task_aligned": lambda: torch.ops.mutualops.assign_task_aligned(
+            dense_scores, boxes[None].expand(2, -1, -1), points, labels, gt, mask, 3, 3, 3, 0.5, 6.0, 1e-9, 16.0, True),
+        "raw assign_task_aligned_rotated": lambda: torch.ops.mutualops.assign_task_aligned_rotated(
+            dense_scores, rotated[None].expand(2, -1, -1), points, labels, rotated_gt, mask, 3, 3, 3, 0.5, 6.0, 1e-9,
+            16.0, True),
         "raw rank": lambda: torch.ops.mutualops.rank(x, groups, "average"),
         "raw spearman": lambda: torch.ops.mutualops.spearman(x, y, groups, 4),
     }

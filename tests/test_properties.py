@@ -757,6 +757,39 @@ def test_assign_task_aligned(device, data):
         assert_same(out.target_scores, scores_ if dense else alignment_, dtype=torch.float32, what="target_scores")
 
 
+@SETTINGS
+@given(data=st.data())
+@pytest.mark.parametrize("device", DEVICES)
+def test_assign_task_aligned_rotated(device, data):
+    draw = on_device(data.draw, device)
+    b, a, c, g = draw(st.integers(0, 2)), draw(st.integers(1, 6)), draw(st.integers(1, 3)), draw(st.integers(0, 3))
+    dtype = draw(st.sampled_from(FLOATS * 5 + WRONG))
+    hostile = draw(st.integers(0, 3)) == 0
+    scores = draw(layout(draw(values((b, a, c), dtype, 0, 1, hostile=hostile))))
+    pred = draw(layout(draw(rotated_boxes((b, a), draw(st.sampled_from([dtype] * 3 + FLOATS)), hostile=hostile,
+                                          scale=40))))
+    anchors = draw(layout(draw(values((a, 2), dtype, 0, 40, hostile=hostile))))
+    labels = draw(indices((b, g, 1), 0, c, hostile=draw(st.integers(0, 3)) == 0, dtype=torch.float32))
+    gt = draw(layout(draw(rotated_boxes((b, g), dtype, hostile=draw(st.integers(0, 3)) == 0, scale=40))))
+    mask = (draw(values((b, g, 1), torch.float32, 0, 1, hostile=False)) > 0.3).float()
+    topk = draw(st.sampled_from([1, 2, a, a, a + 1, 0]))
+    topk2 = draw(st.sampled_from([None, None, 1, topk]))
+    kw = dict(topk=topk, topk2=topk2, num_classes=draw(st.sampled_from([c, c, c, c + 1, 0])),
+              alpha=draw(st.sampled_from([1.0, 0.5, math.nan])), beta=draw(st.sampled_from([6.0, 2.0, math.inf])),
+              stride=draw(st.sampled_from([[8, 16, 32], [0], [30]])))
+    names = ("pd_scores", "pd_bboxes", "anc_points", "gt_labels", "gt_bboxes", "mask_gt", *kw)
+    out, err = attempt(lambda: mutualops.assign_task_aligned_rotated(scores, pred, anchors, labels, gt, mask, **kw),
+                       *names)
+    if err is None:
+        from test_task_aligned_rotated import assert_same as assert_same_assignment
+
+        stride = kw["stride"]
+        expected = ref.assign_task_aligned_rotated(
+            scores, pred, anchors, labels, gt, mask, topk=topk, num_classes=kw["num_classes"], alpha=kw["alpha"],
+            beta=kw["beta"], min_side=float(stride[1] if len(stride) > 1 else stride[0]), topk2=topk2)
+        assert_same_assignment(out, tuple(t.to(out[i].dtype) for i, t in zip((0, 1, 2, 3, 4), expected[:5])))
+
+
 # --- ranking and the harmony metric ---------------------------------------------------------------------------
 
 
@@ -866,6 +899,9 @@ def box(*lead):
     xy = torch.rand(*lead, 2) * 50
     return torch.cat([xy, xy + torch.rand(*lead, 2) * 30], -1)
 
+def rbox(*lead):
+    return torch.cat([torch.rand(*lead, 2) * 50, torch.rand(*lead, 2) * 30, torch.randn(*lead, 1)], -1)
+
 for i in range(int(sys.argv[2])):
     b, g, n, c = rng.randint(1, 2), rng.randint(0, 3), rng.randint(0, 5), rng.randint(1, 3)
     gt, counts = box(b, g), torch.full((b,), g)
@@ -896,6 +932,10 @@ for i in range(int(sys.argv[2])):
             torch.rand(b, n + 1, c), box(b, n + 1), torch.rand(n + 1, 2) * 50, hostile(labels), gt,
             torch.ones(b, g), rng.choice([1, n + 1, n + 2, 0, -1, 2**40]), rng.choice([1, n + 2, -5]),
             rng.choice([c, c + 1, 0, 10**12]), 1.0, 6.0, 1e-9, 16.0, True),
+        "assign_task_aligned_rotated": lambda: op.assign_task_aligned_rotated(
+            torch.rand(b, n + 1, c), rbox(b, n + 1), torch.rand(n + 1, 2) * 50, hostile(labels), rbox(b, g),
+            torch.ones(b, g), rng.choice([1, n + 1, n + 2, 0, -1, 2**40]), rng.choice([1, n + 2, -5]),
+            rng.choice([c, c + 1, 0, 10**12]), 0.5, 6.0, 1e-9, rng.choice([16.0, 0.0]), True),
         # Small group ids only: rank allocates max(groups) + 1 slots (the C++ bug noted in test_rank_and_spearman).
         "rank": lambda: op.rank(torch.rand(n), hostile(torch.zeros(n, dtype=torch.long), SMALL), "average"),
         "spearman": lambda: op.spearman(torch.rand(n), torch.rand(n), hostile(torch.zeros(n, dtype=torch.long), SMALL),

@@ -182,6 +182,33 @@ def test_installed_assigner_matches_and_subclasses_keep_theirs(gen, monkeypatch)
     assert calls == [1]
 
 
+def test_installed_rotated_assigner_matches(gen, monkeypatch):
+    from test_task_aligned import STRIDES
+    from test_task_aligned_rotated import assert_same, rotated_scene
+
+    args = rotated_scene(gen, gts=8)
+    assigner = tal.RotatedTaskAlignedAssigner(topk=10, num_classes=4, alpha=0.5, beta=6.0, stride=list(STRIDES))
+    theirs = assigner(*args)
+    calls = []
+    monkeypatch.setattr(mo_ultralytics, "assign_task_aligned_rotated",
+                        lambda *a, **k: calls.append(1) or mutualops.assign_task_aligned_rotated(*a, **k))
+    mo_ultralytics.install()
+    assert_same(mutualops.TaskAlignedTargets(*assigner(*args)), theirs)
+    assert calls == [1]
+    # A batch the op refuses (a NaN prediction) goes to Ultralytics' own rotated assigner.
+    scores, pred, anc, labels, gt, mask = args
+    pred = pred.clone()
+    pred[0, 0, 4] = float("nan")
+    fallbacks = mo_ultralytics.fallbacks()
+    mo_ultralytics.uninstall()
+    want = assigner(scores, pred, anc, labels, gt, mask)
+    mo_ultralytics.install()
+    got = assigner(scores, pred, anc, labels, gt, mask)
+    assert mo_ultralytics.fallbacks() == fallbacks + 1
+    for a, b in zip(got, want):  # NaN target scores, as Ultralytics gives them
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
 def write_dataset(root, train=8, val=4, size=64, seed=0):
     """A YOLO-format data set of coloured rectangles on a grey background (two classes)."""
     rng = np.random.default_rng(seed)
@@ -241,5 +268,78 @@ def test_yolov8n_trains_and_validates_the_same_with_mutualops(tmp_path, monkeypa
     for key in ours[1]:
         assert ours[1][key] == pytest.approx(theirs[1][key], rel=1e-4, abs=1e-6), key
     assert len(ours[2]) == len(theirs[2]) == 4
+    for a, b in zip(ours[2], theirs[2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+
+
+def write_oriented_dataset(root, train=8, val=4, size=128, seed=0):
+    """A YOLO-OBB data set (class x1 y1 ... x4 y4, normalised corners) of 100 to 300 turned rectangles per image,
+    4 to 24 px a side, in two colours on a grey background: crowded as aerial scenes are."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train), ("val", val)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(count):
+            img = Image.new("RGB", (size, size), (40, 40, 40))
+            draw = ImageDraw.Draw(img)
+            lines = []
+            for _ in range(int(rng.integers(100, 301))):
+                c = int(rng.integers(0, 2))
+                cx, cy = rng.uniform(8, size - 8, 2)
+                w, h = rng.uniform(4, 24, 2)
+                t = rng.uniform(-np.pi / 2, np.pi / 2)
+                u = np.array([np.cos(t), np.sin(t)]) * w / 2
+                v = np.array([-np.sin(t), np.cos(t)]) * h / 2
+                corners = np.clip(np.array([[cx, cy]]) + np.array([u + v, u - v, -u - v, -u + v]), 0, size)
+                draw.polygon([tuple(p) for p in corners], fill=(200, 60, 60) if c == 0 else (60, 60, 200))
+                lines.append(f"{c} " + " ".join(f"{value / size:.6f}" for value in corners.reshape(-1)))
+            img.save(root / "images" / split / f"{i}.png")
+            (root / "labels" / split / f"{i}.txt").write_text("\n".join(lines) + "\n")
+    data = root / "data.yaml"
+    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: red\n  1: blue\n")
+    return data
+
+
+def train_oriented_once(data, project, name, epochs):
+    from ultralytics import YOLO
+
+    losses = []
+    model = YOLO("yolov8n-obb.yaml")
+    model.add_callback("on_train_batch_end",
+                       lambda trainer: losses.append([float(v) for v in trainer.loss_items.values()]))
+    results = model.train(data=str(data), epochs=epochs, imgsz=128, batch=4, workers=0, plots=False, device="cpu",
+                          seed=0, deterministic=True, amp=False, project=str(project), name=name, exist_ok=True,
+                          verbose=False)
+    predictions = model.predict(str(data.parent / "images" / "val"), conf=0.001, imgsz=128, device="cpu",
+                                verbose=False)
+    return torch.tensor(losses), results.results_dict, [sorted_rows(p.obb.data) for p in predictions]
+
+
+def test_yolov8n_obb_trains_and_validates_the_same_with_mutualops(tmp_path, monkeypatch):
+    """YOLOv8n-obb from its yaml on crowded oriented data with and without install(): the same loss at every
+    step, the same validation metrics and predictions, and mutualops' rotated assigner and matrix NMS called."""
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    torch.set_num_threads(2)
+    data = write_oriented_dataset(tmp_path / "oriented")
+    theirs = train_oriented_once(data, tmp_path / "runs", "ultralytics", epochs=2)
+    calls = {"assign": 0, "nms": 0}
+    assign, nms = mo_ultralytics.assign_task_aligned_rotated, mo_ultralytics.fast_nms_rotated
+    monkeypatch.setattr(mo_ultralytics, "assign_task_aligned_rotated",
+                        lambda *a, **k: calls.__setitem__("assign", calls["assign"] + 1) or assign(*a, **k))
+    monkeypatch.setattr(mo_ultralytics, "fast_nms_rotated",
+                        lambda *a, **k: calls.__setitem__("nms", calls["nms"] + 1) or nms(*a, **k))
+    mo_ultralytics.install()
+    ours = train_oriented_once(data, tmp_path / "runs", "mutualops", epochs=2)
+    assert calls["assign"] >= 4 and calls["nms"] >= 4, calls
+    assert mo_ultralytics.fallbacks() == 0
+    assert ours[0].shape == theirs[0].shape and ours[0].shape[0] == 4
+    assert (ours[0][:, 0] > 0).all()  # a box loss at every step: the assigner found positives
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-5, atol=1e-6)
+    assert ours[1].keys() == theirs[1].keys()
+    for key in ours[1]:
+        assert ours[1][key] == pytest.approx(theirs[1][key], rel=1e-4, abs=1e-6), key
+    assert len(ours[2]) == len(theirs[2]) == 4 and all(len(p) > 0 for p in ours[2])
     for a, b in zip(ours[2], theirs[2]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)

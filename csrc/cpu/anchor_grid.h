@@ -2,8 +2,10 @@
 
 // Uniform bucket grids over the anchor points, so that the CPU task-aligned
 // kernel visits the anchors near a GT's region, and the GTs near an anchor,
-// instead of all of them. Only which elements are visited changes: each is
-// still tested by the exact predicate (tal_inside), so results do not.
+// instead of all of them. Regions are bucketed by an axis-aligned box that
+// bounds them (the region itself for axis-aligned GTs); only which elements are
+// visited changes: each is still tested by the exact predicate (the kind's
+// `inside`), so results do not.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -50,8 +52,9 @@ class GridMap {
   double sx_, sy_;
 };
 
-// A region that can hold no point: tal_inside needs x1 < x < x2 and y1 < y < y2
-// (false for NaN corners, which an overflowing GT may give).
+// Bounds that can hold no point: tal_inside needs x1 < x < x2 and y1 < y < y2
+// (false for NaN corners, which an overflowing GT may give); the bounds of an
+// oriented region are widened by a margin, so that they are never this thin.
 template <typename T>
 bool empty_region(const Box<T>& r) {
   return !(r.x1 < r.x2) || !(r.y1 < r.y2);
@@ -81,18 +84,19 @@ class AnchorGrid {
 
   const GridMap& map() const { return map_; }
 
-  // The anchors strictly inside `region` (tal_inside), in no particular order,
-  // into `found` (which can hold every anchor); returns their count.
-  int64_t inside(const Box<T>& region, int64_t* found) const {
-    if (empty_region(region)) return 0;
-    const int64_t c0 = map_.column(region.x1), c1 = map_.column(region.x2);
-    const int64_t r0 = map_.row(region.y1), r1 = map_.row(region.y2);
+  // The anchors within `bounds` that `inside(x, y)` accepts, in no particular
+  // order, into `found` (which can hold every anchor); returns their count.
+  template <typename Inside>
+  int64_t inside(const Box<T>& bounds, Inside inside, int64_t* found) const {
+    if (empty_region(bounds)) return 0;
+    const int64_t c0 = map_.column(bounds.x1), c1 = map_.column(bounds.x2);
+    const int64_t r0 = map_.row(bounds.y1), r1 = map_.row(bounds.y2);
     int64_t count = 0;
     for (int64_t r = r0; r <= r1; ++r) {
       const int64_t lo = start_[r * map_.nx() + c0], hi = start_[r * map_.nx() + c1 + 1];
       for (int64_t e = lo; e < hi; ++e) {
         found[count] = anchor_[e];
-        count += tal_inside(x_[e], y_[e], region);
+        count += inside(x_[e], y_[e]);
       }
     }
     return count;
@@ -115,9 +119,9 @@ class AnchorGrid {
   std::vector<T> x_, y_;
 };
 
-// The real GTs of one image bucketed by the cells of `map` that their regions
-// overlap, each cell's GTs in increasing order: the GTs whose region may hold a
-// point are those of the point's cell.
+// The real GTs of one image bucketed by the cells of `map` that the bounds of
+// their regions overlap, each cell's GTs in increasing order: the GTs whose
+// region may hold a point are those of the point's cell.
 template <typename T>
 class RegionGrid {
  public:
@@ -129,14 +133,14 @@ class RegionGrid {
 
   explicit RegionGrid(const GridMap& map) : map_(map) {}
 
-  // Buckets GTs 0 .. gmax - 1 of `regions` [gmax, 4] that `valid` marks. Returns false, holding nothing, when
+  // Buckets GTs 0 .. gmax - 1 of `bounds` [gmax, 4] that `valid` marks. Returns false, holding nothing, when
   // that would take more than `max_entries` entries (regions spanning many cells), for the caller to visit
   // every GT instead.
-  bool build(const T* regions, const bool* valid, int64_t gmax, int64_t max_entries) {
+  bool build(const T* bounds, const bool* valid, int64_t gmax, int64_t max_entries) {
     start_.assign(map_.cells() + 1, 0);
     int64_t entries = 0;
     for (int64_t g = 0; g < gmax; ++g) {
-      if (!cells_of(regions, valid, g)) continue;
+      if (!cells_of(bounds, valid, g)) continue;
       entries += (c1_ - c0_ + 1) * (r1_ - r0_ + 1);
       if (entries > max_entries) return false;
       for (int64_t r = r0_; r <= r1_; ++r) {
@@ -147,7 +151,7 @@ class RegionGrid {
     std::vector<int64_t> fill(start_.begin(), start_.end() - 1);
     gt_.resize(entries);
     for (int64_t g = 0; g < gmax; ++g) {
-      if (!cells_of(regions, valid, g)) continue;
+      if (!cells_of(bounds, valid, g)) continue;
       for (int64_t r = r0_; r <= r1_; ++r) {
         for (int64_t c = c0_; c <= c1_; ++c) gt_[fill[r * map_.nx() + c]++] = g;
       }
@@ -161,8 +165,8 @@ class RegionGrid {
   }
 
  private:
-  bool cells_of(const T* regions, const bool* valid, int64_t g) {
-    const Box<T> region = load_box<T>(regions + 4 * g);
+  bool cells_of(const T* bounds, const bool* valid, int64_t g) {
+    const Box<T> region = load_box<T>(bounds + 4 * g);
     if (!valid[g] || empty_region(region)) return false;
     c0_ = map_.column(region.x1), c1_ = map_.column(region.x2);
     r0_ = map_.row(region.y1), r1_ = map_.row(region.y2);

@@ -1,5 +1,6 @@
-// CPU kernel of task-aligned assignment: the per-element math of
-// mutualops/task_aligned_math.h in five passes over GTs and anchors. Each GT
+// CPU kernels of task-aligned assignment, for axis-aligned and oriented boxes:
+// the per-element math of mutualops/task_aligned_math.h in five passes over
+// GTs and anchors, written once for both kinds of box. Each GT
 // keeps only its top-k candidates, so extra memory is O(B * (A + G * topk)):
 // no [B, G, A] plane as in Ultralytics' dense implementation. A bucket grid
 // over the anchors (anchor_grid.h) lets each GT visit the anchors near it, so
@@ -24,7 +25,7 @@ template <typename T>
 struct Candidate {
   int64_t anchor;
   T alignment;
-  T ciou;
+  T overlap;
 };
 
 // Which candidates torch.topk(row, k) keeps on the CPU, for a row of n
@@ -114,11 +115,13 @@ class TorchTopk {
 // Pass 1, one GT: its candidates (the anchors the grid finds inside its
 // region) and the top-k of them by alignment, written to the
 // GT's `topk` pick slots (anchor -1 past its picks).
-template <typename T, typename S>
-void pick_topk(const TaskAlignedView<T, S>& v, const AnchorGrid<T>& grid, int64_t* found, int64_t row, int64_t topk,
-               TorchTopk<T>& topk_of, std::vector<Candidate<T>>& cands, std::vector<char>& keep, int64_t* pick_anchor,
-               T* pick_alignment, T* pick_ciou) {
-  const int64_t count = grid.inside(load_box<T>(v.regions + 4 * row), found);
+template <typename K, typename T, typename S>
+void pick_topk(const TaskAlignedView<K, T, S>& v, const AnchorGrid<T>& grid, const T* bounds, int64_t* found,
+               int64_t row, int64_t topk, TorchTopk<T>& topk_of, std::vector<Candidate<T>>& cands,
+               std::vector<char>& keep, int64_t* pick_anchor, T* pick_alignment, T* pick_overlap) {
+  const T* region = v.regions + K::kRegion * row;
+  const int64_t count =
+      grid.inside(load_box<T>(bounds + 4 * row), [region](T x, T y) { return K::inside(x, y, region); }, found);
   cands.resize(count);
   // Each candidate reads one class score of its anchor, a cache miss each in a [B, A, C] tensor that outgrows
   // the caches: loads are started kPrefetch candidates ahead so that their latencies overlap.
@@ -128,7 +131,7 @@ void pick_topk(const TaskAlignedView<T, S>& v, const AnchorGrid<T>& grid, int64_
   for (int64_t i = 0; i < count; ++i) {
     if (i + kPrefetch < count) MUTUALOPS_PREFETCH(scores + found[i + kPrefetch] * v.classes);
     cands[i].anchor = found[i];
-    tal_pair(v, row, found[i], &cands[i].alignment, &cands[i].ciou);
+    tal_pair(v, row, found[i], &cands[i].alignment, &cands[i].overlap);
   }
   topk_of.select(cands, topk, keep);
   int64_t j = row * topk;
@@ -136,64 +139,77 @@ void pick_topk(const TaskAlignedView<T, S>& v, const AnchorGrid<T>& grid, int64_
     if (!keep[i]) continue;
     pick_anchor[j] = cands[i].anchor;
     pick_alignment[j] = cands[i].alignment;
-    pick_ciou[j] = cands[i].ciou;
+    pick_overlap[j] = cands[i].overlap;
     ++j;
   }
 }
 
-template <typename T, typename S>
+// Pass 1 for every GT, into the pick slots.
+template <typename K, typename T, typename S>
+void pick_all(const TaskAlignedView<K, T, S>& v, const AnchorGrid<T>& grid, const T* bounds, int64_t rows, int64_t topk,
+              int64_t* pick_anchor, T* pick_alignment, T* pick_overlap) {
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    TorchTopk<T> topk_of(v.n);
+    std::vector<Candidate<T>> cands;
+    std::vector<char> keep;
+    std::vector<int64_t> found(v.n);
+    for (int64_t r = begin; r < end; ++r) {
+      if (v.valid[r]) {
+        pick_topk(v, grid, bounds, found.data(), r, topk, topk_of, cands, keep, pick_anchor, pick_alignment,
+                  pick_overlap);
+      }
+    }
+  });
+}
+
+template <typename K, typename T, typename S>
 void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams& p, TaskAlignedOutputs& out) {
   const int64_t images = in.scores.size(0), n = in.scores.size(1), gmax = in.gt.size(1), rows = images * gmax;
   const T* gt = in.gt.data_ptr<T>();
   const T* boxes = in.boxes.data_ptr<T>();
-  std::vector<T> regions(4 * rows), angles(rows), pred_angles(images * n);
+  std::vector<T> regions(K::kRegion * rows), bounds(4 * rows), gt_cache(K::kCache * rows),
+      pred_cache(K::kCache * images * n);
+  const T *gt_angles = in.gt_angles<T>(), *box_angles = in.box_angles<T>();
   for (int64_t r = 0; r < rows; ++r) {
-    const Box<T> box = load_box<T>(gt + 4 * r);
-    store_box(tal_candidate_region(box, static_cast<T>(p.min_side)), regions.data() + 4 * r);
-    angles[r] = tal_aspect_angle(box);
+    const T* angle = gt_angles ? gt_angles + 2 * r : nullptr;
+    K::region(gt + K::kCoords * r, angle, static_cast<T>(p.min_side), regions.data() + K::kRegion * r);
+    store_box(K::bounds(regions.data() + K::kRegion * r), bounds.data() + 4 * r);
+    K::cache(gt + K::kCoords * r, angle, gt_cache.data() + K::kCache * r);
   }
-  // Each predicted box's angle once (an atan), not once per GT that has it as a candidate.
+  // What each predicted box's overlaps need of it alone (an atan, a Gaussian) once, not once per GT that has it
+  // as a candidate.
   at::parallel_for(0, images * n, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) pred_angles[i] = tal_aspect_angle(load_box<T>(boxes + 4 * i));
+    for (int64_t i = begin; i < end; ++i) {
+      K::cache(boxes + K::kCoords * i, box_angles ? box_angles + 2 * i : nullptr, pred_cache.data() + K::kCache * i);
+    }
   });
   const T* anchors = in.anchors.data_ptr<T>();
   const AnchorGrid<T> grid(anchors, n);
-  const TaskAlignedView<T, S> v{in.scores.data_ptr<S>(),
-                                boxes,
-                                anchors,
-                                in.labels.data_ptr<int64_t>(),
-                                gt,
-                                regions.data(),
-                                angles.data(),
-                                pred_angles.data(),
-                                in.valid.data_ptr<bool>(),
-                                n,
-                                gmax,
-                                p.classes,
-                                static_cast<T>(p.alpha),
-                                static_cast<T>(p.beta)};
+  const TaskAlignedView<K, T, S> v{in.scores.data_ptr<S>(),
+                                   boxes,
+                                   anchors,
+                                   in.labels.data_ptr<int64_t>(),
+                                   gt,
+                                   regions.data(),
+                                   gt_cache.data(),
+                                   pred_cache.data(),
+                                   in.valid.data_ptr<bool>(),
+                                   n,
+                                   gmax,
+                                   p.classes,
+                                   static_cast<T>(p.alpha),
+                                   static_cast<T>(p.beta)};
 
   std::vector<int64_t> pick_anchor(rows * p.topk, -1);
-  std::vector<T> pick_alignment(rows * p.topk), pick_ciou(rows * p.topk);
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    TorchTopk<T> topk_of(n);
-    std::vector<Candidate<T>> cands;
-    std::vector<char> keep;
-    std::vector<int64_t> found(n);
-    for (int64_t r = begin; r < end; ++r) {
-      if (v.valid[r]) {
-        pick_topk(v, grid, found.data(), r, p.topk, topk_of, cands, keep, pick_anchor.data(), pick_alignment.data(),
-                  pick_ciou.data());
-      }
-    }
-  });
+  std::vector<T> pick_alignment(rows * p.topk), pick_overlap(rows * p.topk);
+  pick_all(v, grid, bounds.data(), rows, p.topk, pick_anchor.data(), pick_alignment.data(), pick_overlap.data());
 
   // Pass 2, per anchor: its GT (-1 for background) and that pair's alignment
-  // and CIoU. An anchor several GTs picked looks only at the GTs whose regions
+  // and overlap. An anchor several GTs picked looks only at the GTs whose regions
   // share its cell of a coarse grid, unless the regions span so many cells
   // that bucketing them would outgrow O(A + G * topk) memory.
   std::vector<int64_t> gt_of(images * n, -1);
-  std::vector<T> alignment(images * n, T(0)), ciou(images * n, T(0));
+  std::vector<T> alignment(images * n, T(0)), overlap(images * n, T(0));
   const GridMap coarse = grid.map().coarser(32);
   at::parallel_for(0, images, 1, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> picks(n);
@@ -209,18 +225,18 @@ void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams&
           entry[a] = e;
         }
       }
-      const bool bucketed =
-          conflicts && near.build(v.regions + 4 * image * gmax, v.valid + image * gmax, gmax, 4 * (n + gmax * p.topk));
+      const bool bucketed = conflicts && near.build(bounds.data() + 4 * image * gmax, v.valid + image * gmax, gmax,
+                                                    4 * (n + gmax * p.topk));
       for (int64_t a = 0; a < n; ++a) {
         const int64_t i = image * n + a;
         if (picks[a] == 1) {
           gt_of[i] = (entry[a] / p.topk) % gmax;
           alignment[i] = pick_alignment[entry[a]];
-          ciou[i] = pick_ciou[entry[a]];
+          overlap[i] = pick_overlap[entry[a]];
         } else if (picks[a] > 1) {
           gt_of[i] = bucketed ? tal_resolve_conflict(v, image, a, near.at(anchors[2 * a], anchors[2 * a + 1]),
-                                                     &alignment[i], &ciou[i])
-                              : tal_resolve_conflict(v, image, a, TalAllGts{gmax}, &alignment[i], &ciou[i]);
+                                                     &alignment[i], &overlap[i])
+                              : tal_resolve_conflict(v, image, a, TalAllGts{gmax}, &alignment[i], &overlap[i]);
         }
       }
     }
@@ -237,7 +253,7 @@ void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams&
     for (int64_t image = begin; image < end; ++image) {
       int64_t* owner = gt_of.data() + image * n;
       const T* al = alignment.data() + image * n;
-      const T* ov = ciou.data() + image * n;
+      const T* ov = overlap.data() + image * n;
       std::fill(start.begin(), start.end(), 0);
       for (int64_t a = 0; a < n; ++a) {
         if (owner[a] >= 0) ++start[owner[a] + 1];
@@ -257,19 +273,19 @@ void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams&
             if (!keep[i]) owner[cands[i].anchor] = -1;
           }
         }
-        T best_alignment = T(0), best_ciou = T(0);
+        T best_alignment = T(0), best_overlap = T(0);
         for (int64_t m = start[g]; m < start[g + 1]; ++m) {
           if (owner[members[m]] < 0) continue;
           best_alignment = max2(best_alignment, al[members[m]]);
-          best_ciou = max2(best_ciou, ov[members[m]]);
+          best_overlap = max2(best_overlap, ov[members[m]]);
         }
         for (int64_t m = start[g]; m < start[g + 1]; ++m) {
           const int64_t a = members[m];
-          if (owner[a] >= 0) norm[a] = tal_normalised(al[a], best_ciou, best_alignment, static_cast<T>(p.eps));
+          if (owner[a] >= 0) norm[a] = tal_normalised(al[a], best_overlap, best_alignment, static_cast<T>(p.eps));
         }
       }
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.bboxes.scalar_type(), "tal_targets", [&] {
-        scalar_t* bboxes = out.bboxes.data_ptr<scalar_t>() + image * n * 4;
+        scalar_t* bboxes = out.bboxes.data_ptr<scalar_t>() + image * n * K::kCoords;
         int64_t* labels = out.labels.data_ptr<int64_t>() + image * n;
         int64_t* gt_index = out.gt_index.data_ptr<int64_t>() + image * n;
         bool* fg = out.fg.data_ptr<bool>() + image * n;
@@ -280,7 +296,8 @@ void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams&
           fg[a] = owner[a] >= 0;
           gt_index[a] = g;
           labels[a] = label;
-          store_box(load_box<T>(gt + 4 * (image * gmax + g)), bboxes + 4 * a);
+          const T* box = gt + K::kCoords * (image * gmax + g);
+          for (int c = 0; c < K::kCoords; ++c) bboxes[K::kCoords * a + c] = static_cast<scalar_t>(box[c]);
           if (scores && fg[a] && label < p.classes) scores[a * p.classes + label] = norm[a];
         }
       });
@@ -288,21 +305,25 @@ void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams&
   });
 }
 
+template <typename K>
 TaskAlignedResult assign_task_aligned_cpu(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
                                           const at::Tensor& anc_points, const at::Tensor& gt_labels,
                                           const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
                                           int64_t topk2, int64_t num_classes, double alpha, double beta, double eps,
                                           double min_side, bool with_scores) {
-  return assign_task_aligned_host(
+  return assign_task_aligned_host<K>(
       pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
       TaskAlignedParams{topk, topk2, num_classes, alpha, beta, eps, min_side, with_scores},
       [](auto math, auto storage, const TaskAlignedInputs& in, const TaskAlignedParams& p, TaskAlignedOutputs& out) {
-        task_aligned_cpu_impl<decltype(math), decltype(storage)>(in, p, out);
+        task_aligned_cpu_impl<K, decltype(math), decltype(storage)>(in, p, out);
       });
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mutualops, CPU, m) { m.impl("assign_task_aligned", &assign_task_aligned_cpu); }
+TORCH_LIBRARY_IMPL(mutualops, CPU, m) {
+  m.impl("assign_task_aligned", &assign_task_aligned_cpu<AxisAlignedTal>);
+  m.impl("assign_task_aligned_rotated", &assign_task_aligned_cpu<RotatedTal>);
+}
 
 }  // namespace mutualops

@@ -1,5 +1,6 @@
-// CUDA kernels of task-aligned assignment: the per-element math of
-// mutualops/task_aligned_math.h in the passes of the CPU kernel. A GT's top-k
+// CUDA kernels of task-aligned assignment, for axis-aligned and oriented boxes:
+// the per-element math of mutualops/task_aligned_math.h in the passes of the
+// CPU kernel. A GT's top-k
 // is found by a block over its anchors (nothing of size A is stored per GT),
 // ties going to the lower anchor index as in torch.topk's CUDA kernel. Extra
 // memory is O(B * (A + G * topk)); results are deterministic (the atomics only
@@ -20,13 +21,20 @@ inline unsigned int row_grid(int64_t rows) {
   return static_cast<unsigned int>(rows < (1 << 20) ? (rows > 0 ? rows : 1) : (1 << 20));
 }
 
-template <typename T>
-__global__ void regions_kernel(const T* __restrict__ gt, int64_t rows, T min_side, T* __restrict__ regions,
-                               T* __restrict__ angles) {
+template <typename K, typename T>
+__global__ void regions_kernel(const T* __restrict__ gt, const T* __restrict__ angles, int64_t rows, T min_side,
+                               T* __restrict__ regions) {
   for (int64_t r = grid_start(); r < rows; r += grid_stride()) {
-    const Box<T> box = load_box<T>(gt + 4 * r);
-    store_box(tal_candidate_region(box, min_side), regions + 4 * r);
-    angles[r] = tal_aspect_angle(box);
+    K::region(gt + K::kCoords * r, angles ? angles + 2 * r : nullptr, min_side, regions + K::kRegion * r);
+  }
+}
+
+// What each box's overlaps need of it alone (an atan, a Gaussian), for the GTs and the predicted boxes.
+template <typename K, typename T>
+__global__ void cache_kernel(const T* __restrict__ boxes, const T* __restrict__ angles, int64_t count,
+                             T* __restrict__ cache) {
+  for (int64_t i = grid_start(); i < count; i += grid_stride()) {
+    K::cache(boxes + K::kCoords * i, angles ? angles + 2 * i : nullptr, cache + K::kCache * i);
   }
 }
 
@@ -116,9 +124,9 @@ __device__ void block_topk(int64_t n, int64_t k, T* values, int64_t* anchors, Va
 
 // Pass 1, a block per GT: its top k by alignment; each winner inside the GT's
 // region fills the GT's next pick slot.
-template <typename T, typename S>
-__global__ void pick_kernel(TaskAlignedView<T, S> v, int64_t rows, int64_t topk, int64_t* __restrict__ pick_anchor,
-                            T* __restrict__ pick_alignment, T* __restrict__ pick_ciou) {
+template <typename K, typename T, typename S>
+__global__ void pick_kernel(TaskAlignedView<K, T, S> v, int64_t rows, int64_t topk, int64_t* __restrict__ pick_anchor,
+                            T* __restrict__ pick_alignment, T* __restrict__ pick_overlap) {
   __shared__ T values[kRowThreads];
   __shared__ int64_t anchors[kRowThreads];
   // The loop bounds are the same for every thread of a block, so that all of
@@ -138,7 +146,7 @@ __global__ void pick_kernel(TaskAlignedView<T, S> v, int64_t rows, int64_t topk,
       const int64_t slot = row * topk + picked++;
       pick_anchor[slot] = a;
       pick_alignment[slot] = al;
-      pick_ciou[slot] = o;
+      pick_overlap[slot] = o;
     };
     block_topk<T>(v.n, topk, values, anchors, alignment_of, pick);
   }
@@ -156,22 +164,22 @@ __global__ void count_kernel(const int64_t* __restrict__ pick_anchor, int64_t sl
 }
 
 // Pass 2, per anchor: its GT (-1 for background) and that pair's alignment
-// and CIoU.
-template <typename T, typename S>
-__global__ void resolve_kernel(TaskAlignedView<T, S> v, int64_t images, int64_t topk, const int32_t* __restrict__ picks,
-                               const int64_t* __restrict__ entry, const T* __restrict__ pick_alignment,
-                               const T* __restrict__ pick_ciou, int64_t* __restrict__ gt_of, T* __restrict__ alignment,
-                               T* __restrict__ ciou) {
+// and overlap.
+template <typename K, typename T, typename S>
+__global__ void resolve_kernel(TaskAlignedView<K, T, S> v, int64_t images, int64_t topk,
+                               const int32_t* __restrict__ picks, const int64_t* __restrict__ entry,
+                               const T* __restrict__ pick_alignment, const T* __restrict__ pick_overlap,
+                               int64_t* __restrict__ gt_of, T* __restrict__ alignment, T* __restrict__ overlap) {
   for (int64_t i = grid_start(); i < images * v.n; i += grid_stride()) {
     gt_of[i] = -1;
     alignment[i] = T(0);
-    ciou[i] = T(0);
+    overlap[i] = T(0);
     if (picks[i] == 1) {
       gt_of[i] = (entry[i] / topk) % v.gmax;
       alignment[i] = pick_alignment[entry[i]];
-      ciou[i] = pick_ciou[entry[i]];
+      overlap[i] = pick_overlap[entry[i]];
     } else if (picks[i] > 1) {
-      gt_of[i] = tal_resolve_conflict(v, i / v.n, i % v.n, TalAllGts{v.gmax}, alignment + i, ciou + i);
+      gt_of[i] = tal_resolve_conflict(v, i / v.n, i % v.n, TalAllGts{v.gmax}, alignment + i, overlap + i);
     }
   }
 }
@@ -208,20 +216,20 @@ __device__ __forceinline__ void atomic_max_non_negative(double* address, double 
 
 template <typename T>
 __global__ void gt_best_kernel(int64_t* __restrict__ gt_of, const bool* __restrict__ kept, bool second_topk,
-                               const T* __restrict__ alignment, const T* __restrict__ ciou, int64_t images, int64_t n,
-                               int64_t gmax, T* __restrict__ best_alignment, T* __restrict__ best_ciou) {
+                               const T* __restrict__ alignment, const T* __restrict__ overlap, int64_t images,
+                               int64_t n, int64_t gmax, T* __restrict__ best_alignment, T* __restrict__ best_overlap) {
   for (int64_t i = grid_start(); i < images * n; i += grid_stride()) {
     if (gt_of[i] >= 0 && second_topk && !kept[i]) gt_of[i] = -1;
     if (gt_of[i] < 0) continue;
     const int64_t row = (i / n) * gmax + gt_of[i];
     atomic_max_non_negative(best_alignment + row, alignment[i]);
-    atomic_max_non_negative(best_ciou + row, ciou[i]);
+    atomic_max_non_negative(best_overlap + row, overlap[i]);
   }
 }
 
-template <typename T, typename G>
+template <typename K, typename T, typename G>
 __global__ void targets_kernel(const int64_t* __restrict__ gt_of, const T* __restrict__ alignment,
-                               const T* __restrict__ best_alignment, const T* __restrict__ best_ciou,
+                               const T* __restrict__ best_alignment, const T* __restrict__ best_overlap,
                                const int64_t* __restrict__ gt_labels, const T* __restrict__ gt, int64_t images,
                                int64_t n, int64_t gmax, int64_t classes, T eps, int64_t* __restrict__ labels,
                                G* __restrict__ bboxes, T* __restrict__ scores, bool* __restrict__ fg,
@@ -230,45 +238,52 @@ __global__ void targets_kernel(const int64_t* __restrict__ gt_of, const T* __res
     const bool positive = gt_of[i] >= 0;
     const int64_t row = (i / n) * gmax + (positive ? gt_of[i] : 0);
     const int64_t label = gt_labels[row] > 0 ? gt_labels[row] : 0;
-    const T value = positive ? tal_normalised(alignment[i], best_ciou[row], best_alignment[row], eps) : T(0);
+    const T value = positive ? tal_normalised(alignment[i], best_overlap[row], best_alignment[row], eps) : T(0);
     fg[i] = positive;
     gt_index[i] = row % gmax;
     labels[i] = label;
     norm[i] = value;
-    store_box(load_box<T>(gt + 4 * row), bboxes + 4 * i);
+    for (int c = 0; c < K::kCoords; ++c) bboxes[K::kCoords * i + c] = static_cast<G>(gt[K::kCoords * row + c]);
     if (scores && positive && label < classes) scores[i * classes + label] = value;
   }
 }
 
-template <typename T, typename S>
+template <typename K, typename T, typename S>
 void task_aligned_cuda_impl(const TaskAlignedInputs& in, const TaskAlignedParams& p, TaskAlignedOutputs& out) {
   const int64_t images = in.scores.size(0), n = in.scores.size(1), gmax = in.gt.size(1), rows = images * gmax;
   const auto stream = at::cuda::getCurrentCUDAStream();
   const auto opts = in.gt.options();
-  at::Tensor regions = at::empty({rows, 4}, opts), angles = at::empty({rows}, opts);
-  regions_kernel<T><<<grid_for(rows), kThreads, 0, stream>>>(in.gt.data_ptr<T>(), rows, static_cast<T>(p.min_side),
-                                                             regions.data_ptr<T>(), angles.data_ptr<T>());
+  at::Tensor regions = at::empty({rows, K::kRegion}, opts), gt_cache = at::empty({rows, K::kCache}, opts),
+             pred_cache = at::empty({images * n, K::kCache}, opts);
+  regions_kernel<K, T><<<grid_for(rows), kThreads, 0, stream>>>(in.gt.data_ptr<T>(), in.gt_angles<T>(), rows,
+                                                                static_cast<T>(p.min_side), regions.data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const TaskAlignedView<T, S> v{in.scores.data_ptr<S>(),
-                                in.boxes.data_ptr<T>(),
-                                in.anchors.data_ptr<T>(),
-                                in.labels.data_ptr<int64_t>(),
-                                in.gt.data_ptr<T>(),
-                                regions.data_ptr<T>(),
-                                angles.data_ptr<T>(),
-                                nullptr,  // a thread reads few predicted boxes: their angles are computed as needed
-                                in.valid.data_ptr<bool>(),
-                                n,
-                                gmax,
-                                p.classes,
-                                static_cast<T>(p.alpha),
-                                static_cast<T>(p.beta)};
+  cache_kernel<K, T>
+      <<<grid_for(rows), kThreads, 0, stream>>>(in.gt.data_ptr<T>(), in.gt_angles<T>(), rows, gt_cache.data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cache_kernel<K, T><<<grid_for(images * n), kThreads, 0, stream>>>(in.boxes.data_ptr<T>(), in.box_angles<T>(),
+                                                                    images * n, pred_cache.data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const TaskAlignedView<K, T, S> v{in.scores.data_ptr<S>(),
+                                   in.boxes.data_ptr<T>(),
+                                   in.anchors.data_ptr<T>(),
+                                   in.labels.data_ptr<int64_t>(),
+                                   in.gt.data_ptr<T>(),
+                                   regions.data_ptr<T>(),
+                                   gt_cache.data_ptr<T>(),
+                                   pred_cache.data_ptr<T>(),
+                                   in.valid.data_ptr<bool>(),
+                                   n,
+                                   gmax,
+                                   p.classes,
+                                   static_cast<T>(p.alpha),
+                                   static_cast<T>(p.beta)};
 
   const int64_t slots = rows * p.topk;
   at::Tensor pick_anchor = at::full({slots}, -1, opts.dtype(at::kLong));
-  at::Tensor pick_alignment = at::zeros({slots}, opts), pick_ciou = at::zeros({slots}, opts);
-  pick_kernel<T, S><<<row_grid(rows), kRowThreads, 0, stream>>>(v, rows, p.topk, pick_anchor.data_ptr<int64_t>(),
-                                                                pick_alignment.data_ptr<T>(), pick_ciou.data_ptr<T>());
+  at::Tensor pick_alignment = at::zeros({slots}, opts), pick_overlap = at::zeros({slots}, opts);
+  pick_kernel<K, T, S><<<row_grid(rows), kRowThreads, 0, stream>>>(
+      v, rows, p.topk, pick_anchor.data_ptr<int64_t>(), pick_alignment.data_ptr<T>(), pick_overlap.data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   at::Tensor picks = at::zeros({images * n}, opts.dtype(at::kInt)),
@@ -277,10 +292,10 @@ void task_aligned_cuda_impl(const TaskAlignedInputs& in, const TaskAlignedParams
                                                          picks.data_ptr<int32_t>(), entry.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   at::Tensor gt_of = at::empty({images * n}, opts.dtype(at::kLong));
-  at::Tensor alignment = at::empty({images * n}, opts), ciou = at::empty({images * n}, opts);
-  resolve_kernel<T, S><<<grid_for(images * n), kThreads, 0, stream>>>(
+  at::Tensor alignment = at::empty({images * n}, opts), overlap = at::empty({images * n}, opts);
+  resolve_kernel<K, T, S><<<grid_for(images * n), kThreads, 0, stream>>>(
       v, images, p.topk, picks.data_ptr<int32_t>(), entry.data_ptr<int64_t>(), pick_alignment.data_ptr<T>(),
-      pick_ciou.data_ptr<T>(), gt_of.data_ptr<int64_t>(), alignment.data_ptr<T>(), ciou.data_ptr<T>());
+      pick_overlap.data_ptr<T>(), gt_of.data_ptr<int64_t>(), alignment.data_ptr<T>(), overlap.data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   const bool second_topk = p.topk2 != p.topk;
@@ -290,15 +305,15 @@ void task_aligned_cuda_impl(const TaskAlignedInputs& in, const TaskAlignedParams
         gt_of.data_ptr<int64_t>(), alignment.data_ptr<T>(), rows, gmax, n, p.topk2, kept.data_ptr<bool>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  at::Tensor best_alignment = at::zeros({rows}, opts), best_ciou = at::zeros({rows}, opts);
+  at::Tensor best_alignment = at::zeros({rows}, opts), best_overlap = at::zeros({rows}, opts);
   gt_best_kernel<T><<<grid_for(images * n), kThreads, 0, stream>>>(
-      gt_of.data_ptr<int64_t>(), kept.data_ptr<bool>(), second_topk, alignment.data_ptr<T>(), ciou.data_ptr<T>(),
-      images, n, gmax, best_alignment.data_ptr<T>(), best_ciou.data_ptr<T>());
+      gt_of.data_ptr<int64_t>(), kept.data_ptr<bool>(), second_topk, alignment.data_ptr<T>(), overlap.data_ptr<T>(),
+      images, n, gmax, best_alignment.data_ptr<T>(), best_overlap.data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.bboxes.scalar_type(), "tal_targets_cuda", [&] {
-    targets_kernel<T, scalar_t><<<grid_for(images * n), kThreads, 0, stream>>>(
-        gt_of.data_ptr<int64_t>(), alignment.data_ptr<T>(), best_alignment.data_ptr<T>(), best_ciou.data_ptr<T>(),
+    targets_kernel<K, T, scalar_t><<<grid_for(images * n), kThreads, 0, stream>>>(
+        gt_of.data_ptr<int64_t>(), alignment.data_ptr<T>(), best_alignment.data_ptr<T>(), best_overlap.data_ptr<T>(),
         in.labels.data_ptr<int64_t>(), in.gt.data_ptr<T>(), images, n, gmax, p.classes, static_cast<T>(p.eps),
         out.labels.data_ptr<int64_t>(), out.bboxes.data_ptr<scalar_t>(),
         p.with_scores ? out.scores.data_ptr<T>() : nullptr, out.fg.data_ptr<bool>(), out.gt_index.data_ptr<int64_t>(),
@@ -307,22 +322,26 @@ void task_aligned_cuda_impl(const TaskAlignedInputs& in, const TaskAlignedParams
   });
 }
 
+template <typename K>
 TaskAlignedResult assign_task_aligned_cuda(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
                                            const at::Tensor& anc_points, const at::Tensor& gt_labels,
                                            const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
                                            int64_t topk2, int64_t num_classes, double alpha, double beta, double eps,
                                            double min_side, bool with_scores) {
   const c10::cuda::CUDAGuard guard(pd_scores.device());
-  return assign_task_aligned_host(
+  return assign_task_aligned_host<K>(
       pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
       TaskAlignedParams{topk, topk2, num_classes, alpha, beta, eps, min_side, with_scores},
       [](auto math, auto storage, const TaskAlignedInputs& in, const TaskAlignedParams& p, TaskAlignedOutputs& out) {
-        task_aligned_cuda_impl<decltype(math), decltype(storage)>(in, p, out);
+        task_aligned_cuda_impl<K, decltype(math), decltype(storage)>(in, p, out);
       });
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mutualops, CUDA, m) { m.impl("assign_task_aligned", &assign_task_aligned_cuda); }
+TORCH_LIBRARY_IMPL(mutualops, CUDA, m) {
+  m.impl("assign_task_aligned", &assign_task_aligned_cuda<AxisAlignedTal>);
+  m.impl("assign_task_aligned_rotated", &assign_task_aligned_cuda<RotatedTal>);
+}
 
 }  // namespace mutualops

@@ -15,8 +15,18 @@ TORCH_LIBRARY_FRAGMENT(mutualops, m) {
       "assign_task_aligned(Tensor pd_scores, Tensor pd_bboxes, Tensor anc_points, Tensor gt_labels, "
       "Tensor gt_bboxes, Tensor mask_gt, int topk, int topk2, int num_classes, float alpha, float beta, float eps, "
       "float min_side, bool with_scores) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The same for oriented boxes, Ultralytics' RotatedTaskAlignedAssigner: pd_bboxes [B, A, 5] and gt_bboxes
+  // [B, G, 5] xywhr (docs/method.md, section 2.7), candidates inside the GT's rectangle (edges included) with
+  // sides under min_side widened to it, probiou in place of CIoU; target_bboxes [B, A, 5].
+  m.def(
+      "assign_task_aligned_rotated(Tensor pd_scores, Tensor pd_bboxes, Tensor anc_points, Tensor gt_labels, "
+      "Tensor gt_bboxes, Tensor mask_gt, int topk, int topk2, int num_classes, float alpha, float beta, float eps, "
+      "float min_side, bool with_scores) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 // Not differentiable (indices, selections, ranks, targets): autograd hands the call straight to the kernels,
 // so that no output claims requires_grad (torch's fallback would set it and then backpropagate nothing).
-TORCH_LIBRARY_IMPL(mutualops, Autograd, m) { m.impl("assign_task_aligned", torch::CppFunction::makeFallthrough()); }
+TORCH_LIBRARY_IMPL(mutualops, Autograd, m) {
+  m.impl("assign_task_aligned", torch::CppFunction::makeFallthrough());
+  m.impl("assign_task_aligned_rotated", torch::CppFunction::makeFallthrough());
+}

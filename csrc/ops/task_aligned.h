@@ -29,9 +29,10 @@ inline at::Tensor per_gt(const at::Tensor& t, int64_t images, int64_t gmax, cons
   return t.reshape({images, gmax});
 }
 
-inline void check_task_aligned(const at::Tensor& scores, const at::Tensor& boxes, const at::Tensor& anchors,
-                               const at::Tensor& labels, const at::Tensor& gt, const at::Tensor& mask,
-                               const TaskAlignedParams& p) {
+// `coords` values per box: 4 (xyxy) or 5 (xywhr).
+inline void check_task_aligned(int64_t coords, const at::Tensor& scores, const at::Tensor& boxes,
+                               const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& gt,
+                               const at::Tensor& mask, const TaskAlignedParams& p) {
   for (auto [t, name] :
        {std::pair{&scores, "pd_scores"}, {&boxes, "pd_bboxes"}, {&anchors, "anc_points"}, {&gt, "gt_bboxes"}}) {
     check_kernel_float(*t, name);
@@ -47,12 +48,12 @@ inline void check_task_aligned(const at::Tensor& scores, const at::Tensor& boxes
   const int64_t images = scores.size(0), n = scores.size(1);
   TORCH_CHECK_VALUE(scores.size(2) == p.classes, "pd_scores has ", scores.size(2),
                     " classes in its last dimension but num_classes is ", p.classes);
-  TORCH_CHECK_VALUE(boxes.dim() == 3 && boxes.size(0) == images && boxes.size(1) == n && boxes.size(2) == 4,
-                    "pd_bboxes must have shape [", images, ", ", n, ", 4], got ", boxes.sizes());
+  TORCH_CHECK_VALUE(boxes.dim() == 3 && boxes.size(0) == images && boxes.size(1) == n && boxes.size(2) == coords,
+                    "pd_bboxes must have shape [", images, ", ", n, ", ", coords, "], got ", boxes.sizes());
   TORCH_CHECK_VALUE(anchors.dim() == 2 && anchors.size(0) == n && anchors.size(1) == 2, "anc_points must have shape [",
                     n, ", 2], got ", anchors.sizes());
-  TORCH_CHECK_VALUE(gt.dim() == 3 && gt.size(0) == images && gt.size(2) == 4, "gt_bboxes must have shape [", images,
-                    ", G, 4], got ", gt.sizes());
+  TORCH_CHECK_VALUE(gt.dim() == 3 && gt.size(0) == images && gt.size(2) == coords, "gt_bboxes must have shape [",
+                    images, ", G, ", coords, "], got ", gt.sizes());
   per_gt(labels, images, gt.size(1), "gt_labels");
   per_gt(mask, images, gt.size(1), "mask_gt");
   TORCH_CHECK_VALUE(p.classes >= 1, "num_classes must be >= 1, got ", p.classes);
@@ -78,10 +79,27 @@ inline at::ScalarType task_aligned_math_type(const at::Tensor& scores, const at:
 
 // What the kernels read: scores in their own dtype (no copy of [B, A, C]),
 // the rest contiguous in the math type, labels as int64 (float labels
-// truncated, as Ultralytics' .long()), the mask as bool.
+// truncated, as Ultralytics' .long()), the mask as bool; for a kind of box
+// with angles, the cosine and sine of each angle ([B, G, 2], [B, A, 2]; see
+// task_aligned_math.h), and null pointers otherwise.
 struct TaskAlignedInputs {
-  at::Tensor scores, boxes, anchors, labels, gt, valid;
+  at::Tensor scores, boxes, anchors, labels, gt, valid, gt_trig, box_trig;
+
+  template <typename T>
+  const T* gt_angles() const {
+    return gt_trig.defined() ? gt_trig.data_ptr<T>() : nullptr;
+  }
+  template <typename T>
+  const T* box_angles() const {
+    return box_trig.defined() ? box_trig.data_ptr<T>() : nullptr;
+  }
 };
+
+// cos and sin of the angle column of xywhr boxes, by torch's own functions on this device.
+inline at::Tensor angle_cos_sin(const at::Tensor& boxes) {
+  const at::Tensor angle = boxes.select(-1, 4);
+  return at::stack({at::cos(angle), at::sin(angle)}, -1).contiguous();
+}
 
 inline TaskAlignedInputs prepare_task_aligned(const at::Tensor& scores, const at::Tensor& boxes,
                                               const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& gt,
@@ -110,8 +128,9 @@ inline TaskAlignedInputs prepare_task_aligned(const at::Tensor& scores, const at
     const auto [lo, hi] = at::aminmax(t);
     return (lo >= 0).logical_and(hi <= 1);
   };
-  // Flipped GT rows (x2 < x1 or y2 < y1) pass, as in Ultralytics: their regions are widened like any thin box,
-  // and their CIoU clamps to 0, so that they keep at most zero-alignment candidates.
+  // Flipped GT rows (x2 < x1 or y2 < y1; for oriented boxes a negative width or height) pass, as in
+  // Ultralytics: their regions are widened like any thin box, and (axis-aligned) their CIoU clamps to 0, so
+  // that they keep at most zero-alignment candidates.
   const at::Tensor flags = at::stack({real_labels.eq(real_labels.trunc()).all().logical_and(real_labels.ge(0).all()),
                                       real_labels.lt(static_cast<double>(classes)).all(), finite(real_gt),
                                       finite(in.anchors), finite(in.boxes), probabilities(in.scores)})
@@ -134,11 +153,12 @@ struct TaskAlignedOutputs {
 
 inline TaskAlignedOutputs task_aligned_outputs(const at::Tensor& scores, const at::Tensor& gt, at::ScalarType math,
                                                const TaskAlignedParams& p) {
+  const int64_t coords = gt.size(2);
   const int64_t images = scores.size(0), n = scores.size(1);
   const auto opts = scores.options();
   TaskAlignedOutputs out;
   out.labels = at::empty({images, n}, opts.dtype(at::kLong));
-  out.bboxes = at::empty({images, n, 4}, opts.dtype(gt.scalar_type()));
+  out.bboxes = at::empty({images, n, coords}, opts.dtype(gt.scalar_type()));
   out.scores = at::zeros({images, n, p.with_scores ? p.classes : 0}, opts.dtype(math));
   out.fg = at::zeros({images, n}, opts.dtype(at::kBool));
   out.gt_index = at::zeros({images, n}, opts.dtype(at::kLong));
@@ -146,15 +166,16 @@ inline TaskAlignedOutputs task_aligned_outputs(const at::Tensor& scores, const a
   return out;
 }
 
-// The op's host side on every backend: checks, the case without GT rows (every
-// anchor background with label num_classes, as in Ultralytics), the inputs and
-// the outputs. `kernel(T(), S(), in, p, out)` is the backend's kernel for math
-// type T and score storage type S.
-template <typename Kernel>
+// The op's host side on every backend and kind of box K (task_aligned_math.h):
+// checks, the case without GT rows (every anchor background with label
+// num_classes, as in Ultralytics), the inputs and the outputs.
+// `kernel(T(), S(), in, p, out)` is the backend's kernel for math type T and
+// score storage type S.
+template <typename K, typename Kernel>
 TaskAlignedResult assign_task_aligned_host(const at::Tensor& scores, const at::Tensor& boxes, const at::Tensor& anchors,
                                            const at::Tensor& labels, const at::Tensor& gt, const at::Tensor& mask,
                                            const TaskAlignedParams& p, Kernel kernel) {
-  check_task_aligned(scores, boxes, anchors, labels, gt, mask, p);
+  check_task_aligned(K::kCoords, scores, boxes, anchors, labels, gt, mask, p);
   const at::ScalarType math = task_aligned_math_type(scores, boxes, anchors, gt);
   TaskAlignedOutputs out = task_aligned_outputs(scores, gt, math, p);
   if (gt.size(1) == 0 || scores.size(0) == 0) {
@@ -162,7 +183,11 @@ TaskAlignedResult assign_task_aligned_host(const at::Tensor& scores, const at::T
     out.bboxes.zero_();
     return out.result();
   }
-  const TaskAlignedInputs in = prepare_task_aligned(scores, boxes, anchors, labels, gt, mask, math, p.classes);
+  TaskAlignedInputs in = prepare_task_aligned(scores, boxes, anchors, labels, gt, mask, math, p.classes);
+  if constexpr (K::kAngles) {
+    in.gt_trig = angle_cos_sin(in.gt);
+    in.box_trig = angle_cos_sin(in.boxes);
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scores.scalar_type(), "assign_task_aligned", [&] {
     if (math == at::kDouble) {
       kernel(double(), scalar_t(), in, p, out);

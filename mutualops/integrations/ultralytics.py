@@ -10,8 +10,9 @@ or, without touching the script, for every process Ultralytics starts (the
     MUTUALOPS_ULTRALYTICS=1 yolo detect train data=... model=yolov8n.yaml
 
 ``install()`` swaps three hot paths for mutualops ops: the task-aligned
-assigner inside the detection loss (``TaskAlignedAssigner.forward``, for the
-plain detection assigner; the segment, pose and OBB subclasses keep theirs),
+assigners inside the detection and OBB losses (``TaskAlignedAssigner.forward``
+for the plain detection assigner and ``RotatedTaskAlignedAssigner``; the
+segment and pose subclasses, and any other subclass, keep theirs),
 ``ultralytics.utils.nms.non_max_suppression`` (for axis-aligned boxes;
 end-to-end outputs keep Ultralytics' code) and, inside its rotated (OBB)
 path, the matrix NMS over probiou (``TorchNMS.fast_nms`` with
@@ -32,7 +33,7 @@ import torch
 from .._extension import has_backend
 from ..nms import batched_nms
 from ..rotated import fast_nms_rotated
-from ..task_aligned import assign_task_aligned
+from ..task_aligned import assign_task_aligned, assign_task_aligned_rotated
 
 _originals = {}
 
@@ -55,7 +56,7 @@ def install(announce=None):
         return
     _originals["forward"] = tal.TaskAlignedAssigner.forward
     _originals["non_max_suppression"] = nms_module.non_max_suppression
-    _originals["assigner_class"] = tal.TaskAlignedAssigner
+    _originals["assigner_classes"] = (tal.TaskAlignedAssigner, tal.RotatedTaskAlignedAssigner)
     _originals["fast_nms"] = nms_module.TorchNMS.__dict__["fast_nms"]
     tal.TaskAlignedAssigner.forward = _assigner_forward
     nms_module.non_max_suppression = non_max_suppression
@@ -93,16 +94,17 @@ def _logger():
 
 
 def _assigner_forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra):
-    # The subclasses (segment, pose, OBB) redefine overlaps or candidates, and
-    # extra inputs feed those: they keep Ultralytics' implementation.
-    if type(self) is not _originals["assigner_class"] or extra or not _has_kernels(pd_scores.device):
+    # Other subclasses (segment, pose, a user's) redefine overlaps or candidates, and extra inputs feed those:
+    # they keep Ultralytics' implementation.
+    detection, rotated = _originals["assigner_classes"]
+    assign = {detection: assign_task_aligned, rotated: assign_task_aligned_rotated}.get(type(self))
+    if assign is None or extra or not _has_kernels(pd_scores.device):
         return _originals["forward"](self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra)
     try:
         with torch.no_grad():
-            return tuple(assign_task_aligned(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
-                                             topk=self.topk, num_classes=self.num_classes, alpha=self.alpha,
-                                             beta=self.beta, eps=self.eps, stride=[self.stride_val],
-                                             topk2=self.topk2))
+            return tuple(assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk=self.topk,
+                                num_classes=self.num_classes, alpha=self.alpha, beta=self.beta, eps=self.eps,
+                                stride=[self.stride_val], topk2=self.topk2))
     except (TypeError, ValueError) as e:
         refused = e
     # Outside the except block, so that the traceback does not hold the refused attempt's tensors.

@@ -22,5 +22,7 @@ MUTUALOPS_HD float cos_of(float x) { return cosf(x); }
 MUTUALOPS_HD double cos_of(double x) { return cos(x); }
 MUTUALOPS_HD float sin_of(float x) { return sinf(x); }
 MUTUALOPS_HD double sin_of(double x) { return sin(x); }
+MUTUALOPS_HD float abs_of(float x) { return fabsf(x); }
+MUTUALOPS_HD double abs_of(double x) { return fabs(x); }
 
 }  // namespace mutualops

@@ -152,13 +152,18 @@ struct Gaussian {
   T a, b, c, det;
 };
 
+// `cs` and `sn`: the cosine and sine of the box's angle, where a caller takes them from elsewhere.
 template <typename T>
-MUTUALOPS_HD Gaussian<T> box_gaussian(const RotatedBox<T>& r, T floor = T(0)) {
+MUTUALOPS_HD Gaussian<T> box_gaussian(const RotatedBox<T>& r, T cs, T sn, T floor = T(0)) {
   const T p = r.w * r.w / T(12) + floor, q = r.h * r.h / T(12) + floor;
-  const T cs = cos_of(r.angle), sn = sin_of(r.angle);
   const T cos2 = cs * cs, sin2 = sn * sn;
   const T a = p * cos2 + q * sin2, b = p * sin2 + q * cos2, c = (p - q) * cs * sn;
   return Gaussian<T>{a, b, c, clamp_min0(a * b - c * c)};
+}
+
+template <typename T>
+MUTUALOPS_HD Gaussian<T> box_gaussian(const RotatedBox<T>& r, T floor = T(0)) {
+  return box_gaussian(r, cos_of(r.angle), sin_of(r.angle), floor);
 }
 
 // The Bhattacharyya distance of two boxes' Gaussians, bd = t1 + t2 + t3 clamped to [eps, 100], in

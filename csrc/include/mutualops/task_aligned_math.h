@@ -1,15 +1,18 @@
 #pragma once
 
 // Task-aligned assignment math (TOOD's rule, the one Ultralytics YOLO trains
-// with; docs/method.md, section 2.5), shared by the CPU and CUDA
-// kernels. Every expression keeps the operation order of Ultralytics 8.4's
-// TaskAlignedAssigner, so that fp32 results agree with it bit for bit wherever
-// the elementary functions (atan, pow) do, and to the last ulp elsewhere.
+// with; docs/method.md, sections 2.5 and 2.7), shared by the CPU and CUDA
+// kernels, for axis-aligned and oriented boxes. Every expression keeps the
+// operation order of Ultralytics 8.4's TaskAlignedAssigner and
+// RotatedTaskAlignedAssigner, so that fp32 results agree with them bit for bit
+// wherever the elementary functions (atan, pow, cos, sin) do, and to the last
+// ulp elsewhere.
 
 #include <math.h>
 #include <stdint.h>
 
 #include "mutualops/box_math.h"
+#include "mutualops/rotated_math.h"
 #include "mutualops/score_math.h"
 
 namespace mutualops {
@@ -82,61 +85,183 @@ MUTUALOPS_HD T torch_scalar_pow(T x, T e) {
   return pow_of(x, e);
 }
 
-// The alignment metric t = score^alpha * ciou^beta of one candidate.
+// The alignment metric t = score^alpha * overlap^beta of one candidate (the overlap: CIoU, or probiou for
+// oriented boxes).
 template <typename T>
-MUTUALOPS_HD T tal_alignment(T score, T ciou, T alpha, T beta) {
-  return torch_scalar_pow(score, alpha) * torch_scalar_pow(ciou, beta);
+MUTUALOPS_HD T tal_alignment(T score, T overlap, T alpha, T beta) {
+  return torch_scalar_pow(score, alpha) * torch_scalar_pow(overlap, beta);
 }
 
 // The soft classification target of a positive: its alignment rescaled so
-// that the GT's best-aligned anchor gets the GT's best CIoU.
+// that the GT's best-aligned anchor gets the GT's best overlap.
 template <typename T>
-MUTUALOPS_HD T tal_normalised(T alignment, T gt_best_ciou, T gt_best_alignment, T eps) {
-  return alignment * gt_best_ciou / (gt_best_alignment + eps);
+MUTUALOPS_HD T tal_normalised(T alignment, T gt_best_overlap, T gt_best_alignment, T eps) {
+  return alignment * gt_best_overlap / (gt_best_alignment + eps);
 }
 
+// ---- oriented boxes (RotatedTaskAlignedAssigner) ------------------------------------------------------------
+
+// The candidate region of an oriented GT (xywhr; cs and sn the cosine and sine of its angle): the rectangle
+// with each side under `min_side` widened to it, held as its corner a and the edge vectors ab and ad with their
+// squared lengths, each computed in the operation order of Ultralytics' xywhr2xyxyxyxy and
+// select_candidates_in_gts (a, b, d are its corners 1, 2 and 4), so that anchors on an edge fall on the same
+// side.
+template <typename T>
+struct RotatedRegion {
+  T ax, ay, abx, aby, adx, ady, ab2, ad2;
+};
+
+template <typename T>
+MUTUALOPS_HD RotatedRegion<T> rotated_tal_region(const RotatedBox<T>& g, T cs, T sn, T min_side) {
+  const T w = g.w < min_side ? min_side : g.w, h = g.h < min_side ? min_side : g.h;
+  const T ux = w / T(2) * cs, uy = w / T(2) * sn;    // half the width axis
+  const T vx = -h / T(2) * sn, vy = h / T(2) * cs;   // half the height axis
+  const T ax = g.cx + ux + vx, ay = g.cy + uy + vy;  // corner 1: centre + u + v
+  const T bx = g.cx + ux - vx, by = g.cy + uy - vy;  // corner 2: centre + u - v
+  const T dx = g.cx - ux + vx, dy = g.cy - uy + vy;  // corner 4: centre - u + v
+  const T abx = bx - ax, aby = by - ay, adx = dx - ax, ady = dy - ay;
+  return RotatedRegion<T>{ax, ay, abx, aby, adx, ady, abx * abx + aby * aby, adx * adx + ady * ady};
+}
+
+// A point is a candidate when its projections on both edges lie within them, edges included.
+template <typename T>
+MUTUALOPS_HD bool rotated_tal_inside(T x, T y, const RotatedRegion<T>& r) {
+  const T px = x - r.ax, py = y - r.ay;
+  const T along_ab = px * r.abx + py * r.aby, along_ad = px * r.adx + py * r.ady;
+  return (along_ab >= T(0)) & (along_ab <= r.ab2) & (along_ad >= T(0)) & (along_ad <= r.ad2);
+}
+
+// An axis-aligned box holding every point rotated_tal_inside accepts, rounding included: the corners' box
+// widened by a margin far above the rounding of the projections. A region with a zero edge is an unbounded
+// strip (an empty edge constrains nothing), and one with a non-finite value is left to the exact test.
+template <typename T>
+MUTUALOPS_HD Box<T> rotated_tal_bounds(const RotatedRegion<T>& r) {
+  const T scale = abs_of(r.ax) + abs_of(r.ay) + abs_of(r.abx) + abs_of(r.aby) + abs_of(r.adx) + abs_of(r.ady);
+  if (!(r.ab2 > T(0)) || !(r.ad2 > T(0)) || !(scale < T(INFINITY))) {
+    return Box<T>{T(-INFINITY), T(-INFINITY), T(INFINITY), T(INFINITY)};
+  }
+  const T margin = scale * T(1e-4);
+  const T x1 = min2(min2(T(0), r.abx), min2(r.adx, r.abx + r.adx)),
+          x2 = max2(max2(T(0), r.abx), max2(r.adx, r.abx + r.adx));
+  const T y1 = min2(min2(T(0), r.aby), min2(r.ady, r.aby + r.ady)),
+          y2 = max2(max2(T(0), r.aby), max2(r.ady, r.aby + r.ady));
+  return Box<T>{r.ax + x1 - margin, r.ay + y1 - margin, r.ax + x2 + margin, r.ay + y2 + margin};
+}
+
+// ---- the two kinds of box --------------------------------------------------------------------------------------
+
+// What the assignment passes need of a kind of box: kCoords values per box; a candidate region of kRegion
+// values per GT, its exact membership test and an axis-aligned box bounding it (for the CPU's bucket grids);
+// kCache values computed once per box (a GT, a predicted box) that the pair overlap reads; and the overlap
+// itself (Ultralytics' iou_calculation), clamped at 0, a NaN counting as 0. A kind with kAngles reads the
+// cosine and sine of each box's angle from `trig` (2 values per box), which the host takes from torch's own
+// cos and sin: the C library's differ from them in the last bit for about one angle in twenty, enough to move
+// an anchor across an edge or, for a box of zero width, to turn its Gaussian's determinant (rounding noise
+// about 0) from one value into another.
+struct AxisAlignedTal {
+  static constexpr int kCoords = 4, kRegion = 4, kCache = 1;
+  static constexpr bool kAngles = false;
+  template <typename T>
+  static MUTUALOPS_HD void region(const T* gt, const T*, T min_side, T* out) {
+    store_box(tal_candidate_region(load_box<T>(gt), min_side), out);
+  }
+  template <typename T>
+  static MUTUALOPS_HD bool inside(T x, T y, const T* region) {
+    return tal_inside(x, y, load_box<T>(region));
+  }
+  template <typename T>
+  static MUTUALOPS_HD Box<T> bounds(const T* region) {
+    return load_box<T>(region);
+  }
+  template <typename T>
+  static MUTUALOPS_HD void cache(const T* box, const T*, T* out) {
+    out[0] = tal_aspect_angle(load_box<T>(box));
+  }
+  template <typename T>
+  static MUTUALOPS_HD T overlap(const T* gt, const T* gt_cache, const T* pred, const T* pred_cache) {
+    return tal_complete_iou(load_box<T>(gt), gt_cache[0], load_box<T>(pred), pred_cache[0]);
+  }
+};
+
+// Oriented xywhr boxes: the rectangle region above and probiou (Ultralytics' default eps 1e-7, no floor), each
+// box's Gaussian cached.
+struct RotatedTal {
+  static constexpr int kCoords = 5, kRegion = 8, kCache = 4;
+  static constexpr bool kAngles = true;
+  template <typename T>
+  static MUTUALOPS_HD void region(const T* gt, const T* trig, T min_side, T* out) {
+    const RotatedRegion<T> r = rotated_tal_region(load_rotated_box<T>(gt), trig[0], trig[1], min_side);
+    out[0] = r.ax, out[1] = r.ay, out[2] = r.abx, out[3] = r.aby;
+    out[4] = r.adx, out[5] = r.ady, out[6] = r.ab2, out[7] = r.ad2;
+  }
+  template <typename T>
+  static MUTUALOPS_HD RotatedRegion<T> load_region(const T* p) {
+    return RotatedRegion<T>{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]};
+  }
+  template <typename T>
+  static MUTUALOPS_HD bool inside(T x, T y, const T* region) {
+    return rotated_tal_inside(x, y, load_region(region));
+  }
+  template <typename T>
+  static MUTUALOPS_HD Box<T> bounds(const T* region) {
+    return rotated_tal_bounds(load_region(region));
+  }
+  template <typename T>
+  static MUTUALOPS_HD void cache(const T* box, const T* trig, T* out) {
+    const Gaussian<T> g = box_gaussian(load_rotated_box<T>(box), trig[0], trig[1]);
+    out[0] = g.a, out[1] = g.b, out[2] = g.c, out[3] = g.det;
+  }
+  template <typename T>
+  static MUTUALOPS_HD T overlap(const T* gt, const T* gt_cache, const T* pred, const T* pred_cache) {
+    const Gaussian<T> g1{gt_cache[0], gt_cache[1], gt_cache[2], gt_cache[3]};
+    const Gaussian<T> g2{pred_cache[0], pred_cache[1], pred_cache[2], pred_cache[3]};
+    const T iou = probiou<RotatedMode::kProbiou>(load_rotated_box<T>(gt), g1, load_rotated_box<T>(pred), g2, T(1e-7));
+    return iou > T(0) ? iou : T(0);
+  }
+};
+
 // The inputs of one assignment as the kernels read them (contiguous; scores
-// in their own storage type S, everything else in the math type T).
-template <typename T, typename S>
+// in their own storage type S, everything else in the math type T), for boxes
+// of kind K (AxisAlignedTal or RotatedTal).
+template <typename K, typename T, typename S>
 struct TaskAlignedView {
   const S* scores;        // [B, A, C]
-  const T* boxes;         // [B, A, 4] predicted
+  const T* boxes;         // [B, A, K::kCoords] predicted
   const T* anchors;       // [A, 2]
   const int64_t* labels;  // [B, G]
-  const T* gt;            // [B, G, 4]
-  const T* regions;       // [B, G, 4] candidate regions
-  const T* gt_angles;     // [B, G] tal_aspect_angle of each GT
-  const T* pred_angles;   // [B, A] tal_aspect_angle of each predicted box, or null: computed per pair
+  const T* gt;            // [B, G, K::kCoords]
+  const T* regions;       // [B, G, K::kRegion] candidate regions
+  const T* gt_cache;      // [B, G, K::kCache]
+  const T* pred_cache;    // [B, A, K::kCache]
   const bool* valid;      // [B, G] real GT rows
   int64_t n, gmax, classes;
   T alpha, beta;
 };
 
-// The alignment and CIoU of GT row `row` (image * gmax + g) with anchor `a`
+// The alignment and overlap of GT row `row` (image * gmax + g) with anchor `a`
 // of the same image, for a pair known to be a candidate.
-template <typename T, typename S>
-MUTUALOPS_HD void tal_pair(const TaskAlignedView<T, S>& v, int64_t row, int64_t a, T* alignment, T* ciou) {
+template <typename K, typename T, typename S>
+MUTUALOPS_HD void tal_pair(const TaskAlignedView<K, T, S>& v, int64_t row, int64_t a, T* alignment, T* overlap) {
   const int64_t box = row / v.gmax * v.n + a;
-  const Box<T> pred = load_box<T>(v.boxes + 4 * box);
-  *ciou = tal_complete_iou(load_box<T>(v.gt + 4 * row), v.gt_angles[row], pred,
-                           v.pred_angles ? v.pred_angles[box] : tal_aspect_angle(pred));
+  *overlap = K::overlap(v.gt + K::kCoords * row, v.gt_cache + K::kCache * row, v.boxes + K::kCoords * box,
+                        v.pred_cache + K::kCache * box);
   const T score = static_cast<T>(v.scores[box * v.classes + v.labels[row]]);
-  *alignment = tal_alignment(score, *ciou, v.alpha, v.beta);
+  *alignment = tal_alignment(score, *overlap, v.alpha, v.beta);
 }
 
 // Whether anchor `a` is a candidate of GT `g` (a real GT whose region holds
-// it) and, if so, the pair's alignment and CIoU; both are 0 otherwise, as in
+// it) and, if so, the pair's alignment and overlap; both are 0 otherwise, as in
 // Ultralytics' dense planes.
-template <typename T, typename S>
-MUTUALOPS_HD bool tal_candidate(const TaskAlignedView<T, S>& v, int64_t image, int64_t g, int64_t a, T* alignment,
-                                T* ciou) {
+template <typename K, typename T, typename S>
+MUTUALOPS_HD bool tal_candidate(const TaskAlignedView<K, T, S>& v, int64_t image, int64_t g, int64_t a, T* alignment,
+                                T* overlap) {
   const int64_t row = image * v.gmax + g;
   *alignment = T(0);
-  *ciou = T(0);
-  if (!v.valid[row] || !tal_inside(v.anchors[2 * a], v.anchors[2 * a + 1], load_box<T>(v.regions + 4 * row))) {
+  *overlap = T(0);
+  if (!v.valid[row] || !K::inside(v.anchors[2 * a], v.anchors[2 * a + 1], v.regions + K::kRegion * row)) {
     return false;
   }
-  tal_pair(v, row, a, alignment, ciou);
+  tal_pair(v, row, a, alignment, overlap);
   return true;
 }
 
@@ -156,23 +281,23 @@ struct TalAllGts {
   MUTUALOPS_HD Iter end() const { return {count}; }
 };
 
-// The GT of an anchor in several GTs' top-k: the one of highest CIoU among
+// The GT of an anchor in several GTs' top-k: the one of highest overlap among
 // every GT (0 for those it is no candidate of), the first on a tie, so GT 0
 // when all are 0; this is Ultralytics' argmax over the anchor's column, which
 // may name a GT that did not pick the anchor. `gts` lists GT indices in
 // increasing order, among them every GT whose region holds the anchor (the
-// others have CIoU 0 and never win): all of them (TalAllGts), or those a
+// others have overlap 0 and never win): all of them (TalAllGts), or those a
 // spatial index returns.
-template <typename T, typename S, typename GtRange>
-MUTUALOPS_HD int64_t tal_resolve_conflict(const TaskAlignedView<T, S>& v, int64_t image, int64_t a, const GtRange& gts,
-                                          T* alignment, T* ciou) {
+template <typename K, typename T, typename S, typename GtRange>
+MUTUALOPS_HD int64_t tal_resolve_conflict(const TaskAlignedView<K, T, S>& v, int64_t image, int64_t a,
+                                          const GtRange& gts, T* alignment, T* overlap) {
   int64_t best = 0;
-  tal_candidate(v, image, 0, a, alignment, ciou);
+  tal_candidate(v, image, 0, a, alignment, overlap);
   for (const int64_t g : gts) {
     if (g == 0) continue;
     T al, o;
     tal_candidate(v, image, g, a, &al, &o);
-    if (o > *ciou) best = g, *ciou = o, *alignment = al;
+    if (o > *overlap) best = g, *overlap = o, *alignment = al;
   }
   return best;
 }
