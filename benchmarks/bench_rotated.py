@@ -17,9 +17,15 @@ memory:
 - matrix NMS over probiou (iou 0.7, Ultralytics' OBB validation default) at 5000 and 15000 detections against
   Ultralytics' TorchNMS.fast_nms with batch_probiou, which builds the N x N matrix: identical keeps;
 - greedy NMS over the exact IoU (nms_rotated, iou 0.5) at 2000 detections against the pure-PyTorch reference
-  (detectron2 and mmcv are not installed here): identical keeps.
+  (detectron2 and mmcv are not installed here): identical keeps;
+- rotated task-aligned assignment as YOLO-OBB's loss calls it (topk 10, alpha 0.5, beta 6, strides 8/16/32:
+  21504 anchors, 15 classes as DOTA) for B=4 images of G=100 and G=500 objects (odd images a quarter fewer,
+  rows padded), predictions jittered around the anchors (centre 6 px, sides 4 to 150 px, any angle) with
+  sigmoid scores, against Ultralytics' RotatedTaskAlignedAssigner: the same positives, GTs, labels and boxes
+  except anchors whose target score is float32 noise (below 1e-6 on both sides; see
+  tests/test_task_aligned_rotated.py), target scores within 5e-6.
 Targets (2-core CPU): exact IoU >= 20x shapely; matrix NMS at 15000 >= 50x Ultralytics with <= 1% of its
-memory.
+memory; assignment at G=500 >= 20x with <= 5% of its memory.
 """
 
 import math
@@ -123,6 +129,64 @@ def greedy_nms_row(args, gen, repeats):
                        peer, mine)
 
 
+STRIDES = (8, 16, 32)
+CLASSES = 15
+IMAGES = 4
+
+
+def assigner_inputs(count, gen, device):
+    """(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt) as v8OBBLoss passes them."""
+    anc = torch.cat([torch.stack(torch.meshgrid(torch.arange(SIZE / s) + 0.5, torch.arange(SIZE / s) + 0.5,
+                                                indexing="xy"), -1).reshape(-1, 2) * s for s in STRIDES])
+    n = anc.shape[0]
+    counts = [count if i % 2 == 0 else count - count // 4 for i in range(IMAGES)]
+    gt = torch.stack([objects(count, gen).float() for _ in range(IMAGES)])
+    mask = (torch.arange(count)[None, :] < torch.tensor(counts)[:, None]).float()[..., None]
+    gt = gt * mask
+    labels = torch.randint(0, CLASSES, (IMAGES, count, 1), generator=gen).float() * mask
+    centre = anc[None] + torch.randn(IMAGES, n, 2, generator=gen) * 6
+    sides = torch.exp(torch.rand(IMAGES, n, 2, generator=gen) * math.log(150 / 4)) * 4
+    angle = (torch.rand(IMAGES, n, 1, generator=gen) - 0.5) * math.pi
+    pred = torch.cat([centre, sides, angle], -1)
+    scores = torch.sigmoid(torch.randn(IMAGES, n, CLASSES, generator=gen) * 2 - 4)
+    return tuple(t.to(device) for t in (scores, pred, anc, labels, gt, mask))
+
+
+def check_assignment(ours, theirs):
+    labels, bboxes, scores, fg, idx = theirs
+    torch.testing.assert_close(ours.target_scores, scores.to(ours.target_scores.dtype), rtol=0, atol=5e-6)
+    real = (ours.target_scores.amax(-1) > 1e-6) | (scores.amax(-1) > 1e-6)
+    for name, mine, peer in (("fg_mask", ours.fg_mask, fg.bool()), ("target_gt_idx", ours.target_gt_idx, idx.long()),
+                             ("target_labels", ours.target_labels, labels.long()),
+                             ("target_bboxes", ours.target_bboxes, bboxes)):
+        assert torch.equal(mine[real], peer[real]), f"{name} differs from Ultralytics"
+
+
+def assign_rows(args, gen, repeats):
+    try:
+        from ultralytics.utils.tal import RotatedTaskAlignedAssigner
+    except ImportError:
+        print("ultralytics is not installed: the peer is mutualops.reference.assign_task_aligned_rotated")
+        peer_name = "dense reference (no ultralytics)"
+        assigner = lambda *a: reference.assign_task_aligned_rotated(  # noqa: E731
+            *a, topk=10, num_classes=CLASSES, alpha=0.5, beta=6.0, min_side=float(STRIDES[1]))[:5]
+    else:
+        peer_name = "Ultralytics RotatedTaskAlignedAssigner"
+        assigner = RotatedTaskAlignedAssigner(topk=10, num_classes=CLASSES, alpha=0.5, beta=6.0, stride=list(STRIDES))
+    rows = []
+    for count in ([100] if args.quick else [100, 500]):
+        inputs = assigner_inputs(count, gen, args.device)
+        ours = lambda: mutualops.assign_task_aligned_rotated(  # noqa: E731
+            *inputs, topk=10, num_classes=CLASSES, alpha=0.5, beta=6.0, stride=list(STRIDES))
+        theirs = lambda: assigner(*inputs)  # noqa: E731
+        check_assignment(ours(), theirs())
+        peer = harness.measure(theirs, args.device, max(1, repeats // 3))
+        mine = harness.measure(ours, args.device, repeats)
+        rows.append(harness.row(f"rotated assign G={count} B={IMAGES} (21504 anchors, {CLASSES} classes)",
+                                peer_name, peer, mine, ">= 20x, <= 5% memory" if count == 500 else ""))
+    return rows
+
+
 def main():
     args = harness.parse_args(__doc__)
     gen = torch.Generator().manual_seed(0)
@@ -130,6 +194,7 @@ def main():
     rows = [exact_iou_row(args, gen, repeats), probiou_row(args, gen, repeats)]
     rows += fast_nms_rows(args, gen, repeats)
     rows.append(greedy_nms_row(args, gen, repeats))
+    rows += assign_rows(args, gen, repeats)
     harness.print_table(f"Oriented boxes, fp32, {args.device}, {torch.get_num_threads()} threads (median)", rows)
     harness.save_json("bench_rotated", args, rows)
 
