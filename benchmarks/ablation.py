@@ -38,9 +38,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mutualops.detector.data import SPLIT_SEEDS, ShapesDataset  # noqa: E402
-from mutualops.evaluate import evaluate, write_json  # noqa: E402
+from mutualops.detector.evaluate import evaluate, write_json  # noqa: E402
 from mutualops.metrics import Harmony, paired_harmony  # noqa: E402
-from mutualops.train import parse_args, train  # noqa: E402
+from mutualops.detector.train import parse_args, train  # noqa: E402
 
 VARIANTS = {
     "baseline": [],

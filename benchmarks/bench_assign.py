@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
 import mutualops  # noqa: E402
-from mutualops.assign import torchvision_fcos_priors  # noqa: E402
+import mutualops.reference  # noqa: E402  (the oracle is not imported with the ops)
+from mutualops.ops.assign import torchvision_fcos_priors  # noqa: E402
 
 IMAGE = (800, 1344)
 STRIDES = [8, 16, 32, 64, 128]

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
 import mutualops  # noqa: E402
+import mutualops.reference  # noqa: E402  (the oracle is not imported with the ops)
 
 PEERS = {
     "iou": ("torchvision.ops.box_iou", tvo.box_iou),

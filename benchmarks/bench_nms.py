@@ -70,7 +70,7 @@ def fcos_rows(args, gen, repeats):
     """torchvision's FCOS post-processing against mutualops on synthetic head outputs."""
     from torchvision.models.detection import fcos_resnet50_fpn
 
-    from mutualops import torchvision_postprocess
+    from mutualops.integrations import torchvision as torchvision_postprocess
 
     images, classes = (8, 80) if not args.quick else (2, 20)
     level_sizes = [15000, 3750, 938, 240, 72] if not args.quick else [3000, 750, 190]

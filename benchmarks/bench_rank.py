@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
 import mutualops  # noqa: E402
+import mutualops.reference  # noqa: E402  (the oracle is not imported with the ops)
 
 # The scipy loop is timed on at most this many groups and scaled linearly: a
 # 200000-group loop would take about half a minute per run.

@@ -25,13 +25,16 @@ Example::
     print(f"harmony {h.harmony:.3f} over {h.num_objects} objects")
 """
 
+from __future__ import annotations
+
 from typing import NamedTuple
 
 import torch
+from torch import Tensor
 
 from ._validate import check_boxes, check_choice, check_float, check_index, check_tensor
-from .box_iou import box_iou
-from .ranking import spearman
+from .ops.box_iou import box_iou
+from .ops.ranking import spearman
 
 AGGREGATES = ("mean", "count_weighted")
 
@@ -45,15 +48,28 @@ class Harmony(NamedTuple):
     min_size: int  # objects with fewer predictions were skipped
 
 
-def harmony(scores, ious, gt_index, min_size=2, aggregate="mean", num_ids=None):
-    """Harmony of classification scores and localization IoUs, per object and overall.
+def harmony(scores: Tensor, ious: Tensor, gt_index: Tensor, min_size: int = 2, aggregate: str = "mean",
+            num_ids: int | None = None) -> Harmony:
+    """Harmony of classification scores and localization IoUs: Spearman's rho of the two over each object's
+    predictions, aggregated over the objects.
 
-    scores, ious: [P] floats; gt_index: [P] integer object ids, negative for
-    predictions that belong to no object. `aggregate` is "mean" (each object
-    counts once, the method's default) or "count_weighted" (objects weigh by their
-    number of predictions). `num_ids` fixes the length of the per-object
-    outputs (the number of objects evaluated), so that two models' outputs line
-    up even when neither has predictions on the last objects.
+    Args:
+        scores (Tensor[P]): each prediction's classification score, floating point.
+        ious (Tensor[P]): its IoU with its object, floating point, same device.
+        gt_index (Tensor[P]): integer object id of each prediction, negative for none.
+        min_size (int): objects with fewer predictions are skipped (rho needs 2).
+        aggregate (str): ``"mean"`` (each object counts once, the method's default) or ``"count_weighted"``
+            (objects weigh by their number of predictions).
+        num_ids (int, optional): the number of object ids, fixing the length of the per-object outputs so that
+            two models' results line up.
+
+    Returns:
+        Harmony: harmony (NaN when no object qualifies), divergence, num_objects, per_object [num ids] float64,
+        counts [num ids] int64 and min_size.
+
+    Raises:
+        TypeError: scores or ious not floating point, or gt_index not integer.
+        ValueError: shapes or devices that do not match, an id beyond num_ids, a bad min_size or aggregate.
     """
     check_float(scores, "scores")
     check_float(ious, "ious")
@@ -98,14 +114,24 @@ class PairedHarmony(NamedTuple):
     harmony_b: float
 
 
-def paired_harmony(a, b, level=0.95, resamples=2000, seed=0):
-    """Model b's harmony against model a's, object by object.
+def paired_harmony(a: Harmony, b: Harmony, level: float = 0.95, resamples: int = 2000,
+                   seed: int = 0) -> PairedHarmony:
+    """Model b's harmony against model a's, object by object: the mean of rho_b - rho_a over the objects for
+    which both have a rho, with a bootstrap interval that resamples those objects.
 
-    a, b: `harmony` results over the same object ids (pass the same `num_ids`)
-    and the same `min_size`, so that an object is excluded on both sides alike.
-    The difference is the mean of rho_b - rho_a over the objects for which both
-    have a rho; its interval resamples those objects with replacement
-    (`resamples` times, from a fixed `seed`, so the result repeats).
+    Args:
+        a (Harmony): model a's harmony, over the same object ids (the same ``num_ids``) and ``min_size`` as b.
+        b (Harmony): model b's.
+        level (float): the interval's confidence level, in (0, 1).
+        resamples (int): bootstrap resamples.
+        seed (int): the resampling's seed, so that the result repeats.
+
+    Returns:
+        PairedHarmony: difference, low, high, level, num_objects, and each model's harmony over the common
+        objects.
+
+    Raises:
+        ValueError: results over different ids or min_size, or a bad level or resamples.
     """
     if not (isinstance(a, Harmony) and isinstance(b, Harmony)):
         raise TypeError("a and b must be results of harmony()")
@@ -136,10 +162,20 @@ def _chunks(total, size):
     return [min(size, total - start) for start in range(0, total, size)]
 
 
-def gt_index_from_assignment(matched, num_gt=None):
-    """Object ids from an assigner's output: matched [P] or [B,P] GT indices, negative
-    for background or ignored. In a batch, image b's object j gets id b * Gmax + j,
-    where Gmax is `num_gt` (the padded GT count) or the largest index + 1."""
+def gt_index_from_assignment(matched: Tensor, num_gt: int | None = None) -> Tensor:
+    """Object ids for harmony from an assigner's output.
+
+    Args:
+        matched (Tensor[P] or Tensor[B, P]): integer GT indices, negative for background or ignored.
+        num_gt (int, optional): Gmax, the padded GT count (default: the largest index + 1).
+
+    Returns:
+        Tensor[P] or Tensor[B * P] (int64): ids; in a batch image b's object j is ``b * Gmax + j``; -1 for none.
+
+    Raises:
+        TypeError: matched not integer.
+        ValueError: an index at or beyond num_gt.
+    """
     check_tensor(matched, "matched")
     if matched.dim() == 1:
         return torch.where(matched >= 0, matched.long(), -1)
@@ -150,12 +186,23 @@ def gt_index_from_assignment(matched, num_gt=None):
     return torch.where(matched >= 0, matched.long() + offset, -1).reshape(-1)
 
 
-def gt_index_from_iou(pred_boxes, gt_boxes, iou_threshold=0.5, num_gt=None):
-    """Object ids for evaluation: each prediction belongs to the GT it overlaps most,
-    when that IoU is >= iou_threshold, else -1.
+def gt_index_from_iou(pred_boxes: Tensor, gt_boxes: Tensor, iou_threshold: float = 0.5,
+                      num_gt: Tensor | None = None) -> Tensor:
+    """Object ids for evaluation: each prediction belongs to the GT it overlaps most, when that IoU is at least
+    iou_threshold.
 
-    [P,4] x [G,4] -> [P]; or batched [B,P,4] x [B,Gmax,4] (with `num_gt` [B] real
-    GT counts, the rest being padding) -> [B*P] ids b * Gmax + j.
+    Args:
+        pred_boxes (Tensor[P, 4] or Tensor[B, P, 4]): xyxy predictions, floating point.
+        gt_boxes (Tensor[G, 4] or Tensor[B, Gmax, 4]): xyxy GT of the same rank and device.
+        iou_threshold (float): in [0, 1].
+        num_gt (Tensor[B], optional): real GT rows per image of a batch (the rest is padding).
+
+    Returns:
+        Tensor[P] or Tensor[B * P] (int64): ids (``b * Gmax + j`` in a batch), -1 for no object.
+
+    Raises:
+        TypeError: boxes not floating point, or num_gt not integer.
+        ValueError: shapes or devices that do not match, or a threshold outside [0, 1].
     """
     check_boxes(pred_boxes, "pred_boxes", ranks=(2, 3))
     check_boxes(gt_boxes, "gt_boxes", ranks=(2, 3))

@@ -6,7 +6,7 @@ import torch
 import mutualops
 from helpers import DEVICES, HAS_CUDA, random_boxes
 from mutualops import reference
-from mutualops.assign import fcos_points, torchvision_fcos_priors
+from mutualops.ops.assign import fcos_points, torchvision_fcos_priors
 
 FCOS_SIZES = [(50, 84), (25, 42), (13, 21), (7, 11), (4, 6)]  # a 400 x 672 image
 STRIDES = [8, 16, 32, 64, 128]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mutualops import evaluate, train
+from mutualops.detector import cli, evaluate, train
 from mutualops.detector.data import CocoDetection, ShapesDataset, export_coco
 from mutualops.detector.model import Detector, DetectorConfig
 
@@ -77,7 +77,7 @@ def test_config_file_sits_between_defaults_and_explicit_flags(tmp_path):
 def fail_saves_after(monkeypatch, good_saves):
     """Checkpoint saves that work good_saves times, then write part of the file and fail as a full disk does
     (the file's write raises OSError ENOSPC)."""
-    atomically, calls = train.write_atomically, []
+    atomically, calls = cli.write_atomically, []
 
     def flaky(path, write):
         if not str(path).endswith(".pt"):
@@ -443,8 +443,8 @@ def test_partial_backbone_weights_report_missing_and_unexpected_keys(tmp_path, c
 def test_checkpoints_with_retired_config_keys_keep_loading(tmp_path):
     # Checkpoints written before DetectorConfig.extra was retired carry "extra": {}; evaluate, resume and export
     # must still read them, and resume must not report the retired key as a difference.
-    from mutualops.evaluate import load_detector
-    from mutualops.train import differing_config
+    from mutualops.detector.evaluate import load_detector
+    from mutualops.detector.train import differing_config
 
     config = DetectorConfig(width=16, num_classes=3)
     path = tmp_path / "old.pt"
@@ -480,12 +480,12 @@ def test_overwrite_starts_over_and_stale_temporaries_go(tmp_path, runs):
 def test_an_interrupted_save_leaves_no_temporary_and_exits_with_the_signal(tmp_path, monkeypatch, capsys):
     import signal
 
-    atomically = train.write_atomically
+    atomically = cli.write_atomically
 
     def interrupted(path, write):
         def half(f):
             f.write(b"PK\x03\x04 half")
-            raise train.Interrupted(signal.SIGTERM)  # what the handler raises when SIGTERM lands mid-write
+            raise cli.Interrupted(signal.SIGTERM)  # what the handler raises when SIGTERM lands mid-write
 
         return atomically(path, half if str(path).endswith("last.pt") else write)
 

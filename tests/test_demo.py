@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from mutualops import demo
+from mutualops.detector import demo
 
 
 def test_demo_runs_and_reports(tmp_path, capsys):

@@ -11,7 +11,7 @@ import torch
 from mutualops import metrics
 from mutualops.detector.data import CocoDetection, ShapesDataset
 from mutualops.detector.model import DetectorConfig
-from mutualops.evaluate import HARMONY_MIN_SIZE, evaluate, harmony_candidates
+from mutualops.detector.evaluate import HARMONY_MIN_SIZE, evaluate, harmony_candidates
 
 pytest.importorskip("pycocotools", reason="evaluation uses pycocotools")
 

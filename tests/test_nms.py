@@ -344,7 +344,7 @@ def canonical(det):
 def test_torchvision_postprocess_replacement(name, score_thresh):
     import torchvision
 
-    from mutualops import torchvision_postprocess
+    from mutualops.integrations import torchvision as torchvision_postprocess
 
     torch.manual_seed(0)
     model = getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None, min_size=192,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mutualops
-from mutualops.box_iou import MODES
+from mutualops.ops.box_iou import MODES
 from tests.helpers import random_boxes
 
 onnx = pytest.importorskip("onnx", reason="the ONNX tests read the exported graphs with onnx")
@@ -18,6 +18,7 @@ ort = pytest.importorskip("onnxruntime", reason="the ONNX tests run the exported
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 from onnx.reference.op_run import OpRun  # noqa: E402
 export = pytest.importorskip("mutualops.export", reason="ONNX export needs onnx and onnxscript")
+from mutualops.detector import export as detector_export  # noqa: E402
 
 # ONNX Runtime's Exp rounds differently from the C library's expf in the last bit, so sigmoid scores agree to
 # about one float32 unit; everything else (boxes, labels, indices, counts, IoU but CIoU's atan) is exact.
@@ -451,7 +452,7 @@ def test_detector_cli_exports_what_predict_detects(checkpoint, tmp_path):
 
 def expect_user_error(capsys, argv, words):
     with pytest.raises(SystemExit) as exited:
-        export.main(argv)
+        detector_export.main(argv)
     assert exited.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
@@ -502,9 +503,9 @@ def test_cli_refusals_keep_the_old_file(checkpoint, tmp_path, capsys):
                       "cannot be allocated")
     assert out.read_bytes() == b"an older export"
     with pytest.raises(ValueError, match="image_size must be positive"):
-        export.export_detector(model, out, (0, 0))
+        detector_export.export_detector(model, out, (0, 0))
     with pytest.raises(ValueError, match="opset must be between"):
-        export.export_detector(model, out, (64, 96), opset=newest + 1)
+        detector_export.export_detector(model, out, (64, 96), opset=newest + 1)
     assert out.read_bytes() == b"an older export"
 
 
@@ -516,8 +517,8 @@ def test_an_opset_the_converter_cannot_produce_is_an_error(checkpoint, tmp_path,
 
     monkeypatch.setattr(onnx.version_converter, "convert_version", fail)
     out = tmp_path / "model.onnx"
-    with pytest.raises(export.ExportOptionError, match=f"produced opset 18, not the requested {export.max_opset()}"):
-        export.export_detector(checkpoint[1], out, (64, 96), opset=export.max_opset())
+    with pytest.raises(detector_export.ExportOptionError, match=f"produced opset 18, not the requested {export.max_opset()}"):
+        detector_export.export_detector(checkpoint[1], out, (64, 96), opset=export.max_opset())
     assert not out.exists()
 
 
@@ -526,7 +527,7 @@ def test_export_leaves_the_callers_model_as_it_was(checkpoint, tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     try:
-        export.export_detector(model, tmp_path / "model.onnx", (64, 96))
+        detector_export.export_detector(model, tmp_path / "model.onnx", (64, 96))
         assert model.training and all(m.training for m in model.modules())
     finally:
         model.eval()

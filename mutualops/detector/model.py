@@ -21,10 +21,10 @@ from torch import nn
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from ..assign import assign_fcos, assign_max_iou, fcos_points, mutual_targets, pad_gt
-from ..box_iou import iou_loss
-from ..nms import rescored_nms
-from ..reference import decode_delta, decode_distance
+from ..ops.assign import assign_fcos, assign_max_iou, fcos_points, mutual_targets, pad_gt
+from ..ops.box_iou import iou_loss
+from ..ops.nms import rescored_nms
+from .._math import decode_delta, decode_distance
 
 FAMILIES = ("fcos", "retinanet")
 BACKBONES = ("small", "resnet18", "resnet34", "resnet50")

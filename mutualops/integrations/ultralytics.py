@@ -28,12 +28,14 @@ result or raises Ultralytics' own error, and Ultralytics' NaN recovery keeps
 working.
 """
 
+from __future__ import annotations
+
 import torch
 
 from .._extension import has_backend
-from ..nms import batched_nms
-from ..rotated import fast_nms_rotated
-from ..task_aligned import assign_task_aligned, assign_task_aligned_rotated
+from ..ops.nms import batched_nms
+from ..ops.rotated import fast_nms_rotated
+from ..ops.task_aligned import assign_task_aligned, assign_task_aligned_rotated
 
 _originals = {}
 
@@ -48,9 +50,16 @@ def _modules():
     return tal, nms_module
 
 
-def install(announce=None):
-    """Route Ultralytics' detection assigner and NMS through mutualops (idempotent). ``announce``: what asked
-    for it, logged once through Ultralytics' logger (the MUTUALOPS_ULTRALYTICS hook passes it)."""
+def install(announce: str | None = None) -> None:
+    """Routes Ultralytics' detection and OBB assigners and its NMS through mutualops (idempotent).
+
+    Args:
+        announce (str, optional): what asked for it, logged once through Ultralytics' logger (the
+            MUTUALOPS_ULTRALYTICS hook passes it).
+
+    Raises:
+        ImportError: ultralytics is not installed.
+    """
     tal, nms_module = _modules()
     if _originals:
         return
@@ -65,8 +74,8 @@ def install(announce=None):
         _logger().info(f"mutualops: Ultralytics' task-aligned assigner and NMS run on mutualops ({announce})")
 
 
-def uninstall():
-    """Restore Ultralytics' own assigner and NMS (idempotent)."""
+def uninstall() -> None:
+    """Restores Ultralytics' own assigners and NMS (idempotent)."""
     if not _originals:
         return
     tal, nms_module = _modules()
@@ -78,7 +87,8 @@ def uninstall():
     _fallbacks = 0
 
 
-def installed():
+def installed() -> bool:
+    """Whether install() is in effect."""
     return bool(_originals)
 
 
@@ -118,7 +128,7 @@ def _assigner_forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bbox
 _fallbacks = 0  # batches handed back to Ultralytics' assigner since install(); the first is logged
 
 
-def fallbacks():
+def fallbacks() -> int:
     """How many assignments since install() went to Ultralytics' own assigner because mutualops refused them."""
     return _fallbacks
 

@@ -8,11 +8,15 @@ gives 0, and a box with a non-finite value gives NaN (the NMS ops never keep it 
 The rotated ops have no ONNX translation yet.
 """
 
+from __future__ import annotations
+
 import math
 
 import torch
+from torch import Tensor
 
-from ._validate import as_float, check_choice, check_float, check_index, check_same, kept_size, promote, \
+from .. import _math
+from .._validate import as_float, check_choice, check_float, check_index, check_same, kept_size, promote, \
     unit_interval
 
 MODES = ("iou", "probiou", "probiou_ciou")
@@ -41,14 +45,24 @@ def _check_floor(floor, mode):
     return floor
 
 
-def box_iou_rotated(boxes1, boxes2, mode="iou", *, eps=1e-7):
-    """Pairwise overlap of oriented boxes: [N,5] x [M,5] -> [N,M], or [B,N,5] x [B,M,5] -> [B,N,M].
+def box_iou_rotated(boxes1: Tensor, boxes2: Tensor, mode: str = "iou", *, eps: float = 1e-7) -> Tensor:
+    """Pairwise overlap of oriented boxes, alone or in batches. The output is the only N x M allocation;
+    float16 and bfloat16 compute in float32. Not differentiable (see box_iou_rotated_aligned).
 
-    mode "iou" is the exact IoU (the area of the two rectangles' intersection polygon over their union);
-    "probiou" is Ultralytics' probabilistic IoU (1 - the Hellinger distance of the boxes' Gaussians, its
-    batch_probiou with boxes1 as obb1), "probiou_ciou" that minus CIoU's aspect term; eps is probiou's epsilon.
-    The output is the only N x M allocation; fp16 and bf16 compute in fp32. Not differentiable (see
-    box_iou_rotated_aligned).
+    Args:
+        boxes1 (Tensor[N, 5] or Tensor[B, N, 5]): xywhr boxes, floating point.
+        boxes2 (Tensor[M, 5] or Tensor[B, M, 5]): xywhr boxes of the same rank, batch size and device.
+        mode (str): ``"iou"``, the exact IoU (the area of the rectangles' intersection polygon over their
+            union); ``"probiou"``, Ultralytics' probabilistic IoU (its batch_probiou with boxes1 as obb1);
+            ``"probiou_ciou"``, that minus CIoU's aspect term.
+        eps (float): probiou's epsilon, > 0.
+
+    Returns:
+        Tensor[N, M] or Tensor[B, N, M]: the overlaps, in the two inputs' promoted dtype.
+
+    Raises:
+        TypeError: a box tensor that is not floating point, or an eps that is not a number.
+        ValueError: an unknown mode, a bad eps, or shapes, batch sizes or devices that do not match.
     """
     check_choice(mode, "mode", MODES)
     eps = _check_eps(eps)
@@ -62,13 +76,26 @@ def box_iou_rotated(boxes1, boxes2, mode="iou", *, eps=1e-7):
     return torch.ops.mutualops.box_iou_rotated(*promote(boxes1, boxes2), mode, eps)
 
 
-def box_iou_rotated_aligned(boxes1, boxes2, mode="iou", *, eps=1e-7, floor=0.0):
-    """Overlap of matching rows: [..., 5] x [..., 5] -> [...].
+def box_iou_rotated_aligned(boxes1: Tensor, boxes2: Tensor, mode: str = "iou", *, eps: float = 1e-7,
+                            floor: float = 0.0) -> Tensor:
+    """Overlap of matching rows of oriented boxes. The probiou modes are differentiable, with Ultralytics'
+    autograd gradient; the exact IoU is not (backpropagating through it raises an error).
 
-    The probiou modes are differentiable: Ultralytics' probiou and its CIoU variant, with its `floor` added to
-    both Gaussian variances (w^2/12 and h^2/12; Ultralytics' OBB box loss passes 0.01 to bound the gradients of
-    tiny boxes). The exact IoU is not differentiable (backpropagating through it raises an error) and takes no
-    floor.
+    Args:
+        boxes1 (Tensor[..., 5]): xywhr boxes, floating point.
+        boxes2 (Tensor[..., 5]): xywhr boxes of the same shape and device.
+        mode (str): ``"iou"``, ``"probiou"`` or ``"probiou_ciou"`` (see box_iou_rotated).
+        eps (float): probiou's epsilon, > 0.
+        floor (float): added to both Gaussian variances (w^2/12 and h^2/12), as Ultralytics' OBB box loss adds
+            0.01 to bound the gradients of tiny boxes; probiou modes only.
+
+    Returns:
+        Tensor[...]: the overlaps, in the two inputs' promoted dtype.
+
+    Raises:
+        TypeError: a box tensor that is not floating point, or an eps or floor that is not a number.
+        ValueError: an unknown mode, a bad eps or floor, a floor with the exact IoU, or shapes or devices that
+            do not match.
     """
     check_choice(mode, "mode", MODES)
     eps = _check_eps(eps)
@@ -96,26 +123,66 @@ def _check_nms(boxes, scores, iou_threshold):
     return unit_interval(iou_threshold, "iou_threshold")
 
 
-def nms_rotated(boxes, scores, iou_threshold):
-    """Greedy NMS over the exact rotated IoU (detectron2's and mmcv's nms_rotated): indices of the kept boxes
-    [N,5], by decreasing score (ties to the lower index); a box goes when a kept box overlaps it with IoU >
-    iou_threshold."""
+def nms_rotated(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS over the exact rotated IoU, with the semantics of detectron2's and mmcv's nms_rotated.
+
+    Args:
+        boxes (Tensor[N, 5]): xywhr boxes, floating point.
+        scores (Tensor[N]): their scores, floating point, same device.
+        iou_threshold (float): in [0, 1]; a kept box removes later boxes with IoU ``>`` it.
+
+    Returns:
+        Tensor[K] (int64): indices of the kept boxes, by decreasing score (ties to the lower index). Boxes or
+        scores that are not finite are never kept and suppress nothing.
+
+    Raises:
+        TypeError: a tensor that is not floating point.
+        ValueError: shapes or devices that do not match, or a threshold outside [0, 1].
+    """
     iou_threshold = _check_nms(boxes, scores, iou_threshold)
     return torch.ops.mutualops.nms_rotated(*promote(boxes, scores), iou_threshold)
 
 
-def batched_nms_rotated(boxes, scores, idxs, iou_threshold):
-    """nms_rotated within each value of `idxs` (class, image...)."""
+def batched_nms_rotated(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """nms_rotated within each group.
+
+    Args:
+        boxes (Tensor[N, 5]): xywhr boxes, floating point.
+        scores (Tensor[N]): their scores, floating point, same device.
+        idxs (Tensor[N]): integer group of each box (class, image, ...); boxes suppress only within a group.
+        iou_threshold (float): in [0, 1].
+
+    Returns:
+        Tensor[K] (int64): indices of the kept boxes, by decreasing score (ties to the lower index).
+
+    Raises:
+        TypeError: boxes or scores not floating point, or idxs not integer.
+        ValueError: shapes or devices that do not match, or a threshold outside [0, 1].
+    """
     iou_threshold = _check_nms(boxes, scores, iou_threshold)
     check_index(idxs, "idxs", scores.shape, boxes.device)
     return torch.ops.mutualops.batched_nms_rotated(*promote(boxes, scores), idxs, iou_threshold)
 
 
-def fast_nms_rotated(boxes, scores, iou_threshold, *, eps=1e-7):
-    """Matrix ("fast") NMS over probiou, Ultralytics' rotated NMS (TorchNMS.fast_nms with batch_probiou): a box
-    goes when any box before it in score order, kept or not, has probiou > iou_threshold with it. Returns the
-    kept indices by decreasing score, in memory that grows with N (Ultralytics builds the N x N matrix).
-    Ultralytics separates classes by offsetting the centres by class * 7680 before the call; so can you."""
+def fast_nms_rotated(boxes: Tensor, scores: Tensor, iou_threshold: float, *, eps: float = 1e-7) -> Tensor:
+    """Matrix ("fast") NMS over probiou, Ultralytics' rotated NMS (TorchNMS.fast_nms with batch_probiou), in
+    memory that grows with N where Ultralytics builds the N x N matrix. A box goes when any box before it in
+    score order, kept or not, has probiou ``>`` iou_threshold with it. Ultralytics separates classes by
+    offsetting the centres by class * 7680 before the call; so can you.
+
+    Args:
+        boxes (Tensor[N, 5]): xywhr boxes, floating point.
+        scores (Tensor[N]): their scores, floating point, same device.
+        iou_threshold (float): in [0, 1].
+        eps (float): probiou's epsilon, > 0.
+
+    Returns:
+        Tensor[K] (int64): indices of the kept boxes, by decreasing score; the same keeps as Ultralytics'.
+
+    Raises:
+        TypeError: a tensor that is not floating point, or an eps that is not a number.
+        ValueError: shapes or devices that do not match, a threshold outside [0, 1] or a bad eps.
+    """
     iou_threshold = _check_nms(boxes, scores, iou_threshold)
     return torch.ops.mutualops.fast_nms_rotated(*promote(boxes, scores), iou_threshold, _check_eps(eps))
 
@@ -191,13 +258,12 @@ def _aligned_backward(ctx, grad):
     if ctx.mode == "iou":
         raise RuntimeError("box_iou_rotated_aligned: the exact rotated IoU has no gradient; "
                            "train with mode='probiou' (or 'probiou_ciou')")
-    # The gradient of the same formula in torch ops (reference.probiou, which the kernels follow operation by
+    # The gradient of the same formula in torch ops (_math.probiou, which the kernels follow operation by
     # operation): the loss sees Ultralytics' own gradient, clamps included, in O(N) memory.
-    from . import reference
 
     boxes1, boxes2 = ctx.saved_tensors
     compute = boxes1.dtype if boxes1.dtype in (torch.float32, torch.float64) else torch.float32
-    _, pullback = torch.func.vjp(lambda a, b: reference.probiou(a, b, ctx.mode, ctx.eps, ctx.floor),
+    _, pullback = torch.func.vjp(lambda a, b: _math.probiou(a, b, ctx.mode, ctx.eps, ctx.floor),
                                  boxes1.to(compute), boxes2.to(compute))
     grad1, grad2 = pullback(grad.to(compute))
     return grad1.to(boxes1.dtype), grad2.to(boxes2.dtype), None, None, None

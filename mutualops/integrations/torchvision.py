@@ -1,7 +1,8 @@
 """rescored_nms as the post-processing of torchvision's FCOS and RetinaNet.
 
     model = torchvision.models.detection.fcos_resnet50_fpn(weights=None)
-    mutualops.torchvision_postprocess.install(model)   # model.postprocess_detections replaced
+    from mutualops.integrations import torchvision as mo_torchvision
+    mo_torchvision.install(model)   # model.postprocess_detections replaced
 
 The replacement gives the model's own detections (same boxes, scores, labels,
 order) in one fused call instead of a Python loop over images and levels:
@@ -20,17 +21,29 @@ passed with alpha = 0. Among exactly tied scores the order is ours (lower
 index first), where torchvision's follows torch.sort.
 """
 
+from __future__ import annotations
+
 import types
 
 import torch
 from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.ops import boxes as box_ops
 
-from .nms import rescored_nms
+from ..ops.nms import rescored_nms
 
 
-def install(model):
-    """Replaces `model.postprocess_detections` (an FCOS or RetinaNet instance); returns the model."""
+def install(model: FCOS | RetinaNet) -> FCOS | RetinaNet:
+    """Replaces the model's ``postprocess_detections`` with one rescored_nms call.
+
+    Args:
+        model (FCOS or RetinaNet): a torchvision detector instance; changed in place.
+
+    Returns:
+        The same model.
+
+    Raises:
+        TypeError: a model that is neither FCOS nor RetinaNet.
+    """
     if isinstance(model, FCOS):
         model.postprocess_detections = types.MethodType(_fcos_postprocess, model)
     elif isinstance(model, RetinaNet):

@@ -6,12 +6,15 @@ real boxes per image (rows past the count are ignored), as [G, 4] for a single
 image, or as a list of per-image [G_i, 4] tensors.
 """
 
+from __future__ import annotations
+
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
+from torch import Tensor
 
-from ._validate import as_float, check_boxes, check_choice, check_float, check_same, check_tensor, promote, unit_interval
+from .._validate import as_float, check_boxes, check_choice, check_float, check_same, check_tensor, promote, unit_interval
 
 LOW_QUALITY = ("none", "torchvision", "mmdet")
 BOX_CODINGS = ("distance", "delta")
@@ -19,8 +22,23 @@ BOX_CODINGS = ("distance", "delta")
 FCOS_REGRESS_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, math.inf))
 
 
-def pad_gt(gt_boxes, num_gt=None, gt_labels=None):
-    """(boxes [B, Gmax, 4], num_gt [B], labels [B, Gmax] or None) from any accepted GT form."""
+def pad_gt(gt_boxes: Tensor | Sequence[Tensor], num_gt: Tensor | None = None,
+           gt_labels: Tensor | Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """GT in the padded form the kernels read, from any form the assigners accept.
+
+    Args:
+        gt_boxes (Tensor[B, Gmax, 4], Tensor[G, 4] or list of Tensor[G_i, 4]): xyxy boxes, floating point.
+        num_gt (Tensor[B], optional): integer count of real rows per image of padded boxes (default: all).
+        gt_labels (Tensor[B, Gmax], Tensor[G] or list of Tensor[G_i], optional): class indices, in the form of
+            gt_boxes.
+
+    Returns:
+        tuple: boxes [B, Gmax, 4], num_gt [B] int64, labels [B, Gmax] (None without gt_labels).
+
+    Raises:
+        TypeError: boxes that are not floating point, or a label entry that is not a tensor.
+        ValueError: an empty list, or shapes that do not match.
+    """
     if isinstance(gt_boxes, (list, tuple)):
         if not gt_boxes:
             raise ValueError("gt_boxes must hold at least one image")
@@ -57,9 +75,22 @@ def pad_gt(gt_boxes, num_gt=None, gt_labels=None):
     return gt_boxes, num_gt.to(device=gt_boxes.device), gt_labels
 
 
-def fcos_points(feature_sizes, strides, regress_ranges=FCOS_REGRESS_RANGES, offset=0.5, device=None, dtype=torch.float32):
-    """Points of an FPN, level by level, row-major: (points [P, 2], strides [P],
-    regress_ranges [P, 2], level_index [P]). feature_sizes: [(H, W), ...]."""
+def fcos_points(feature_sizes: Sequence[tuple[int, int]], strides: Sequence[float],
+                regress_ranges: Sequence[tuple[float, float]] = FCOS_REGRESS_RANGES, offset: float = 0.5,
+                device: torch.device | str | None = None,
+                dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The points of an FPN, level by level, row-major, with what assign_fcos needs of them.
+
+    Args:
+        feature_sizes (list of (H, W)): each level's feature map size.
+        strides (list of float): each level's stride.
+        regress_ranges (list of (low, high)): each level's regression range (FCOS's by default).
+        offset (float): a point's position in its cell, in strides (0.5: the cell centre).
+        device, dtype: of the returned tensors.
+
+    Returns:
+        tuple: points [P, 2], strides [P], regress_ranges [P, 2], level_index [P] int64.
+    """
     pts, st, rg, lv = [], [], [], []
     for level, ((h, w), s, r) in enumerate(zip(feature_sizes, strides, regress_ranges)):
         ys, xs = torch.meshgrid(torch.arange(h, dtype=dtype, device=device), torch.arange(w, dtype=dtype, device=device),
@@ -71,10 +102,19 @@ def fcos_points(feature_sizes, strides, regress_ranges=FCOS_REGRESS_RANGES, offs
     return tuple(torch.cat(t) for t in (pts, st, rg, lv))
 
 
-def torchvision_fcos_priors(anchors, num_anchors_per_level, center_sampling_radius=1.5):
-    """The assign_fcos arguments that reproduce torchvision's FCOS matcher from its
-    anchors [P, 4] (one square anchor of side `stride` per point) and level sizes:
-    dict(points, strides, regress_ranges, center_sampling_radius, torchvision_compat)."""
+def torchvision_fcos_priors(anchors: Tensor, num_anchors_per_level: Sequence[int],
+                            center_sampling_radius: float = 1.5) -> dict:
+    """The assign_fcos arguments that reproduce torchvision's FCOS matcher.
+
+    Args:
+        anchors (Tensor[P, 4]): torchvision's FCOS anchors (one square of side `stride` per point).
+        num_anchors_per_level (list of int): the points per level, as torchvision passes them.
+        center_sampling_radius (float): torchvision's radius.
+
+    Returns:
+        dict: points, strides, regress_ranges, center_sampling_radius and torchvision_compat, for
+        ``assign_fcos(gt_boxes=..., **priors)``.
+    """
     points = (anchors[:, :2] + anchors[:, 2:]) / 2
     sizes = anchors[:, 2] - anchors[:, 0]
     lower, upper = sizes * 4, sizes * 8
@@ -84,17 +124,32 @@ def torchvision_fcos_priors(anchors, num_anchors_per_level, center_sampling_radi
                 center_sampling_radius=center_sampling_radius, torchvision_compat=True)
 
 
-def assign_fcos(points, gt_boxes, num_gt=None, *, strides, regress_ranges, center_sampling_radius=1.5,
-                inclusive=False, torchvision_compat=False):
-    """FCOS assignment: the matched GT index of every point, -1 for background.
+def assign_fcos(points: Tensor, gt_boxes: Tensor | Sequence[Tensor], num_gt: Tensor | None = None, *,
+                strides: Tensor, regress_ranges: Tensor, center_sampling_radius: float = 1.5,
+                inclusive: bool = False, torchvision_compat: bool = False) -> Tensor:
+    """FCOS assignment: the matched GT of every point, in O(P + G) extra memory.
 
-    A point matches a GT when it lies strictly inside it, within
-    center_sampling_radius * stride of its centre (0 turns this off), and its
-    largest regression distance lies in its regress range (exclusive bounds as
-    torchvision, `inclusive=True` as mmdetection). Among several matches the
-    smallest GT wins, ties to the lower index. `torchvision_compat` reproduces
-    torchvision's FCOS matcher exactly, including its float32 `1e8 - area` ties.
-    Returns [B, P] (or [P] for a single [G, 4] image).
+    A point matches a GT when it lies strictly inside it, within ``center_sampling_radius * stride`` of its
+    centre, and its largest regression distance lies in its regress range. Among several matches the smallest
+    GT wins, ties to the lower index.
+
+    Args:
+        points (Tensor[P, 2]): point coordinates, floating point.
+        gt_boxes (Tensor[B, Gmax, 4], Tensor[G, 4] or list of Tensor[G_i, 4]): xyxy GT (see pad_gt).
+        num_gt (Tensor[B], optional): real rows per image of padded GT.
+        strides (Tensor[P]): each point's stride.
+        regress_ranges (Tensor[P, 2]): each point's (low, high) regression range.
+        center_sampling_radius (float): in strides; 0 turns centre sampling off.
+        inclusive (bool): closed regress-range bounds, as mmdetection (default: open, as torchvision).
+        torchvision_compat (bool): reproduce torchvision's FCOS matcher exactly, its float32 ``1e8 - area``
+            ties included.
+
+    Returns:
+        Tensor[B, P] (or Tensor[P] for one [G, 4] image), int64: the matched GT index, -1 for background.
+
+    Raises:
+        TypeError: a tensor that is not floating point, or num_gt not integer.
+        ValueError: shapes or devices that do not match, or a count beyond the padded rows.
     """
     single = isinstance(gt_boxes, torch.Tensor) and gt_boxes.dim() == 2
     boxes, counts, _ = pad_gt(gt_boxes, num_gt)
@@ -118,17 +173,35 @@ def assign_fcos(points, gt_boxes, num_gt=None, *, strides, regress_ranges, cente
     return matched[0] if single else matched
 
 
-def assign_max_iou(anchors, gt_boxes, num_gt=None, *, pos_iou_threshold=0.5, neg_iou_threshold=0.4,
-                   low_quality="torchvision", min_pos_iou=0.0, gt_max_assign_all=True, ignore_boxes=None,
-                   num_ignore=None, ignore_iof_threshold=0.5):
-    """Max-IoU assignment (RetinaNet): (matched, max_iou), each [B, P] (or [P]).
+def assign_max_iou(anchors: Tensor, gt_boxes: Tensor | Sequence[Tensor], num_gt: Tensor | None = None, *,
+                   pos_iou_threshold: float = 0.5, neg_iou_threshold: float = 0.4, low_quality: str = "torchvision",
+                   min_pos_iou: float = 0.0, gt_max_assign_all: bool = True,
+                   ignore_boxes: Tensor | Sequence[Tensor] | None = None, num_ignore: Tensor | None = None,
+                   ignore_iof_threshold: float = 0.5) -> tuple[Tensor, Tensor]:
+    """Max-IoU assignment (RetinaNet), each IoU computed once and no [P, G] matrix held.
 
-    matched is the GT index for IoU >= pos_iou_threshold, -1 (negative) below
-    neg_iou_threshold, -2 (ignored) in between. Low-quality matches:
-    "torchvision" as `Matcher(..., allow_low_quality_matches=True)`, "mmdet" as
-    MaxIoUAssigner (`min_pos_iou`, `gt_max_assign_all`), or "none". Anchors
-    whose IoF with an ignore (crowd) box exceeds ignore_iof_threshold are
-    ignored (-2, max_iou -1), as in mmdetection.
+    Args:
+        anchors (Tensor[P, 4]): xyxy anchors, floating point.
+        gt_boxes (Tensor[B, Gmax, 4], Tensor[G, 4] or list of Tensor[G_i, 4]): xyxy GT (see pad_gt).
+        num_gt (Tensor[B], optional): real rows per image of padded GT.
+        pos_iou_threshold (float): IoU at or above which an anchor is positive, in [0, 1].
+        neg_iou_threshold (float): IoU below which it is negative, in [0, pos_iou_threshold].
+        low_quality (str): ``"torchvision"`` (``Matcher(..., allow_low_quality_matches=True)``), ``"mmdet"``
+            (MaxIoUAssigner with ``min_pos_iou`` and ``gt_max_assign_all``) or ``"none"``.
+        min_pos_iou (float): mmdet's least IoU of a low-quality match.
+        gt_max_assign_all (bool): mmdet's: every anchor tied at a GT's best IoU gets the GT.
+        ignore_boxes (Tensor or list, optional): crowd boxes in a GT form; anchors whose IoF with one exceeds
+            ignore_iof_threshold are ignored, as in mmdetection.
+        num_ignore (Tensor[B], optional): real rows per image of padded ignore boxes.
+        ignore_iof_threshold (float): in [0, 1].
+
+    Returns:
+        tuple: matched [B, P] int64 (the GT index, -1 negative, -2 ignored) and max_iou [B, P] (-1 where
+        ignored by a crowd box); [P] each for one [G, 4] image.
+
+    Raises:
+        TypeError: a tensor that is not floating point, or a count not integer.
+        ValueError: shapes or devices that do not match, thresholds out of range, or an unknown low_quality.
     """
     single = isinstance(gt_boxes, torch.Tensor) and gt_boxes.dim() == 2
     boxes, counts, _ = pad_gt(gt_boxes, num_gt)
@@ -165,15 +238,36 @@ class MutualTargets(NamedTuple):
     positive: torch.Tensor  # [B, P] bool
 
 
-def mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls_logits, priors, *, num_gt=None, scale=None,
-                   box_coding="distance", gamma_cls=1.0, gamma_loc=1.0):
-    """The mutual labels of an assignment, in one pass (docs/method.md, section 1).
+def mutual_targets(matched: Tensor, gt_boxes: Tensor | Sequence[Tensor], gt_labels: Tensor | Sequence[Tensor],
+                   box_pred: Tensor, cls_logits: Tensor, priors: Tensor, *, num_gt: Tensor | None = None,
+                   scale: Tensor | None = None, box_coding: str = "distance", gamma_cls: float = 1.0,
+                   gamma_loc: float = 1.0) -> MutualTargets:
+    """The mutual labels of an assignment in one pass (docs/method.md, section 1): the classification target
+    of a positive is its box's IoU with its GT, and its box-loss weight its predicted probability of the GT's
+    class. Everything is detached: targets carry no gradient.
 
-    matched [B, P] (GT index, negative for background or ignored); box_pred
-    [B, P, 4]: (l, t, r, b) distances from points [P, 2] (times `scale` [P], e.g.
-    the stride, when normalised) for "distance", or (dx, dy, dw, dh) deltas of
-    anchors [P, 4] for "delta"; cls_logits [B, P, C]; gt_labels [B, Gmax] class
-    indices. Everything is detached: targets carry no gradient.
+    Args:
+        matched (Tensor[B, P]): the GT index of each prior, negative for background or ignored.
+        gt_boxes (Tensor[B, Gmax, 4], Tensor[G, 4] or list): xyxy GT (see pad_gt).
+        gt_labels (Tensor[B, Gmax] or list): class indices of the GT.
+        box_pred (Tensor[B, P, 4]): (l, t, r, b) distances from points for ``"distance"``, or (dx, dy, dw, dh)
+            deltas of anchors for ``"delta"``.
+        cls_logits (Tensor[B, P, C]): class logits.
+        priors (Tensor[P, 2] or Tensor[P, 4]): points (``"distance"``) or anchors (``"delta"``).
+        num_gt (Tensor[B], optional): real rows per image of padded GT.
+        scale (Tensor[P], optional): multiplies normalised distances (the stride).
+        box_coding (str): ``"distance"`` or ``"delta"``.
+        gamma_cls (float): exponent of the IoU in the classification target.
+        gamma_loc (float): exponent of the probability in the box weight.
+
+    Returns:
+        MutualTargets: decoded [B, P, 4], iou_target [B, P], cls_target [B, P, C], box_weight [B, P] (mean 1
+        over positives) and positive [B, P] bool.
+
+    Raises:
+        TypeError: a tensor of the wrong kind.
+        ValueError: shapes or devices that do not match, an index beyond its GT or class count, or an unknown
+            box coding.
     """
     boxes, counts, labels = pad_gt(gt_boxes, num_gt, gt_labels)
     check_tensor(matched, "matched")
@@ -217,13 +311,25 @@ def mutual_targets(matched, gt_boxes, gt_labels, box_pred, cls_logits, priors, *
     return MutualTargets(decoded, iou_target, cls_target, box_weight, matched >= 0)
 
 
-def assign_and_label(priors, gt_boxes, gt_labels, box_pred, cls_logits, *, num_gt=None, assigner="fcos",
-                     assign_kwargs=None, scale=None, box_coding=None, gamma_cls=1.0, gamma_loc=1.0):
-    """Assignment and mutual targets in one call: (matched [B, P], MutualTargets).
+def assign_and_label(priors: Tensor, gt_boxes: Tensor | Sequence[Tensor], gt_labels: Tensor | Sequence[Tensor],
+                     box_pred: Tensor, cls_logits: Tensor, *, num_gt: Tensor | None = None, assigner: str = "fcos",
+                     assign_kwargs: dict | None = None, scale: Tensor | None = None, box_coding: str | None = None,
+                     gamma_cls: float = 1.0, gamma_loc: float = 1.0) -> tuple[Tensor, MutualTargets]:
+    """Assignment and mutual targets in one call.
 
-    assigner "fcos": priors are points [P, 2] and assign_kwargs must hold
-    strides and regress_ranges; box coding defaults to "distance" with scale =
-    strides. assigner "max_iou": priors are anchors [P, 4], coding "delta".
+    Args:
+        priors (Tensor[P, 2] or Tensor[P, 4]): points for ``assigner="fcos"``, anchors for ``"max_iou"``.
+        gt_boxes, gt_labels, box_pred, cls_logits, num_gt, gamma_cls, gamma_loc: as in mutual_targets.
+        assigner (str): ``"fcos"`` (assign_kwargs must hold strides and regress_ranges) or ``"max_iou"``.
+        assign_kwargs (dict, optional): keyword arguments of assign_fcos or assign_max_iou.
+        scale (Tensor[P], optional): as in mutual_targets (default for FCOS: the strides).
+        box_coding (str, optional): default ``"distance"`` for FCOS, ``"delta"`` for max-IoU.
+
+    Returns:
+        tuple: matched [B, P] int64 and MutualTargets.
+
+    Raises:
+        TypeError, ValueError: as the assigner and mutual_targets.
     """
     check_choice(assigner, "assigner", ("fcos", "max_iou"))
     kwargs = dict(assign_kwargs or {})

@@ -6,9 +6,12 @@ or a constant input). A group holding a NaN gets NaN ranks and a NaN rho.
 Ranks are float64 for every tie method, so that NaN can propagate.
 """
 
-import torch
+from __future__ import annotations
 
-from ._validate import check_choice, check_float, check_index
+import torch
+from torch import Tensor
+
+from .._validate import check_choice, check_float, check_index
 
 TIES = ("average", "min", "max", "dense", "ordinal")
 
@@ -19,11 +22,21 @@ def _check_values(x, name):
         raise ValueError(f"{name} must be 1-D, got shape {list(x.shape)}")
 
 
-def rank(x, groups=None, ties="average"):
-    """Ranks of x within each group: float64, 1-based, scipy.stats.rankdata ties.
+def rank(x: Tensor, groups: Tensor | None = None, ties: str = "average") -> Tensor:
+    """Ranks of x within each group, as ``scipy.stats.rankdata`` gives them per group (1-based).
 
-    `groups` holds a non-negative group id per element, in any order; None means
-    one group.
+    Args:
+        x (Tensor[N]): values, floating point.
+        groups (Tensor[N], optional): a non-negative integer group id per element, in any order; None means
+            one group.
+        ties (str): ``"average"``, ``"min"``, ``"max"``, ``"dense"`` or ``"ordinal"``, as in scipy.
+
+    Returns:
+        Tensor[N] (float64): the ranks; NaN for every element of a group that holds a NaN.
+
+    Raises:
+        TypeError: x not floating point, or groups not integer.
+        ValueError: shapes or devices that do not match, a negative group id, or an unknown tie method.
     """
     _check_values(x, "x")
     check_index(groups, "groups", x.shape, x.device)
@@ -31,11 +44,23 @@ def rank(x, groups=None, ties="average"):
     return torch.ops.mutualops.rank(x, groups, ties)
 
 
-def spearman(x, y, groups=None, num_groups=None):
-    """Spearman's rho of x and y per group: float64 [num_groups].
+def spearman(x: Tensor, y: Tensor, groups: Tensor | None = None, num_groups: int | None = None) -> Tensor:
+    """Spearman's rho of x and y within each group, as ``scipy.stats.spearmanr`` gives it per group.
 
-    `num_groups` defaults to max(groups) + 1; give it to get a static output size
-    (groups with no element then give NaN).
+    Args:
+        x (Tensor[N]): values, floating point.
+        y (Tensor[N]): values paired with x, floating point, same device.
+        groups (Tensor[N], optional): a non-negative integer group id per element; None means one group.
+        num_groups (int, optional): the number of groups (default: max(groups) + 1); give it for a static
+            output size.
+
+    Returns:
+        Tensor[num_groups] (float64): rho per group; NaN for a group with fewer than 2 elements, a constant
+        input or a NaN.
+
+    Raises:
+        TypeError: x or y not floating point, groups not integer, or num_groups not an int.
+        ValueError: shapes or devices that do not match, a negative group id, or a group id beyond num_groups.
     """
     _check_values(x, "x")
     _check_values(y, "y")

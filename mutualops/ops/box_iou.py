@@ -5,23 +5,41 @@ enclosing box makes GIoU equal IoU. Boxes are xyxy and a box with x2 < x1 or
 y2 < y1 has area 0.
 """
 
+from __future__ import annotations
+
 import math
 
 import torch
+from torch import Tensor
 
-from ._validate import as_float, check_boxes, check_choice, check_float, check_same, promote
+from .. import _math
+from .._math import reduce_loss
+from .._validate import as_float, check_boxes, check_choice, check_float, check_same, promote
 
 MODES = ("iou", "giou", "diou", "ciou", "iof")
 LOSS_MODES = ("iou", "giou", "diou", "ciou")
 REDUCTIONS = ("none", "mean", "sum")
 
 
-def box_iou(boxes1, boxes2, mode="iou"):
-    """Pairwise overlap: [N,4] x [M,4] -> [N,M], or [B,N,4] x [B,M,4] -> [B,N,M].
+def box_iou(boxes1: Tensor, boxes2: Tensor, mode: str = "iou") -> Tensor:
+    """Pairwise overlap of two sets of boxes, alone or in batches.
 
-    `mode` is one of iou, giou, diou, ciou, iof (intersection over the area of
-    boxes1). The output is the only N x M allocation; fp16 and bf16 accumulate
-    in fp32.
+    The output is the only N x M allocation; float16 and bfloat16 accumulate in float32. A zero union gives 0
+    and a box with a non-finite coordinate gives NaN. Differentiable (the backward expands the pairs).
+
+    Args:
+        boxes1 (Tensor[N, 4] or Tensor[B, N, 4]): xyxy boxes, floating point (integer boxes are taken as
+            float32, as torchvision takes them).
+        boxes2 (Tensor[M, 4] or Tensor[B, M, 4]): xyxy boxes of the same rank, batch size and device.
+        mode (str): ``"iou"``, ``"giou"``, ``"diou"``, ``"ciou"`` or ``"iof"`` (intersection over the area of
+            boxes1).
+
+    Returns:
+        Tensor[N, M] or Tensor[B, N, M]: the overlap of every pair, in the two inputs' promoted dtype.
+
+    Raises:
+        TypeError: a box tensor that is not floating point (or integer).
+        ValueError: an unknown mode, or shapes, batch sizes or devices that do not match.
     """
     check_choice(mode, "mode", MODES)
     boxes1, boxes2 = _integer_as_float(boxes1), _integer_as_float(boxes2)
@@ -42,8 +60,21 @@ def _integer_as_float(boxes):
     return boxes.float() if integer else boxes
 
 
-def box_iou_aligned(boxes1, boxes2, mode="iou"):
-    """Overlap of matching rows: [..., 4] x [..., 4] -> [...]. Differentiable, twice."""
+def box_iou_aligned(boxes1: Tensor, boxes2: Tensor, mode: str = "iou") -> Tensor:
+    """Overlap of matching rows: ``boxes1[i]`` with ``boxes2[i]``. Differentiable, twice.
+
+    Args:
+        boxes1 (Tensor[..., 4]): xyxy boxes, floating point.
+        boxes2 (Tensor[..., 4]): xyxy boxes of the same shape and device.
+        mode (str): ``"iou"``, ``"giou"``, ``"diou"``, ``"ciou"`` or ``"iof"``.
+
+    Returns:
+        Tensor[...]: the overlaps, in the two inputs' promoted dtype.
+
+    Raises:
+        TypeError: a box tensor that is not floating point.
+        ValueError: an unknown mode, or shapes or devices that do not match.
+    """
     return _aligned(boxes1, boxes2, mode, 0.0)
 
 
@@ -61,16 +92,28 @@ def _aligned(boxes1, boxes2, mode, eps):
     return out.reshape(boxes1.shape[:-1])
 
 
-def iou_loss(pred, target, mode="giou", reduction="mean", weight=None, eps=1e-7):
-    """1 - overlap(pred, target) for matching rows, optionally weighted.
+def iou_loss(pred: Tensor, target: Tensor, mode: str = "giou", reduction: str = "mean",
+             weight: Tensor | None = None, eps: float = 1e-7) -> Tensor:
+    """``1 - overlap(pred, target)`` for matching rows, optionally weighted: a drop-in for torchvision's
+    generalized, distance and complete box IoU losses (same eps and default).
 
-    `eps` is added to the union and the enclosing area (and is the DIoU/CIoU
-    denominators' eps) as in torchvision's generalized/distance/complete
-    box IoU losses, with their default: the losses are drop-ins. eps=0 gives
-    1 - box_iou_aligned. `reduction="mean"` divides the weighted sum by the
-    number of boxes (so weights that average 1, like the mutual box-loss
-    weights, keep the scale). An empty input gives 0 with a gradient path, as
-    in torchvision.
+    Args:
+        pred (Tensor[..., 4]): predicted xyxy boxes, floating point.
+        target (Tensor[..., 4]): target xyxy boxes of the same shape and device.
+        mode (str): ``"iou"``, ``"giou"``, ``"diou"`` or ``"ciou"``.
+        reduction (str): ``"none"``, ``"mean"`` (the weighted sum over the number of boxes, so that weights
+            averaging 1 keep the scale) or ``"sum"``. An empty input gives 0 with a gradient path.
+        weight (Tensor[...], optional): per-box weights of the loss's shape.
+        eps (float): added to the union and the enclosing area, and the DIoU/CIoU denominators' eps; 0 gives
+            ``1 - box_iou_aligned``.
+
+    Returns:
+        Tensor: the loss, of shape ``[...]`` with ``reduction="none"``, a scalar otherwise.
+
+    Raises:
+        TypeError: a tensor that is not floating point, or an eps that is not a number.
+        ValueError: an unknown mode or reduction, a negative or non-finite eps, or shapes or devices that do not
+            match.
     """
     check_choice(mode, "mode", LOSS_MODES)
     check_choice(reduction, "reduction", REDUCTIONS)
@@ -85,15 +128,6 @@ def iou_loss(pred, target, mode="giou", reduction="mean", weight=None, eps=1e-7)
         check_same(weight, loss, "weight", "pred", dtype=False)
         loss = loss * weight
     return reduce_loss(loss, reduction)
-
-
-def reduce_loss(loss, reduction):
-    """none, sum, or mean over elements; an empty mean is 0 with a gradient path."""
-    if reduction == "none":
-        return loss
-    if reduction == "sum" or loss.numel() == 0:
-        return loss.sum()
-    return loss.mean()
 
 
 @torch.library.register_fake("mutualops::box_iou")
@@ -138,17 +172,14 @@ def _save_backward_inputs(ctx, inputs, output):
 
 def _aligned_double_backward(ctx, grad_grad1, grad_grad2):
     # Second order (gradient penalties, Hessian-vector products) is rare enough not to warrant a kernel: it is
-    # the vector-Jacobian product of the first derivative as the reference module writes it in torch ops, whose
-    # math and conventions (tie splits, a constant CIoU alpha) the backward kernel follows. Without this the
-    # second derivative was silently zero.
-    from . import reference
-
+    # the vector-Jacobian product of the first derivative as _math writes it in torch ops, whose math and
+    # conventions (tie splits, a constant CIoU alpha) the backward kernel follows.
     grad, boxes1, boxes2 = ctx.saved_tensors
 
     def first_derivative(g, b1, b2):
         # CIoU's alpha is constant to the first derivative but depends on the boxes: the outer level sees it.
-        alpha = reference.ciou_alpha(b1.to(grad.dtype), b2.to(grad.dtype), ctx.eps) if ctx.mode == "ciou" else None
-        _, pullback = torch.func.vjp(lambda x, y: reference.box_iou_aligned(x, y, ctx.mode, ctx.eps, alpha), b1, b2)
+        alpha = _math.ciou_alpha(b1.to(grad.dtype), b2.to(grad.dtype), ctx.eps) if ctx.mode == "ciou" else None
+        _, pullback = torch.func.vjp(lambda x, y: _math.box_iou_aligned(x, y, ctx.mode, ctx.eps, alpha), b1, b2)
         return pullback(g)
 
     _, pullback = torch.func.vjp(first_derivative, grad, boxes1, boxes2)

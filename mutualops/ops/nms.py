@@ -6,11 +6,14 @@ Boxes or scores that are not finite are never kept and suppress nothing.
 IoU is compared with `> iou_threshold`, as in torchvision.
 """
 
+from __future__ import annotations
+
 from typing import NamedTuple
 
 import torch
+from torch import Tensor
 
-from ._validate import as_int, check_boxes, check_float, check_index, check_same, kept_size, unit_interval
+from .._validate import as_int, check_boxes, check_float, check_index, check_same, kept_size, unit_interval
 
 
 def _check_nms(boxes, scores, iou_threshold):
@@ -23,14 +26,42 @@ def _check_nms(boxes, scores, iou_threshold):
     return unit_interval(iou_threshold, "iou_threshold")
 
 
-def nms(boxes, scores, iou_threshold):
-    """torchvision.ops.nms: indices of the kept boxes, by decreasing score."""
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy non-maximum suppression, a drop-in for ``torchvision.ops.nms``.
+
+    Args:
+        boxes (Tensor[N, 4]): xyxy boxes, floating point.
+        scores (Tensor[N]): their scores, same dtype and device.
+        iou_threshold (float): in [0, 1]; a kept box removes later boxes with IoU ``>`` it.
+
+    Returns:
+        Tensor[K] (int64): indices of the kept boxes, by decreasing score (ties to the lower index). Boxes or
+        scores that are not finite are never kept and suppress nothing.
+
+    Raises:
+        TypeError: a tensor that is not floating point, or boxes and scores of different dtypes.
+        ValueError: shapes or devices that do not match, or a threshold outside [0, 1].
+    """
     iou_threshold = _check_nms(boxes, scores, iou_threshold)
     return torch.ops.mutualops.nms(boxes, scores, iou_threshold)
 
 
-def batched_nms(boxes, scores, idxs, iou_threshold):
-    """torchvision.ops.batched_nms: NMS within each value of `idxs` (class, image...)."""
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """NMS within each group, a drop-in for ``torchvision.ops.batched_nms``.
+
+    Args:
+        boxes (Tensor[N, 4]): xyxy boxes, floating point.
+        scores (Tensor[N]): their scores, same dtype and device.
+        idxs (Tensor[N]): integer group of each box (class, image, ...); boxes suppress only within a group.
+        iou_threshold (float): in [0, 1].
+
+    Returns:
+        Tensor[K] (int64): indices of the kept boxes, by decreasing score (ties to the lower index).
+
+    Raises:
+        TypeError: boxes or scores not floating point or of different dtypes, or idxs not integer.
+        ValueError: shapes or devices that do not match, or a threshold outside [0, 1].
+    """
     iou_threshold = _check_nms(boxes, scores, iou_threshold)
     check_index(idxs, "idxs", scores.shape, boxes.device)
     return torch.ops.mutualops.batched_nms(boxes, scores, idxs, iou_threshold)
@@ -60,49 +91,64 @@ class Detections(NamedTuple):
 
 
 def rescored_nms(
-    boxes,
-    scores,
-    iou=None,
+    boxes: Tensor,
+    scores: Tensor,
+    iou: Tensor | None = None,
     *,
-    labels=None,
-    batch_index=None,
-    num_images=None,
-    level_index=None,
-    num_levels=None,
-    alpha=0.5,
-    score_threshold=0.05,
-    iou_threshold=0.5,
-    pre_nms_top_k=1000,
-    max_detections=100,
-    class_agnostic=False,
-    logits=False,
-    fixed_shape=False,
-):
-    """Detector post-processing in one call: IoU rescoring, score threshold,
-    per-image top-k, class-aware NMS and a per-image cap (docs/method.md, section 2.2).
+    labels: Tensor | None = None,
+    batch_index: Tensor | None = None,
+    num_images: int | None = None,
+    level_index: Tensor | None = None,
+    num_levels: int | None = None,
+    alpha: float = 0.5,
+    score_threshold: float = 0.05,
+    iou_threshold: float = 0.5,
+    pre_nms_top_k: int = 1000,
+    max_detections: int = 100,
+    class_agnostic: bool = False,
+    logits: bool = False,
+    fixed_shape: bool = False,
+) -> Detections:
+    """Detector post-processing in one call: IoU rescoring, score threshold, per-image top-k, class-aware NMS
+    and a per-image cap (docs/method.md, section 2.2).
 
-    Dense head outputs: boxes [B,N,4], scores [B,N,C] class probabilities and
-    optionally iou [B,N] predicted IoUs: every (point, class) pair is a
-    candidate. Flat candidates: boxes [M,4], scores [M], labels [M], optional iou
-    [M], batch_index [M] (default: one image) and num_images.
+    The ranking score is ``s = scores^(1 - alpha) * iou^alpha`` (plain scores with alpha 0 or no iou; FCOS's
+    sqrt(cls * centerness) is alpha 0.5 with centerness as iou). Candidates need ``s > score_threshold``; the
+    best ``pre_nms_top_k`` per image (per image and level with ``level_index``) survive; NMS suppresses IoU
+    ``> iou_threshold`` within a class (within the image if ``class_agnostic``); at most ``max_detections``
+    per image remain. Ties go to the lower index; boxes or scores that are not finite are never kept and
+    suppress nothing.
 
-    The ranking score is s = scores^(1 - alpha) * iou^alpha (alpha = 0, or no
-    iou: plain scores; FCOS's sqrt(cls * centerness) is alpha = 0.5 with
-    centerness as iou). Candidates need s > score_threshold; the best
-    pre_nms_top_k per image survive (per image and level when level_index, a
-    level per point or element, is given; -1 for no limit; pass num_levels too
-    to spare a host synchronisation on CUDA); NMS suppresses IoU >
-    iou_threshold within a class (within the image if class_agnostic); at most
-    max_detections per image remain. Ties go to the lower index; non-finite
-    boxes or scores are never kept and suppress nothing.
+    Args:
+        boxes (Tensor[B, N, 4] or Tensor[M, 4]): xyxy boxes, floating point: a dense head's output (every
+            (point, class) pair is a candidate) or flat candidates.
+        scores (Tensor[B, N, C] or Tensor[M]): class probabilities (logits with ``logits=True``).
+        iou (Tensor[B, N] or Tensor[M], optional): predicted IoUs (or centerness) for the rescoring.
+        labels (Tensor[M], optional): integer class of each flat candidate; required for flat input.
+        batch_index (Tensor[M], optional): integer image of each flat candidate (default: one image).
+        num_images (int, optional): the batch size of flat input (default: inferred from batch_index).
+        level_index (Tensor[N] or Tensor[M], optional): integer pyramid level of each point or candidate, for
+            a top-k per level.
+        num_levels (int, optional): the number of levels; spares a host synchronisation on CUDA.
+        alpha (float): the rescoring exponent, in [0, 1].
+        score_threshold (float): in [0, 1].
+        iou_threshold (float): in [0, 1].
+        pre_nms_top_k (int): candidates kept per image (and level) before NMS; -1 for no limit.
+        max_detections (int): detections kept per image.
+        class_agnostic (bool): suppress across classes.
+        logits (bool): scores and iou are logits; the sigmoid is taken in the same pass, and no [B, N, C]
+            probability tensor is allocated.
+        fixed_shape (bool): pad every output to [B, K] (no data-dependent shape: CUDA graphs, torch.compile,
+            ONNX); K is max_detections, or the number of candidates per image when smaller.
 
-    With logits=True, scores and iou are the head's logits: the sigmoid is taken
-    in the same pass, and no [B,N,C] probability tensor is ever allocated.
+    Returns:
+        Detections: flat [D] tensors ordered by image, then score, with ``counts`` [B]; or, with
+        ``fixed_shape=True``, [B, K] tensors padded with score 0, label -1, index -1 and zero boxes.
 
-    Returns Detections. With fixed_shape=True the tensors are padded to
-    [B, K]: no data-dependent shape, for CUDA graphs, torch.compile and ONNX.
-    K is max_detections, or the number of candidates per image (N * C dense,
-    M flat) when that is smaller: no image can have more detections.
+    Raises:
+        TypeError: a tensor of the wrong kind (floating point for boxes, scores, iou; integer for labels and
+            indices) or an argument of the wrong type.
+        ValueError: shapes or devices that do not match, values out of range, or an index beyond its count.
     """
     check_float(boxes, "boxes")
     check_float(scores, "scores")
