@@ -1,7 +1,7 @@
-"""The README and RESULTS tables, rendered from the committed result files.
+"""The tables of README.md, docs/*.md and benchmarks/RESULTS.md, rendered from the committed result files.
 
     python benchmarks/tables.py            # print every table
-    python benchmarks/tables.py --write    # put them into README.md and benchmarks/RESULTS.md
+    python benchmarks/tables.py --write    # put them into README.md, docs/*.md and benchmarks/RESULTS.md
     python benchmarks/tables.py --check    # exit 1 if a committed table differs from its result file
 
 A table lives between the lines `<!-- table:KEY -->` and `<!-- /table:KEY -->`,
@@ -24,7 +24,9 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-DOCUMENTS = (os.path.join(ROOT, "README.md"), os.path.join(HERE, "RESULTS.md"))
+DOCUMENTS = (os.path.join(ROOT, "README.md"), os.path.join(HERE, "RESULTS.md"),
+             *sorted(os.path.join(ROOT, "docs", name) for name in os.listdir(os.path.join(ROOT, "docs"))
+                     if name.endswith(".md")))
 
 
 def number(x, digits=3, sign=False):

@@ -202,7 +202,8 @@ def test_ablation_protocol_chooses_the_budget_on_validation_and_reports_test(tmp
 
 
 def test_tables_are_rendered_from_the_committed_results():
-    """README.md and benchmarks/RESULTS.md hold exactly what benchmarks/tables.py renders from benchmarks/results."""
+    """README.md, docs/*.md and benchmarks/RESULTS.md hold exactly what benchmarks/tables.py renders from
+    benchmarks/results."""
     tables = load_benchmark("tables")
     assert tables.tables(), "no committed ablation result"
     assert tables.main(["--check"]) == 0
