@@ -61,7 +61,7 @@ bench: $(STAMPS)/build
 # torch, run every test on CUDA, the benchmarks with --device cuda and
 # compute-sanitizer over the CUDA tests; everything lands in $(GPU_REPORT).
 gpu-check:
-	GPU_PY="$(GPU_PY)" GPU_REPORT="$(GPU_REPORT)" bash benchmarks/gpu_check.sh
+	GPU_PY="$(GPU_PY)" GPU_REPORT="$(GPU_REPORT)" bash tools/gpu_check.sh
 
 # Here, before a device call: the GPU machine's python 3.12 wheels of the test dependencies with CUDA cases
 # (55 MiB, under the device tool's 64 MiB carry); gpu-check installs those the machine lacks.

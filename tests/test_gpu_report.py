@@ -1,10 +1,10 @@
-"""benchmarks/gpu_report.py: the per-test part of `make gpu-check`'s report, from pytest's JUnit XML."""
+"""tools/gpu_report.py: the per-test part of `make gpu-check`'s report, from pytest's JUnit XML."""
 
 import importlib.util
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("gpu_report", ROOT / "benchmarks" / "gpu_report.py")
+spec = importlib.util.spec_from_file_location("gpu_report", ROOT / "tools" / "gpu_report.py")
 gpu_report = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gpu_report)
 

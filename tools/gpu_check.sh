@@ -5,7 +5,7 @@
 # with the cores split between them (torch threads pinned per process); compute-sanitizer memcheck over the
 # CUDA cases, one process per test file; then the benchmarks with --device cuda, alone on the card so that
 # their timings are not shared. Every step stops at its share of the deadline; the report lists each test's
-# result (benchmarks/gpu_report.py reads pytest's JUnit XML).
+# result (tools/gpu_report.py reads pytest's JUnit XML).
 set -uo pipefail
 PY=${GPU_PY:-python3}
 REPORT=${GPU_REPORT:-gpu-report}
@@ -94,7 +94,7 @@ for i in "${!benches[@]}"; do
   step "$name --device cuda" "$name.txt" "$(( $(left) / (${#benches[@]} - i) ))" \
     "$PY" "$bench" --device cuda --json "$REPORT/$name.json"
 done
-"$PY" benchmarks/gpu_report.py "$REPORT" >> "$SUMMARY" 2>&1 || status=1
+"$PY" tools/gpu_report.py "$REPORT" >> "$SUMMARY" 2>&1 || status=1
 
 for log in "$REPORT"/*.txt; do
   [ -f "$log" ] || continue

@@ -1,6 +1,6 @@
 """The test part of `make gpu-check`'s report: pytest's JUnit XML (one file per test file) as markdown.
 
-    python benchmarks/gpu_report.py REPORT_DIR
+    python tools/gpu_report.py REPORT_DIR
 
 Reads REPORT_DIR/junit/*.xml (every test) and REPORT_DIR/sanitizer/*.xml (the CUDA cases under
 compute-sanitizer), prints a table per run (file, passed, failed, skipped, time), every failure with its first
