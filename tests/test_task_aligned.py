@@ -246,6 +246,7 @@ def test_bad_input_names_the_argument(device, gen):
         (ValueError, "whole class indices", dict(gt_labels=half_label)),
         (ValueError, "gt_labels must be < num_classes", dict(gt_labels=wrong_label.long())),
         (ValueError, "gt_bboxes holds a non-finite", dict(gt_bboxes=nan_gt)),
+        (ValueError, "mask_gt holds NaN", dict(mask_gt=mask * float("nan"))),
         (ValueError, "pd_bboxes must have shape", dict(pd_bboxes=pred[:, :-1])),
         (ValueError, "anc_points must have shape", dict(anc_points=anc[:-1])),
         (ValueError, "gt_labels must have shape", dict(gt_labels=labels[:, :-1])),

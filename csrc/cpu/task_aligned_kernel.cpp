@@ -5,12 +5,14 @@
 // no [B, G, A] plane as in Ultralytics' dense implementation. A bucket grid
 // over the anchors (anchor_grid.h) lets each GT visit the anchors near it, so
 // time grows with the candidate pairs rather than with G * A.
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <functional>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -20,6 +22,12 @@
 
 namespace mutualops {
 namespace {
+
+// values[0, count) as a CPU tensor, for torch's own elementwise functions in place.
+template <typename T>
+at::Tensor torch_view(T* values, int64_t count) {
+  return at::from_blob(values, {count}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>()));
+}
 
 template <typename T>
 struct Candidate {
@@ -112,55 +120,209 @@ class TorchTopk {
   std::vector<std::pair<T, int64_t>> queue_;
 };
 
-// Pass 1, one GT: its candidates (the anchors the grid finds inside its
-// region) and the top-k of them by alignment, written to the
-// GT's `topk` pick slots (anchor -1 past its picks).
-template <typename K, typename T, typename S>
-void pick_topk(const TaskAlignedView<K, T, S>& v, const AnchorGrid<T>& grid, const T* bounds, int64_t* found,
-               int64_t row, int64_t topk, TorchTopk<T>& topk_of, std::vector<Candidate<T>>& cands,
-               std::vector<char>& keep, int64_t* pick_anchor, T* pick_alignment, T* pick_overlap) {
-  const T* region = v.regions + K::kRegion * row;
-  const int64_t count =
-      grid.inside(load_box<T>(bounds + 4 * row), [region](T x, T y) { return K::inside(x, y, region); }, found);
-  cands.resize(count);
-  // Each candidate reads one class score of its anchor, a cache miss each in a [B, A, C] tensor that outgrows
-  // the caches: loads are started kPrefetch candidates ahead so that their latencies overlap.
-  constexpr int64_t kPrefetch = 16;
-  const S* scores = v.scores + (row / v.gmax * v.n) * v.classes + v.labels[row];
-  for (int64_t i = 0; i < std::min(count, kPrefetch); ++i) MUTUALOPS_PREFETCH(scores + found[i] * v.classes);
-  for (int64_t i = 0; i < count; ++i) {
-    if (i + kPrefetch < count) MUTUALOPS_PREFETCH(scores + found[i + kPrefetch] * v.classes);
-    cands[i].anchor = found[i];
-    tal_pair(v, row, found[i], &cands[i].alignment, &cands[i].overlap);
-  }
-  topk_of.select(cands, topk, keep);
-  int64_t j = row * topk;
-  for (int64_t i = 0; i < count; ++i) {
-    if (!keep[i]) continue;
-    pick_anchor[j] = cands[i].anchor;
-    pick_alignment[j] = cands[i].alignment;
-    pick_overlap[j] = cands[i].overlap;
-    ++j;
+// The overlaps of `count` pairs, pair i being GT row row_of(i) and predicted box box_of(i), into out. A kind
+// with a staged overlap (oriented boxes' probiou) takes its sqrt, log and exp from torch's own CPU functions,
+// over the whole batch: they are vectorised ones that differ from the C library's in the last bit for one
+// argument in ten to one in five (sqrt included), and near probiou = 1, where 1 - exp(-bd) cancels, that bit
+// grows to 1e-4. The overlaps are then Ultralytics' own, bit for bit, and so is every comparison of two.
+template <typename K, typename T, typename S, typename RowOf, typename BoxOf>
+void pair_overlaps(const TaskAlignedView<K, T, S>& v, int64_t count, RowOf row_of, BoxOf box_of, T* out,
+                   std::vector<T>& scratch) {
+  auto operands = [&](int64_t i) {
+    const int64_t row = row_of(i), box = box_of(i);
+    return std::tuple{v.gt + K::kCoords * row, v.gt_cache + K::kCache * row, v.boxes + K::kCoords * box,
+                      v.pred_cache + K::kCache * box};
+  };
+  if constexpr (!K::kStagedOverlap) {
+    for (int64_t i = 0; i < count; ++i) out[i] = std::apply([](auto... p) { return K::overlap(p...); }, operands(i));
+  } else {
+    if (count == 0) return;
+    scratch.resize(3 * count);
+    T *t12 = scratch.data(), *det = t12 + count, *values = det + count;
+    for (int64_t i = 0; i < count; ++i) {
+      const auto terms = std::apply([](auto... p) { return K::overlap_terms(p...); }, operands(i));
+      t12[i] = terms.t12, det[i] = terms.det, values[i] = terms.det_product;
+    }
+    auto terms = [&](int64_t i) { return BhattacharyyaTerms<T>{t12[i], det[i], T(0)}; };
+    const at::Tensor batch = torch_view(values, count);
+    batch.sqrt_();
+    for (int64_t i = 0; i < count; ++i) values[i] = K::log_argument(terms(i), values[i]);
+    batch.log_();
+    for (int64_t i = 0; i < count; ++i) values[i] = K::exponent(terms(i), values[i]);
+    batch.exp_();
+    for (int64_t i = 0; i < count; ++i) values[i] = K::hellinger(values[i]);
+    batch.sqrt_();
+    for (int64_t i = 0; i < count; ++i) out[i] = K::overlap_from_root(values[i]);
   }
 }
 
-// Pass 1 for every GT, into the pick slots.
+// The alignments score^alpha * overlap^beta of the pairs of pair_overlaps, given their overlaps; a kind with a
+// staged overlap takes the powers from torch too (its pow by a Python float, sqrt for 0.5, as Ultralytics').
+template <typename K, typename T, typename S, typename RowOf, typename BoxOf>
+void pair_alignments(const TaskAlignedView<K, T, S>& v, int64_t count, RowOf row_of, BoxOf box_of, const T* overlaps,
+                     T* out, std::vector<T>& scratch) {
+  if constexpr (!K::kStagedOverlap) {
+    // Each pair reads one class score of its anchor, a cache miss each in a [B, A, C] tensor that outgrows the
+    // caches: loads are started kPrefetch pairs ahead so that their latencies overlap.
+    constexpr int64_t kPrefetch = 16;
+    auto score_of = [&](int64_t i) { return v.scores + box_of(i) * v.classes + v.labels[row_of(i)]; };
+    for (int64_t i = 0; i < std::min(count, kPrefetch); ++i) MUTUALOPS_PREFETCH(score_of(i));
+    for (int64_t i = 0; i < count; ++i) {
+      if (i + kPrefetch < count) MUTUALOPS_PREFETCH(score_of(i + kPrefetch));
+      out[i] = tal_pair_alignment(v, row_of(i), box_of(i), overlaps[i]);
+    }
+  } else {
+    if (count == 0) return;
+    scratch.resize(2 * count);
+    T *score = scratch.data(), *power = score + count;
+    for (int64_t i = 0; i < count; ++i) {
+      score[i] = static_cast<T>(v.scores[box_of(i) * v.classes + v.labels[row_of(i)]]);
+      power[i] = overlaps[i];
+    }
+    torch_view(score, count).pow_(static_cast<double>(v.alpha));
+    torch_view(power, count).pow_(static_cast<double>(v.beta));
+    for (int64_t i = 0; i < count; ++i) out[i] = score[i] * power[i];
+  }
+}
+
+// Pass 1 for every GT: its candidates (the anchors the grid finds inside its region), their overlaps and
+// alignments, and the top-k of them by alignment in the GT's `topk` pick slots (anchor -1 past its picks).
+// The overlaps and alignments are computed for a batch of GTs' candidates at a time, so that a staged kind's
+// elementary functions are a few torch calls per batch rather than per GT.
 template <typename K, typename T, typename S>
 void pick_all(const TaskAlignedView<K, T, S>& v, const AnchorGrid<T>& grid, const T* bounds, int64_t rows, int64_t topk,
               int64_t* pick_anchor, T* pick_alignment, T* pick_overlap) {
+  constexpr int64_t kBatchPairs = 4096;
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     TorchTopk<T> topk_of(v.n);
     std::vector<Candidate<T>> cands;
     std::vector<char> keep;
-    std::vector<int64_t> found(v.n);
-    for (int64_t r = begin; r < end; ++r) {
-      if (v.valid[r]) {
-        pick_topk(v, grid, bounds, found.data(), r, topk, topk_of, cands, keep, pick_anchor, pick_alignment,
-                  pick_overlap);
+    std::vector<T> overlaps, alignments, scratch;
+    std::vector<int64_t> found, pair_row, batch_rows, batch_start{0};
+    auto flush = [&]() {
+      const int64_t count = static_cast<int64_t>(found.size());
+      overlaps.resize(count);
+      alignments.resize(count);
+      auto row_of = [&](int64_t i) { return pair_row[i]; };
+      auto box_of = [&](int64_t i) { return pair_row[i] / v.gmax * v.n + found[i]; };
+      pair_overlaps(v, count, row_of, box_of, overlaps.data(), scratch);
+      pair_alignments(v, count, row_of, box_of, overlaps.data(), alignments.data(), scratch);
+      for (size_t b = 0; b < batch_rows.size(); ++b) {
+        cands.clear();
+        for (int64_t i = batch_start[b]; i < batch_start[b + 1]; ++i) {
+          cands.push_back(Candidate<T>{found[i], alignments[i], overlaps[i]});
+        }
+        topk_of.select(cands, topk, keep);
+        int64_t slot = batch_rows[b] * topk;
+        for (size_t i = 0; i < cands.size(); ++i) {
+          if (!keep[i]) continue;
+          pick_anchor[slot] = cands[i].anchor;
+          pick_alignment[slot] = cands[i].alignment;
+          pick_overlap[slot] = cands[i].overlap;
+          ++slot;
+        }
       }
+      found.clear(), pair_row.clear(), batch_rows.clear(), batch_start.resize(1);
+    };
+    for (int64_t r = begin; r < end; ++r) {
+      if (!v.valid[r]) continue;
+      const T* region = v.regions + K::kRegion * r;
+      const int64_t used = static_cast<int64_t>(found.size());
+      found.resize(used + v.n);
+      const int64_t count = grid.inside(
+          load_box<T>(bounds + 4 * r), [region](T x, T y) { return K::inside(x, y, region); }, found.data() + used);
+      found.resize(used + count);
+      pair_row.resize(used + count, r);
+      batch_rows.push_back(r);
+      batch_start.push_back(used + count);
+      if (used + count >= kBatchPairs) flush();
     }
+    flush();
   });
 }
+
+// Pass 2 for the anchors several GTs picked: tal_resolve_conflict's rule (the candidate GT of highest overlap,
+// the first on a tie, GT 0 when none overlaps), writing the anchor's GT, alignment and overlap at index
+// image * n + a. A staged kind's overlaps and alignments are computed for a batch of anchors at a time.
+template <typename K, typename T, typename S>
+class ConflictResolver {
+ public:
+  ConflictResolver(const TaskAlignedView<K, T, S>& v, int64_t* gt_of, T* alignment, T* overlap)
+      : v_(v), gt_of_(gt_of), alignment_(alignment), overlap_(overlap) {}
+
+  // Anchor `a` of `image`, whose candidate GTs are among `gts` (increasing GT indices).
+  template <typename GtRange>
+  void add(int64_t image, int64_t a, const GtRange& gts) {
+    const int64_t i = image * v_.n + a;
+    if constexpr (!K::kStagedOverlap) {
+      gt_of_[i] = tal_resolve_conflict(v_, image, a, gts, alignment_ + i, overlap_ + i);
+    } else {
+      auto consider = [&](int64_t g) {
+        const int64_t row = image * v_.gmax + g;
+        if (v_.valid[row] && K::inside(v_.anchors[2 * a], v_.anchors[2 * a + 1], v_.regions + K::kRegion * row)) {
+          pair_row_.push_back(row);
+        }
+      };
+      consider(0);
+      for (const int64_t g : gts) {
+        if (g != 0) consider(g);
+      }
+      anchor_.push_back(i);
+      start_.push_back(static_cast<int64_t>(pair_row_.size()));
+      if (pair_row_.size() >= kBatchPairs) flush();
+    }
+  }
+
+  void flush() {
+    if constexpr (K::kStagedOverlap) {
+      const int64_t count = static_cast<int64_t>(pair_row_.size());
+      overlaps_.resize(count);
+      pair_box_.resize(count);  // an anchor's index image * n + a is its predicted box's
+      for (size_t k = 0; k < anchor_.size(); ++k) {
+        for (int64_t j = start_[k]; j < start_[k + 1]; ++j) pair_box_[j] = anchor_[k];
+      }
+      pair_overlaps(
+          v_, count, [&](int64_t j) { return pair_row_[j]; }, [&](int64_t j) { return pair_box_[j]; }, overlaps_.data(),
+          scratch_);
+      best_row_.clear(), best_box_.clear(), best_overlap_.clear(), best_anchor_.clear();
+      for (size_t k = 0; k < anchor_.size(); ++k) {
+        const int64_t i = anchor_[k], image = i / v_.n, gt0 = image * v_.gmax;
+        int64_t best = 0;
+        T best_overlap = T(0);
+        bool candidate = false;
+        for (int64_t j = start_[k]; j < start_[k + 1]; ++j) {
+          if (pair_row_[j] == gt0) {
+            best_overlap = overlaps_[j], candidate = true;
+          } else if (overlaps_[j] > best_overlap) {
+            best = pair_row_[j] - gt0, best_overlap = overlaps_[j], candidate = true;
+          }
+        }
+        gt_of_[i] = best;
+        overlap_[i] = candidate ? best_overlap : T(0);
+        alignment_[i] = T(0);
+        if (candidate) {
+          best_row_.push_back(gt0 + best), best_box_.push_back(i), best_overlap_.push_back(best_overlap);
+          best_anchor_.push_back(i);
+        }
+      }
+      const int64_t winners = static_cast<int64_t>(best_row_.size());
+      alignments_.resize(winners);
+      pair_alignments(
+          v_, winners, [&](int64_t k) { return best_row_[k]; }, [&](int64_t k) { return best_box_[k]; },
+          best_overlap_.data(), alignments_.data(), scratch_);
+      for (int64_t k = 0; k < winners; ++k) alignment_[best_anchor_[k]] = alignments_[k];
+      pair_row_.clear(), anchor_.clear(), start_.assign(1, 0);
+    }
+  }
+
+ private:
+  static constexpr size_t kBatchPairs = 4096;
+  const TaskAlignedView<K, T, S>& v_;
+  int64_t* gt_of_;
+  T *alignment_, *overlap_;
+  std::vector<int64_t> pair_row_, pair_box_, anchor_, start_{0}, best_row_, best_box_, best_anchor_;
+  std::vector<T> overlaps_, alignments_, best_overlap_, scratch_;
+};
 
 template <typename K, typename T, typename S>
 void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams& p, TaskAlignedOutputs& out) {
@@ -214,6 +376,7 @@ void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams&
   at::parallel_for(0, images, 1, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> picks(n);
     std::vector<int64_t> entry(n);
+    ConflictResolver<K, T, S> resolver(v, gt_of.data(), alignment.data(), overlap.data());
     RegionGrid<T> near(coarse);
     for (int64_t image = begin; image < end; ++image) {
       std::fill(picks.begin(), picks.end(), 0);
@@ -234,12 +397,15 @@ void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams&
           alignment[i] = pick_alignment[entry[a]];
           overlap[i] = pick_overlap[entry[a]];
         } else if (picks[a] > 1) {
-          gt_of[i] = bucketed ? tal_resolve_conflict(v, image, a, near.at(anchors[2 * a], anchors[2 * a + 1]),
-                                                     &alignment[i], &overlap[i])
-                              : tal_resolve_conflict(v, image, a, TalAllGts{gmax}, &alignment[i], &overlap[i]);
+          if (bucketed) {
+            resolver.add(image, a, near.at(anchors[2 * a], anchors[2 * a + 1]));
+          } else {
+            resolver.add(image, a, TalAllGts{gmax});
+          }
         }
       }
     }
+    resolver.flush();
   });
 
   // Passes 3 to 5 per image, over each GT's anchors (a bucket per GT, in

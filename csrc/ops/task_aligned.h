@@ -6,6 +6,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
+#include <cmath>
+#include <limits>
+#include <string>
 #include <tuple>
 
 #include "checks.h"
@@ -101,16 +104,20 @@ inline at::Tensor angle_cos_sin(const at::Tensor& boxes) {
   return at::stack({at::cos(angle), at::sin(angle)}, -1).contiguous();
 }
 
+// `magnitude`: the largest |value| the kernels take in a box's first four fields (centre and size for oriented
+// boxes, whose Gaussians' determinants grow as the fourth power of the sides), infinity for no bound.
 inline TaskAlignedInputs prepare_task_aligned(const at::Tensor& scores, const at::Tensor& boxes,
                                               const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& gt,
-                                              const at::Tensor& mask, at::ScalarType math, int64_t classes) {
+                                              const at::Tensor& mask, at::ScalarType math, int64_t classes,
+                                              double magnitude) {
   const int64_t images = scores.size(0), gmax = gt.size(1);
   TaskAlignedInputs in;
   in.scores = scores.contiguous();
   in.boxes = boxes.to(math).contiguous();
   in.anchors = anchors.to(math).contiguous();
   in.gt = gt.to(math).contiguous();
-  in.valid = per_gt(mask, images, gmax, "mask_gt").ne(0).contiguous();
+  const at::Tensor raw_mask = per_gt(mask, images, gmax, "mask_gt");
+  in.valid = raw_mask.ne(0).contiguous();
   const at::Tensor raw_labels = per_gt(labels, images, gmax, "gt_labels");
   in.labels = raw_labels.to(at::kLong).contiguous();
   // One host read for every data check. Padding rows (mask 0) are not looked at.
@@ -120,6 +127,17 @@ inline TaskAlignedInputs prepare_task_aligned(const at::Tensor& scores, const at
     if (t.numel() == 0) return at::ones({}, t.options().dtype(at::kBool));
     const auto [lo, hi] = at::aminmax(t);
     return (lo > -INFINITY).logical_and(hi < INFINITY);  // false for NaN too
+  };
+  // Boxes: every field finite, the first four within `magnitude`.
+  auto box_values = [&](const at::Tensor& t) {
+    if (!std::isfinite(magnitude) || t.numel() == 0) return finite(t);
+    const auto [lo, hi] = at::aminmax(t.narrow(-1, 0, 4));
+    return finite(t).logical_and(lo >= -magnitude).logical_and(hi <= magnitude);
+  };
+  // A NaN mask is neither a real row nor padding (Ultralytics reads it as both).
+  auto mask_values = [&]() {
+    return raw_mask.is_floating_point() ? raw_mask.isnan().any().logical_not()
+                                        : at::ones({}, raw_mask.options().dtype(at::kBool));
   };
   // Probabilities: a score above 1 raised to alpha > 1 can overflow to inf, and inf * 0 (a CIoU of 0) is a
   // NaN alignment, which no top-k ranks.
@@ -131,17 +149,22 @@ inline TaskAlignedInputs prepare_task_aligned(const at::Tensor& scores, const at
   // Flipped GT rows (x2 < x1 or y2 < y1; for oriented boxes a negative width or height) pass, as in
   // Ultralytics: their regions are widened like any thin box, and (axis-aligned) their CIoU clamps to 0, so
   // that they keep at most zero-alignment candidates.
-  const at::Tensor flags = at::stack({real_labels.eq(real_labels.trunc()).all().logical_and(real_labels.ge(0).all()),
-                                      real_labels.lt(static_cast<double>(classes)).all(), finite(real_gt),
-                                      finite(in.anchors), finite(in.boxes), probabilities(in.scores)})
-                               .cpu();
+  const at::Tensor flags =
+      at::stack({real_labels.eq(real_labels.trunc()).all().logical_and(real_labels.ge(0).all()),
+                 real_labels.lt(static_cast<double>(classes)).all(), box_values(real_gt), finite(in.anchors),
+                 box_values(in.boxes), probabilities(in.scores), mask_values()})
+          .cpu();
   const bool* ok = flags.data_ptr<bool>();
   TORCH_CHECK_VALUE(ok[0], "gt_labels must hold non-negative whole class indices on the real GT rows (mask_gt != 0)");
   TORCH_CHECK_VALUE(ok[1], "gt_labels must be < num_classes (", classes, ") on the real GT rows (mask_gt != 0)");
-  TORCH_CHECK_VALUE(ok[2], "gt_bboxes holds a non-finite coordinate on a real GT row (mask_gt != 0)");
+  const std::string bound = std::isfinite(magnitude)
+                                ? c10::str(" or a centre or side beyond +-", magnitude, " (where probiou overflows)")
+                                : "";
+  TORCH_CHECK_VALUE(ok[2], "gt_bboxes holds a non-finite value", bound, " on a real GT row (mask_gt != 0)");
   TORCH_CHECK_VALUE(ok[3], "anc_points holds a non-finite coordinate");
-  TORCH_CHECK_VALUE(ok[4], "pd_bboxes holds a non-finite coordinate");
+  TORCH_CHECK_VALUE(ok[4], "pd_bboxes holds a non-finite value", bound);
   TORCH_CHECK_VALUE(ok[5], "pd_scores must be probabilities in [0, 1] (apply sigmoid to logits first)");
+  TORCH_CHECK_VALUE(ok[6], "mask_gt holds NaN: a row must be real (nonzero) or padding (0)");
   return in;
 }
 
@@ -183,7 +206,8 @@ TaskAlignedResult assign_task_aligned_host(const at::Tensor& scores, const at::T
     out.bboxes.zero_();
     return out.result();
   }
-  TaskAlignedInputs in = prepare_task_aligned(scores, boxes, anchors, labels, gt, mask, math, p.classes);
+  TaskAlignedInputs in = prepare_task_aligned(scores, boxes, anchors, labels, gt, mask, math, p.classes,
+                                              K::max_magnitude(math == at::kDouble));
   if constexpr (K::kAngles) {
     in.gt_trig = angle_cos_sin(in.gt);
     in.box_trig = angle_cos_sin(in.boxes);

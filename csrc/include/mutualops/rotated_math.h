@@ -168,25 +168,56 @@ MUTUALOPS_HD Gaussian<T> box_gaussian(const RotatedBox<T>& r, T floor = T(0)) {
 
 // The Bhattacharyya distance of two boxes' Gaussians, bd = t1 + t2 + t3 clamped to [eps, 100], in
 // Ultralytics' order of operations (probiou and batch_probiou, ICCV 2021 "Gaussian bounding boxes"): box 1 is
-// their obb1, box 2 their obb2.
+// their obb1, box 2 their obb2. It and probiou are written in stages around their four elementary functions
+// (t3's sqrt and log, probiou's exp and sqrt), so that a kernel can take those from elsewhere: the rotated
+// task-aligned CPU kernel takes torch's own, as Ultralytics computes them, since near probiou = 1 one ulp of
+// any of them grows to 1e-4. First t1 + t2, det S and det Sigma1 * det Sigma2 (whose sqrt t3 takes).
 template <typename T>
-MUTUALOPS_HD T bhattacharyya_distance(const RotatedBox<T>& r1, const Gaussian<T>& g1, const RotatedBox<T>& r2,
-                                      const Gaussian<T>& g2, T eps) {
+struct BhattacharyyaTerms {
+  T t12, det, det_product;
+};
+
+template <typename T>
+MUTUALOPS_HD BhattacharyyaTerms<T> bhattacharyya_terms(const RotatedBox<T>& r1, const Gaussian<T>& g1,
+                                                       const RotatedBox<T>& r2, const Gaussian<T>& g2, T eps) {
   const T sa = g1.a + g2.a, sb = g1.b + g2.b, sc = g1.c + g2.c;
   const T dx = r1.cx - r2.cx, dy = r1.cy - r2.cy;
   const T det = sa * sb - sc * sc;
   const T t1 = ((sa * (dy * dy) + sb * (dx * dx)) / (det + eps)) * T(0.25);
   const T t2 = ((sc * (r2.cx - r1.cx) * dy) / (det + eps)) * T(0.5);
-  const T t3 = log_of(det / (T(4) * sqrt_of(g1.det * g2.det) + eps) + eps) * T(0.5);
-  const T bd = t1 + t2 + t3;
-  // NaN stays NaN (a non-finite box), as torch's clamp keeps it.
+  return BhattacharyyaTerms<T>{t1 + t2, det, g1.det * g2.det};
+}
+
+// The argument of t3's log, from det S and the sqrt of det Sigma1 * det Sigma2.
+template <typename T>
+MUTUALOPS_HD T bhattacharyya_log_argument(T det, T sqrt_det_product, T eps) {
+  return det / (T(4) * sqrt_det_product + eps) + eps;
+}
+
+// bd from t1 + t2 and the log of t3's argument. NaN stays NaN (a non-finite box), as torch's clamp keeps it.
+template <typename T>
+MUTUALOPS_HD T bhattacharyya_from_log(T t12, T log_value, T eps) {
+  const T bd = t12 + log_value * T(0.5);
   return bd < eps ? eps : (bd > T(100) ? T(100) : bd);
 }
 
-// 1 - the Hellinger distance: in [0, 1) up to eps, 1 - sqrt(eps) for identical boxes.
+template <typename T>
+MUTUALOPS_HD T bhattacharyya_distance(const RotatedBox<T>& r1, const Gaussian<T>& g1, const RotatedBox<T>& r2,
+                                      const Gaussian<T>& g2, T eps) {
+  const BhattacharyyaTerms<T> t = bhattacharyya_terms(r1, g1, r2, g2, eps);
+  return bhattacharyya_from_log(t.t12, log_of(bhattacharyya_log_argument(t.det, sqrt_of(t.det_product), eps)), eps);
+}
+
+// probiou = 1 - the Hellinger distance: 1 - sqrt(1 - exp(-bd) + eps), in [0, 1) up to eps, 1 - sqrt(eps) for
+// identical boxes. First the square of the distance, from exp(-bd).
+template <typename T>
+MUTUALOPS_HD T hellinger_square(T exp_minus_bd, T eps) {
+  return T(1) - exp_minus_bd + eps;
+}
+
 template <typename T>
 MUTUALOPS_HD T probiou_of_distance(T bd, T eps) {
-  return T(1) - sqrt_of(T(1) - exp_of(-bd) + eps);
+  return T(1) - sqrt_of(hellinger_square(exp_of(-bd), eps));
 }
 
 // Ultralytics' CIoU variant of probiou: the aspect term of CIoU subtracted, its weight alpha a constant.

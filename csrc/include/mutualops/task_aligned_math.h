@@ -131,20 +131,27 @@ MUTUALOPS_HD bool rotated_tal_inside(T x, T y, const RotatedRegion<T>& r) {
   return (along_ab >= T(0)) & (along_ab <= r.ab2) & (along_ad >= T(0)) & (along_ad <= r.ad2);
 }
 
-// An axis-aligned box holding every point rotated_tal_inside accepts, rounding included: the corners' box
-// widened by a margin far above the rounding of the projections. A region with a zero edge is an unbounded
-// strip (an empty edge constrains nothing), and one with a non-finite value is left to the exact test.
+// An axis-aligned box holding every point rotated_tal_inside accepts, rounding included. The test accepts the
+// points whose projections on ab and ad lie in [0, |ab|^2] and [0, |ad|^2]: for perpendicular edges the
+// rectangle a + s ab + t ad, in general the parallelogram whose vertices solve ab.p = 0 or |ab|^2 and
+// ad.p = 0 or |ad|^2. Its box is widened by a margin far above the rounding of the projections. Edges that
+// rounding made far from perpendicular (sides of a few float steps, which Ultralytics' test turns into a long
+// or an unbounded strip), a zero or overflowing edge, or a non-finite vertex leave the whole plane to the
+// exact test.
 template <typename T>
 MUTUALOPS_HD Box<T> rotated_tal_bounds(const RotatedRegion<T>& r) {
-  const T scale = abs_of(r.ax) + abs_of(r.ay) + abs_of(r.abx) + abs_of(r.aby) + abs_of(r.adx) + abs_of(r.ady);
-  if (!(r.ab2 > T(0)) || !(r.ad2 > T(0)) || !(scale < T(INFINITY))) {
-    return Box<T>{T(-INFINITY), T(-INFINITY), T(INFINITY), T(INFINITY)};
+  const Box<T> plane{T(-INFINITY), T(-INFINITY), T(INFINITY), T(INFINITY)};
+  const T det = r.abx * r.ady - r.aby * r.adx;
+  if (!(r.ab2 > T(0)) || !(r.ad2 > T(0)) || !(abs_of(det) >= T(0.01) * sqrt_of(r.ab2) * sqrt_of(r.ad2))) {
+    return plane;
   }
+  const T ux = r.ady * r.ab2 / det, uy = -r.adx * r.ab2 / det;  // the vertex where ab.p = |ab|^2, ad.p = 0
+  const T vx = -r.aby * r.ad2 / det, vy = r.abx * r.ad2 / det;  // the vertex where ab.p = 0, ad.p = |ad|^2
+  const T scale = abs_of(r.ax) + abs_of(r.ay) + abs_of(ux) + abs_of(uy) + abs_of(vx) + abs_of(vy);
+  if (!(scale < T(INFINITY))) return plane;
   const T margin = scale * T(1e-4);
-  const T x1 = min2(min2(T(0), r.abx), min2(r.adx, r.abx + r.adx)),
-          x2 = max2(max2(T(0), r.abx), max2(r.adx, r.abx + r.adx));
-  const T y1 = min2(min2(T(0), r.aby), min2(r.ady, r.aby + r.ady)),
-          y2 = max2(max2(T(0), r.aby), max2(r.ady, r.aby + r.ady));
+  const T x1 = min2(min2(T(0), ux), min2(vx, ux + vx)), x2 = max2(max2(T(0), ux), max2(vx, ux + vx));
+  const T y1 = min2(min2(T(0), uy), min2(vy, uy + vy)), y2 = max2(max2(T(0), uy), max2(vy, uy + vy));
   return Box<T>{r.ax + x1 - margin, r.ay + y1 - margin, r.ax + x2 + margin, r.ay + y2 + margin};
 }
 
@@ -161,6 +168,9 @@ MUTUALOPS_HD Box<T> rotated_tal_bounds(const RotatedRegion<T>& r) {
 struct AxisAlignedTal {
   static constexpr int kCoords = 4, kRegion = 4, kCache = 1;
   static constexpr bool kAngles = false;
+  static constexpr bool kStagedOverlap = false;
+  // Any finite box: CIoU's areas and distances overflow to inf, which its clamps and comparisons handle.
+  static double max_magnitude(bool /*double_math*/) { return INFINITY; }
   template <typename T>
   static MUTUALOPS_HD void region(const T* gt, const T*, T min_side, T* out) {
     store_box(tal_candidate_region(load_box<T>(gt), min_side), out);
@@ -188,6 +198,40 @@ struct AxisAlignedTal {
 struct RotatedTal {
   static constexpr int kCoords = 5, kRegion = 8, kCache = 4;
   static constexpr bool kAngles = true;
+  // probiou multiplies two variances (side^2 / 12 each) and squares centre offsets: sides and centres up to
+  // 1e9 (float32) or 1e75 (float64) keep every product finite, where larger ones make it NaN in Ultralytics
+  // too.
+  static double max_magnitude(bool double_math) { return double_math ? 1e75 : 1e9; }
+  // The overlap in stages around probiou's elementary functions (rotated_math.h), which the CPU kernel takes
+  // from torch's own over a batch of pairs. With v the batch's values: v = terms.det_product, sqrt;
+  // v = log_argument(terms, v), log; v = exponent(terms, v), exp; v = hellinger_square(v), sqrt;
+  // overlap_from_root(v).
+  static constexpr bool kStagedOverlap = true;
+  template <typename T>
+  static MUTUALOPS_HD BhattacharyyaTerms<T> overlap_terms(const T* gt, const T* gt_cache, const T* pred,
+                                                          const T* pred_cache) {
+    const Gaussian<T> g1{gt_cache[0], gt_cache[1], gt_cache[2], gt_cache[3]};
+    const Gaussian<T> g2{pred_cache[0], pred_cache[1], pred_cache[2], pred_cache[3]};
+    return bhattacharyya_terms(load_rotated_box<T>(gt), g1, load_rotated_box<T>(pred), g2, T(kEps));
+  }
+  template <typename T>
+  static MUTUALOPS_HD T log_argument(const BhattacharyyaTerms<T>& terms, T sqrt_det_product) {
+    return bhattacharyya_log_argument(terms.det, sqrt_det_product, T(kEps));
+  }
+  template <typename T>
+  static MUTUALOPS_HD T exponent(const BhattacharyyaTerms<T>& terms, T log_value) {
+    return -bhattacharyya_from_log(terms.t12, log_value, T(kEps));
+  }
+  template <typename T>
+  static MUTUALOPS_HD T hellinger(T exp_minus_bd) {
+    return hellinger_square(exp_minus_bd, T(kEps));
+  }
+  template <typename T>
+  static MUTUALOPS_HD T overlap_from_root(T root) {
+    const T iou = T(1) - root;
+    return iou > T(0) ? iou : T(0);
+  }
+  static constexpr double kEps = 1e-7;  // Ultralytics' probiou default
   template <typename T>
   static MUTUALOPS_HD void region(const T* gt, const T* trig, T min_side, T* out) {
     const RotatedRegion<T> r = rotated_tal_region(load_rotated_box<T>(gt), trig[0], trig[1], min_side);
@@ -213,10 +257,8 @@ struct RotatedTal {
   }
   template <typename T>
   static MUTUALOPS_HD T overlap(const T* gt, const T* gt_cache, const T* pred, const T* pred_cache) {
-    const Gaussian<T> g1{gt_cache[0], gt_cache[1], gt_cache[2], gt_cache[3]};
-    const Gaussian<T> g2{pred_cache[0], pred_cache[1], pred_cache[2], pred_cache[3]};
-    const T iou = probiou<RotatedMode::kProbiou>(load_rotated_box<T>(gt), g1, load_rotated_box<T>(pred), g2, T(1e-7));
-    return iou > T(0) ? iou : T(0);
+    const BhattacharyyaTerms<T> t = overlap_terms(gt, gt_cache, pred, pred_cache);
+    return overlap_from_root(sqrt_of(hellinger(exp_of(exponent(t, log_of(log_argument(t, sqrt_of(t.det_product))))))));
   }
 };
 
@@ -238,6 +280,12 @@ struct TaskAlignedView {
   T alpha, beta;
 };
 
+// The alignment of GT row `row` with predicted box `box` (image * n + anchor) given their overlap.
+template <typename K, typename T, typename S>
+MUTUALOPS_HD T tal_pair_alignment(const TaskAlignedView<K, T, S>& v, int64_t row, int64_t box, T overlap) {
+  return tal_alignment(static_cast<T>(v.scores[box * v.classes + v.labels[row]]), overlap, v.alpha, v.beta);
+}
+
 // The alignment and overlap of GT row `row` (image * gmax + g) with anchor `a`
 // of the same image, for a pair known to be a candidate.
 template <typename K, typename T, typename S>
@@ -245,8 +293,7 @@ MUTUALOPS_HD void tal_pair(const TaskAlignedView<K, T, S>& v, int64_t row, int64
   const int64_t box = row / v.gmax * v.n + a;
   *overlap = K::overlap(v.gt + K::kCoords * row, v.gt_cache + K::kCache * row, v.boxes + K::kCoords * box,
                         v.pred_cache + K::kCache * box);
-  const T score = static_cast<T>(v.scores[box * v.classes + v.labels[row]]);
-  *alignment = tal_alignment(score, *overlap, v.alpha, v.beta);
+  *alignment = tal_pair_alignment(v, row, box, *overlap);
 }
 
 // Whether anchor `a` is a candidate of GT `g` (a real GT whose region holds
