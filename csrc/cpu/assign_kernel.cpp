@@ -96,7 +96,7 @@ MUTUALOPS_CPU_CLONES int64_t last_best_of_gt(const T* __restrict__ row, const T*
 int64_t point_grain(int64_t gts) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(gts, 1)); }
 
 // The value checks (assign_faults_at), ORed over every element.
-void check_values(const CheckedInputs& c, const char* prior_name) {
+void check_assign_data(const CheckedInputs& c, const char* prior_name) {
   int faults = 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.priors.scalar_type(), "assign_check_values", [&] {
     const AssignInputs<scalar_t> in = assign_inputs<scalar_t>(c);
@@ -118,7 +118,7 @@ at::Tensor assign_fcos_cpu(const at::Tensor& points, const at::Tensor& gt_boxes,
   const int64_t images = gt_boxes.size(0), gmax = gt_boxes.size(1), n = points.size(0);
   const at::Tensor pts = points.contiguous(), gts = gt_boxes.contiguous();
   const at::Tensor counts = num_gt.to(at::kLong).contiguous();
-  check_values(CheckedInputs{pts, gts, counts, at::Tensor(), at::Tensor(), false}, "points");
+  check_assign_data(CheckedInputs{pts, gts, counts, at::Tensor(), at::Tensor(), false}, "points");
   const at::Tensor str = strides.to(points.scalar_type()).contiguous();
   const at::Tensor rng = regress_ranges.to(points.scalar_type()).contiguous();
   at::Tensor matched = at::full({images, n}, kNegative, pts.options().dtype(at::kLong));
@@ -298,7 +298,7 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cpu(const at::Tensor& anchors,
   const at::Tensor anc = anchors.contiguous(), gts = gt_boxes.contiguous();
   const at::Tensor counts = num_gt.to(at::kLong).contiguous();
   const at::Tensor ign = ignore_boxes.has_value() ? ignore_boxes->to(gts.scalar_type()).contiguous() : at::Tensor();
-  check_values(
+  check_assign_data(
       CheckedInputs{anc, gts, counts, ign, ign.defined() ? num_ignore->to(at::kLong).contiguous() : at::Tensor(), true},
       "anchors");
   const LowQuality lq = parse_low_quality(low_quality);

@@ -30,7 +30,7 @@ at::Tensor torch_view(T* values, int64_t count) {
 }
 
 template <typename T>
-struct Candidate {
+struct AnchorCandidate {
   int64_t anchor;
   T alignment;
   T overlap;
@@ -51,7 +51,7 @@ class TorchTopk {
  public:
   explicit TorchTopk(int64_t n) : n_(n), slot_(n, -1) {}
 
-  void select(const std::vector<Candidate<T>>& cands, int64_t k, std::vector<char>& keep) {
+  void select(const std::vector<AnchorCandidate<T>>& cands, int64_t k, std::vector<char>& keep) {
     const int64_t count = static_cast<int64_t>(cands.size());
     keep.assign(count, 0);
     positive_.clear();
@@ -78,7 +78,7 @@ class TorchTopk {
   }
 
  private:
-  void rank_whole_row(const std::vector<Candidate<T>>& cands, int64_t k, std::vector<char>& keep) {
+  void rank_whole_row(const std::vector<AnchorCandidate<T>>& cands, int64_t k, std::vector<char>& keep) {
     // torch's comparator; its NaN clause never fires here (no NaN alignment).
     auto larger = [](const std::pair<T, int64_t>& a, const std::pair<T, int64_t>& b) { return a.first > b.first; };
     if (k * 64 <= n_) {
@@ -195,7 +195,7 @@ void pick_all(const TaskAlignedView<K, T, S>& v, const AnchorGrid<T>& grid, cons
   constexpr int64_t kBatchPairs = 4096;
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     TorchTopk<T> topk_of(v.n);
-    std::vector<Candidate<T>> cands;
+    std::vector<AnchorCandidate<T>> cands;
     std::vector<char> keep;
     std::vector<T> overlaps, alignments, scratch;
     std::vector<int64_t> found, pair_row, batch_rows, batch_start{0};
@@ -210,7 +210,7 @@ void pick_all(const TaskAlignedView<K, T, S>& v, const AnchorGrid<T>& grid, cons
       for (size_t b = 0; b < batch_rows.size(); ++b) {
         cands.clear();
         for (int64_t i = batch_start[b]; i < batch_start[b + 1]; ++i) {
-          cands.push_back(Candidate<T>{found[i], alignments[i], overlaps[i]});
+          cands.push_back(AnchorCandidate<T>{found[i], alignments[i], overlaps[i]});
         }
         topk_of.select(cands, topk, keep);
         int64_t slot = batch_rows[b] * topk;
@@ -324,54 +324,27 @@ class ConflictResolver {
   std::vector<T> overlaps_, alignments_, best_overlap_, scratch_;
 };
 
+// The GT of every anchor (-1 for background) and that pair's alignment and overlap.
+template <typename T>
+struct AnchorAssignment {
+  std::vector<int64_t> gt_of;
+  std::vector<T> alignment, overlap;
+};
+
+// Pass 2, per anchor, from the pick slots. An anchor several GTs picked looks only at the GTs whose regions
+// share its cell of a coarse grid, unless the regions span so many cells that bucketing them would outgrow
+// O(A + G * topk) memory.
 template <typename K, typename T, typename S>
-void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams& p, TaskAlignedOutputs& out) {
-  const int64_t images = in.scores.size(0), n = in.scores.size(1), gmax = in.gt.size(1), rows = images * gmax;
-  const T* gt = in.gt.data_ptr<T>();
-  const T* boxes = in.boxes.data_ptr<T>();
-  std::vector<T> regions(K::kRegion * rows), bounds(4 * rows), gt_cache(K::kCache * rows),
-      pred_cache(K::kCache * images * n);
-  const T *gt_angles = in.gt_angles<T>(), *box_angles = in.box_angles<T>();
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* angle = gt_angles ? gt_angles + 2 * r : nullptr;
-    K::region(gt + K::kCoords * r, angle, static_cast<T>(p.min_side), regions.data() + K::kRegion * r);
-    store_box(K::bounds(regions.data() + K::kRegion * r), bounds.data() + 4 * r);
-    K::cache(gt + K::kCoords * r, angle, gt_cache.data() + K::kCache * r);
-  }
-  // What each predicted box's overlaps need of it alone (an atan, a Gaussian) once, not once per GT that has it
-  // as a candidate.
-  at::parallel_for(0, images * n, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      K::cache(boxes + K::kCoords * i, box_angles ? box_angles + 2 * i : nullptr, pred_cache.data() + K::kCache * i);
-    }
-  });
-  const T* anchors = in.anchors.data_ptr<T>();
-  const AnchorGrid<T> grid(anchors, n);
-  const TaskAlignedView<K, T, S> v{in.scores.data_ptr<S>(),
-                                   boxes,
-                                   anchors,
-                                   in.labels.data_ptr<int64_t>(),
-                                   gt,
-                                   regions.data(),
-                                   gt_cache.data(),
-                                   pred_cache.data(),
-                                   in.valid.data_ptr<bool>(),
-                                   n,
-                                   gmax,
-                                   p.classes,
-                                   static_cast<T>(p.alpha),
-                                   static_cast<T>(p.beta)};
-
-  std::vector<int64_t> pick_anchor(rows * p.topk, -1);
-  std::vector<T> pick_alignment(rows * p.topk), pick_overlap(rows * p.topk);
-  pick_all(v, grid, bounds.data(), rows, p.topk, pick_anchor.data(), pick_alignment.data(), pick_overlap.data());
-
-  // Pass 2, per anchor: its GT (-1 for background) and that pair's alignment
-  // and overlap. An anchor several GTs picked looks only at the GTs whose regions
-  // share its cell of a coarse grid, unless the regions span so many cells
-  // that bucketing them would outgrow O(A + G * topk) memory.
-  std::vector<int64_t> gt_of(images * n, -1);
-  std::vector<T> alignment(images * n, T(0)), overlap(images * n, T(0));
+AnchorAssignment<T> assign_anchors(const TaskAlignedView<K, T, S>& v, const AnchorGrid<T>& grid, const T* bounds,
+                                   int64_t images, int64_t topk, const std::vector<int64_t>& pick_anchor,
+                                   const std::vector<T>& pick_alignment, const std::vector<T>& pick_overlap) {
+  const int64_t n = v.n, gmax = v.gmax;
+  const T* anchors = v.anchors;
+  AnchorAssignment<T> assigned{std::vector<int64_t>(images * n, -1), std::vector<T>(images * n, T(0)),
+                               std::vector<T>(images * n, T(0))};
+  std::vector<int64_t>& gt_of = assigned.gt_of;
+  std::vector<T>& alignment = assigned.alignment;
+  std::vector<T>& overlap = assigned.overlap;
   const GridMap coarse = grid.map().coarser(32);
   at::parallel_for(0, images, 1, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> picks(n);
@@ -381,19 +354,19 @@ void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams&
     for (int64_t image = begin; image < end; ++image) {
       std::fill(picks.begin(), picks.end(), 0);
       bool conflicts = false;
-      for (int64_t e = image * gmax * p.topk; e < (image + 1) * gmax * p.topk; ++e) {
+      for (int64_t e = image * gmax * topk; e < (image + 1) * gmax * topk; ++e) {
         const int64_t a = pick_anchor[e];
         if (a >= 0) {
           conflicts |= ++picks[a] > 1;
           entry[a] = e;
         }
       }
-      const bool bucketed = conflicts && near.build(bounds.data() + 4 * image * gmax, v.valid + image * gmax, gmax,
-                                                    4 * (n + gmax * p.topk));
+      const bool bucketed =
+          conflicts && near.build(bounds + 4 * image * gmax, v.valid + image * gmax, gmax, 4 * (n + gmax * topk));
       for (int64_t a = 0; a < n; ++a) {
         const int64_t i = image * n + a;
         if (picks[a] == 1) {
-          gt_of[i] = (entry[a] / p.topk) % gmax;
+          gt_of[i] = (entry[a] / topk) % gmax;
           alignment[i] = pick_alignment[entry[a]];
           overlap[i] = pick_overlap[entry[a]];
         } else if (picks[a] > 1) {
@@ -408,13 +381,23 @@ void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams&
     resolver.flush();
   });
 
-  // Passes 3 to 5 per image, over each GT's anchors (a bucket per GT, in
-  // anchor order): the optional second top-k, the per-GT maxima that
-  // normalise the alignment, and the targets.
+  return assigned;
+}
+
+// Passes 3 to 5 per image, over each GT's anchors (a bucket per GT, in anchor order): the optional second
+// top-k, the per-GT maxima that normalise the alignment, and the targets.
+template <typename K, typename T, typename S>
+void write_targets(const TaskAlignedView<K, T, S>& v, const TaskAlignedParams& p, int64_t images,
+                   AnchorAssignment<T>& assigned, TaskAlignedOutputs& out) {
+  const int64_t n = v.n, gmax = v.gmax;
+  const T* gt = v.gt;
+  std::vector<int64_t>& gt_of = assigned.gt_of;
+  const std::vector<T>& alignment = assigned.alignment;
+  const std::vector<T>& overlap = assigned.overlap;
   at::parallel_for(0, images, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> start(gmax + 1), fill(gmax), members(n);
     TorchTopk<T> topk_of(n);
-    std::vector<Candidate<T>> cands;
+    std::vector<AnchorCandidate<T>> cands;
     std::vector<char> keep;
     for (int64_t image = begin; image < end; ++image) {
       int64_t* owner = gt_of.data() + image * n;
@@ -469,6 +452,53 @@ void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams&
       });
     }
   });
+}
+
+template <typename K, typename T, typename S>
+void task_aligned_cpu_impl(const TaskAlignedInputs& in, const TaskAlignedParams& p, TaskAlignedOutputs& out) {
+  const int64_t images = in.scores.size(0), n = in.scores.size(1), gmax = in.gt.size(1), rows = images * gmax;
+  const T* gt = in.gt.data_ptr<T>();
+  const T* boxes = in.boxes.data_ptr<T>();
+  std::vector<T> regions(K::kRegion * rows), bounds(4 * rows), gt_cache(K::kCache * rows),
+      pred_cache(K::kCache * images * n);
+  const T *gt_angles = in.gt_angles<T>(), *box_angles = in.box_angles<T>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* angle = gt_angles ? gt_angles + 2 * r : nullptr;
+    K::region(gt + K::kCoords * r, angle, static_cast<T>(p.min_side), regions.data() + K::kRegion * r);
+    store_box(K::bounds(regions.data() + K::kRegion * r), bounds.data() + 4 * r);
+    K::cache(gt + K::kCoords * r, angle, gt_cache.data() + K::kCache * r);
+  }
+  // What each predicted box's overlaps need of it alone (an atan, a Gaussian) once, not once per GT that has it
+  // as a candidate.
+  at::parallel_for(0, images * n, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      K::cache(boxes + K::kCoords * i, box_angles ? box_angles + 2 * i : nullptr, pred_cache.data() + K::kCache * i);
+    }
+  });
+  const T* anchors = in.anchors.data_ptr<T>();
+  const AnchorGrid<T> grid(anchors, n);
+  const TaskAlignedView<K, T, S> v{in.scores.data_ptr<S>(),
+                                   boxes,
+                                   anchors,
+                                   in.labels.data_ptr<int64_t>(),
+                                   gt,
+                                   regions.data(),
+                                   gt_cache.data(),
+                                   pred_cache.data(),
+                                   in.valid.data_ptr<bool>(),
+                                   n,
+                                   gmax,
+                                   p.classes,
+                                   static_cast<T>(p.alpha),
+                                   static_cast<T>(p.beta)};
+
+  std::vector<int64_t> pick_anchor(rows * p.topk, -1);
+  std::vector<T> pick_alignment(rows * p.topk), pick_overlap(rows * p.topk);
+  pick_all(v, grid, bounds.data(), rows, p.topk, pick_anchor.data(), pick_alignment.data(), pick_overlap.data());
+
+  AnchorAssignment<T> assigned =
+      assign_anchors(v, grid, bounds.data(), images, p.topk, pick_anchor, pick_alignment, pick_overlap);
+  write_targets(v, p, images, assigned, out);
 }
 
 template <typename K>

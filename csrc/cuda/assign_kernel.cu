@@ -25,7 +25,7 @@ __global__ void assign_faults_kernel(AssignInputs<scalar_t> in, int* __restrict_
   if (found) atomicOr(faults, found);
 }
 
-void check_values(const CheckedInputs& c, const char* prior_name) {
+void check_assign_data(const CheckedInputs& c, const char* prior_name) {
   at::Tensor faults = at::zeros({}, c.priors.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.priors.scalar_type(), "assign_check_values", [&] {
     const AssignInputs<scalar_t> in = assign_inputs<scalar_t>(c);
@@ -325,7 +325,7 @@ at::Tensor assign_fcos_cuda(const at::Tensor& points, const at::Tensor& gt_boxes
   const int64_t images = gt_boxes.size(0), gmax = gt_boxes.size(1), n = points.size(0);
   const at::Tensor pts = points.contiguous(), gts = gt_boxes.contiguous();
   const at::Tensor counts = num_gt.to(at::kLong).contiguous();
-  check_values(CheckedInputs{pts, gts, counts, at::Tensor(), at::Tensor(), false}, "points");
+  check_assign_data(CheckedInputs{pts, gts, counts, at::Tensor(), at::Tensor(), false}, "points");
   const at::Tensor str = strides.to(points.scalar_type()).contiguous();
   const at::Tensor rng = regress_ranges.to(points.scalar_type()).contiguous();
   at::Tensor matched = at::empty({images, n}, pts.options().dtype(at::kLong));
@@ -352,7 +352,7 @@ std::tuple<at::Tensor, at::Tensor> assign_max_iou_cuda(const at::Tensor& anchors
   const at::Tensor anc = anchors.contiguous(), gts = gt_boxes.contiguous();
   const at::Tensor counts = num_gt.to(at::kLong).contiguous();
   const at::Tensor ign = ignore_boxes.has_value() ? ignore_boxes->to(anc.scalar_type()).contiguous() : at::Tensor();
-  check_values(
+  check_assign_data(
       CheckedInputs{anc, gts, counts, ign, ign.defined() ? num_ignore->to(at::kLong).contiguous() : at::Tensor(), true},
       "anchors");
   const LowQuality lq = parse_low_quality(low_quality);

@@ -33,12 +33,6 @@ constexpr int64_t kInvalidKey = std::numeric_limits<int64_t>::max();
 // Suppression mask per tile of rows (all images together). 8 MiB holds 5000 boxes of one image in one tile,
 // and keeps detector post-processing (8 images of 5000 slots) near torchvision's own peak memory.
 constexpr int64_t kMaskTileBytes = int64_t(8) << 20;
-// Grid of the grid-stride kernels that loop over blocks of work.
-constexpr int64_t kMaxBlocks = int64_t(1) << 20;
-
-inline unsigned int blocks_for(int64_t work_blocks) {
-  return static_cast<unsigned int>(std::max<int64_t>(1, std::min(work_blocks, kMaxBlocks)));
-}
 
 // ---- greedy NMS over sorted rows --------------------------------------------
 

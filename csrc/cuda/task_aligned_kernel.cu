@@ -17,9 +17,6 @@ namespace {
 
 constexpr int kRowThreads = 256;
 
-inline unsigned int row_grid(int64_t rows) {
-  return static_cast<unsigned int>(rows < (1 << 20) ? (rows > 0 ? rows : 1) : (1 << 20));
-}
 
 template <typename K, typename T>
 __global__ void regions_kernel(const T* __restrict__ gt, const T* __restrict__ angles, int64_t rows, T min_side,
@@ -215,7 +212,7 @@ __device__ __forceinline__ void atomic_max_non_negative(double* address, double 
 }
 
 template <typename T>
-__global__ void gt_best_kernel(int64_t* __restrict__ gt_of, const bool* __restrict__ kept, bool second_topk,
+__global__ void gt_maxima_kernel(int64_t* __restrict__ gt_of, const bool* __restrict__ kept, bool second_topk,
                                const T* __restrict__ alignment, const T* __restrict__ overlap, int64_t images,
                                int64_t n, int64_t gmax, T* __restrict__ best_alignment, T* __restrict__ best_overlap) {
   for (int64_t i = grid_start(); i < images * n; i += grid_stride()) {
@@ -282,7 +279,7 @@ void task_aligned_cuda_impl(const TaskAlignedInputs& in, const TaskAlignedParams
   const int64_t slots = rows * p.topk;
   at::Tensor pick_anchor = at::full({slots}, -1, opts.dtype(at::kLong));
   at::Tensor pick_alignment = at::zeros({slots}, opts), pick_overlap = at::zeros({slots}, opts);
-  pick_kernel<K, T, S><<<row_grid(rows), kRowThreads, 0, stream>>>(
+  pick_kernel<K, T, S><<<blocks_for(rows), kRowThreads, 0, stream>>>(
       v, rows, p.topk, pick_anchor.data_ptr<int64_t>(), pick_alignment.data_ptr<T>(), pick_overlap.data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
@@ -301,12 +298,12 @@ void task_aligned_cuda_impl(const TaskAlignedInputs& in, const TaskAlignedParams
   const bool second_topk = p.topk2 != p.topk;
   at::Tensor kept = at::zeros({second_topk ? images * n : 1}, opts.dtype(at::kBool));
   if (second_topk) {
-    second_topk_kernel<T><<<row_grid(rows), kRowThreads, 0, stream>>>(
+    second_topk_kernel<T><<<blocks_for(rows), kRowThreads, 0, stream>>>(
         gt_of.data_ptr<int64_t>(), alignment.data_ptr<T>(), rows, gmax, n, p.topk2, kept.data_ptr<bool>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   at::Tensor best_alignment = at::zeros({rows}, opts), best_overlap = at::zeros({rows}, opts);
-  gt_best_kernel<T><<<grid_for(images * n), kThreads, 0, stream>>>(
+  gt_maxima_kernel<T><<<grid_for(images * n), kThreads, 0, stream>>>(
       gt_of.data_ptr<int64_t>(), kept.data_ptr<bool>(), second_topk, alignment.data_ptr<T>(), overlap.data_ptr<T>(),
       images, n, gmax, best_alignment.data_ptr<T>(), best_overlap.data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
