@@ -35,12 +35,11 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mutualops.detector.data import SPLIT_SEEDS, ShapesDataset  # noqa: E402
-from mutualops.detector.evaluate import evaluate, write_json  # noqa: E402
-from mutualops.metrics import Harmony, paired_harmony  # noqa: E402
-from mutualops.detector.train import parse_args, train  # noqa: E402
+from mutualops.detector.data import SPLIT_SEEDS, ShapesDataset
+from mutualops.detector.evaluate import evaluate, write_json
+from mutualops.metrics import Harmony, paired_harmony
+from mutualops.detector.train import parse_args, train
 
 VARIANTS = {
     "baseline": [],

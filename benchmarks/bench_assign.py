@@ -17,16 +17,14 @@ max-IoU >= 10x at G=500; peak extra memory <= 5% of torchvision's at G=500.
 """
 
 import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import harness  # noqa: E402
-import mutualops  # noqa: E402
-import mutualops.reference  # noqa: E402  (the oracle is not imported with the ops)
-from mutualops.ops.assign import torchvision_fcos_priors  # noqa: E402
+import harness
+import mutualops
+import mutualops.reference  # the oracle is not imported with the ops
+from mutualops.ops.assign import torchvision_fcos_priors
 
 IMAGE = (800, 1344)
 STRIDES = [8, 16, 32, 64, 128]

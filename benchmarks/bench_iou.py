@@ -7,17 +7,14 @@ Targets (2-core CPU, fp32): >= 5x torchvision.ops.box_iou at 2000x2000 and
 20000x1000, peak extra memory <= 1.1x the output.
 """
 
-import os
-import sys
 
 import torch
 import torchvision.ops as tvo
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import harness  # noqa: E402
-import mutualops  # noqa: E402
-import mutualops.reference  # noqa: E402  (the oracle is not imported with the ops)
+import harness
+import mutualops
+import mutualops.reference  # the oracle is not imported with the ops
 
 PEERS = {
     "iou": ("torchvision.ops.box_iou", tvo.box_iou),

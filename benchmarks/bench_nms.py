@@ -16,17 +16,14 @@ torchvision.ops.batched_nms at 20000 boxes over 80 classes.
 
 import copy
 from collections import Counter
-import os
-import sys
 
 import torch
 import torchvision.ops as tvo
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import harness  # noqa: E402
-import mutualops  # noqa: E402
-from mutualops import reference  # noqa: E402
+import harness
+import mutualops
+from mutualops import reference
 
 
 def detections(n, device, gen, num_classes=80):

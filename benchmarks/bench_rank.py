@@ -7,19 +7,16 @@ Checks mutualops against scipy first, then times all three in this run.
 Targets (2-core CPU): >= 100x the scipy loop, >= 3x the reference.
 """
 
-import os
-import sys
 import time
 
 import numpy as np
 import scipy.stats
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import harness  # noqa: E402
-import mutualops  # noqa: E402
-import mutualops.reference  # noqa: E402  (the oracle is not imported with the ops)
+import harness
+import mutualops
+import mutualops.reference  # the oracle is not imported with the ops
 
 # The scipy loop is timed on at most this many groups and scaled linearly: a
 # 200000-group loop would take about half a minute per run.

@@ -28,17 +28,14 @@ memory; assignment at G=500 >= 20x with <= 5% of its memory.
 """
 
 import math
-import os
-import sys
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import harness  # noqa: E402
-import mutualops  # noqa: E402
-from mutualops import reference  # noqa: E402
+import harness
+import mutualops
+from mutualops import reference
 
 SIZE = 1024.0
 

@@ -32,17 +32,15 @@ identical detections.
 """
 
 import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import harness  # noqa: E402
-import mutualops  # noqa: E402
-import mutualops.reference  # noqa: E402  (the oracle is not imported with the ops)
-from mutualops.integrations import ultralytics as mo_ultralytics  # noqa: E402
+import harness
+import mutualops
+import mutualops.reference  # the oracle is not imported with the ops
+from mutualops.integrations import ultralytics as mo_ultralytics
 
 SIZE, STRIDES, CLASSES, IMAGES = 640, (8, 16, 32), 80, 8
 

@@ -39,10 +39,9 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+import harness
 
-import harness  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 SIDES = {"ultralytics": "Ultralytics' own", "mutualops": "mutualops drop-in (MUTUALOPS_ULTRALYTICS=1)"}
 COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 220, 40)]
