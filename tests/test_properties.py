@@ -561,7 +561,7 @@ def ground_truth(draw, dtype):
 
 def padded(gt, num_gt):
     """The padded form of any GT the wrappers accept, for the reference."""
-    return mutualops.assign.pad_gt(gt, num_gt)[:2]
+    return mutualops.ops.assign.pad_gt(gt, num_gt)[:2]
 
 
 @SETTINGS

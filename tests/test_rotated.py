@@ -120,7 +120,7 @@ def test_corners_turn_as_ultralytics_turns_them(gen):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_computes_in_float32(device, dtype, gen):
     a, b = random_rotated(20, gen, device=device), random_rotated(15, gen, device=device)
-    for mode in mutualops.rotated.MODES:
+    for mode in mutualops.ops.rotated.MODES:
         got = mutualops.box_iou_rotated(a.to(dtype), b.to(dtype), mode)
         assert got.dtype == dtype
         want = reference.box_iou_rotated(a.to(dtype).float().cpu(), b.to(dtype).float().cpu(), mode)
@@ -433,7 +433,7 @@ def test_raw_ops_on_meta_tensors_check_as_on_real_ones(call, error, match):
 def test_opcheck(device, gen):
     a, b = random_rotated(9, gen, device=device), random_rotated(7, gen, device=device)
     scores = torch.rand(9, generator=gen).to(device)
-    for mode in mutualops.rotated.MODES:
+    for mode in mutualops.ops.rotated.MODES:
         torch.library.opcheck(torch.ops.mutualops.box_iou_rotated.default, (a, b, mode, 1e-7))
         torch.library.opcheck(torch.ops.mutualops.box_iou_rotated.default, (a[None], b[None], mode, 1e-7))
     for mode in ("probiou", "probiou_ciou"):

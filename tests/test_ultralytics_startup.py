@@ -25,8 +25,8 @@ COUNTER = textwrap.dedent('''
     import atexit, json, os, sys, threading
 
     WATCH = {
-        ("mutualops/task_aligned.py", "assign_task_aligned"): "mutualops assigner",
-        ("mutualops/nms.py", "batched_nms"): "mutualops nms",
+        ("mutualops/ops/task_aligned.py", "assign_task_aligned"): "mutualops assigner",
+        ("mutualops/ops/nms.py", "batched_nms"): "mutualops nms",
         ("ultralytics/utils/tal.py", "_forward"): "ultralytics assigner",
         ("ultralytics/utils/nms.py", "non_max_suppression"): "ultralytics nms",
     }

@@ -6,7 +6,7 @@ TORCH_LIBRARY_FRAGMENT(mutualops, m) {
   // [N,5] x [M,5] -> [N,M], or [B,N,5] x [B,M,5] -> [B,N,M]; mode iou (exact polygon overlap), probiou or
   // probiou_ciou (Ultralytics' Gaussian overlap, eps its epsilon).
   m.def("box_iou_rotated(Tensor boxes1, Tensor boxes2, str mode=\"iou\", float eps=1e-7) -> Tensor");
-  // [N,5] x [N,5] -> [N]; the probiou modes are differentiable (Python autograd, mutualops/rotated.py). floor is
+  // [N,5] x [N,5] -> [N]; the probiou modes are differentiable (Python autograd, mutualops/ops/rotated.py). floor is
   // added to both Gaussian variances, as Ultralytics' OBB loss does (its probiou's floor).
   m.def(
       "box_iou_rotated_aligned(Tensor boxes1, Tensor boxes2, str mode=\"iou\", float eps=1e-7, float floor=0.0) "
