@@ -17,7 +17,6 @@ namespace {
 
 constexpr int kRowThreads = 256;
 
-
 template <typename K, typename T>
 __global__ void regions_kernel(const T* __restrict__ gt, const T* __restrict__ angles, int64_t rows, T min_side,
                                T* __restrict__ regions) {
@@ -213,8 +212,9 @@ __device__ __forceinline__ void atomic_max_non_negative(double* address, double 
 
 template <typename T>
 __global__ void gt_maxima_kernel(int64_t* __restrict__ gt_of, const bool* __restrict__ kept, bool second_topk,
-                               const T* __restrict__ alignment, const T* __restrict__ overlap, int64_t images,
-                               int64_t n, int64_t gmax, T* __restrict__ best_alignment, T* __restrict__ best_overlap) {
+                                 const T* __restrict__ alignment, const T* __restrict__ overlap, int64_t images,
+                                 int64_t n, int64_t gmax, T* __restrict__ best_alignment,
+                                 T* __restrict__ best_overlap) {
   for (int64_t i = grid_start(); i < images * n; i += grid_stride()) {
     if (gt_of[i] >= 0 && second_topk && !kept[i]) gt_of[i] = -1;
     if (gt_of[i] < 0) continue;
