@@ -9,7 +9,10 @@ import torch
 import mutualops
 from helpers import DEVICES
 from mutualops import reference
-from test_task_aligned import SMALL_GRID, STRIDES, YOLO_GRID, anchor_layout, anchors_for
+# The detection assigner's parity rule holds here as well: the CPU kernel takes probiou's and the alignment's
+# elementary functions (cos, sin, sqrt, log, exp, pow) from torch, as Ultralytics computes them, so that overlaps
+# are Ultralytics' bit for bit and target scores differ only by the rounding of the normalisation.
+from test_task_aligned import SETTINGS, SMALL_GRID, STRIDES, YOLO_GRID, anchor_layout, anchors_for, assert_same
 
 try:
     from ultralytics.utils.tal import RotatedTaskAlignedAssigner
@@ -77,21 +80,6 @@ def ultralytics_assign(args, **kw):
     return RotatedTaskAlignedAssigner(num_classes=classes, stride=stride, **kw)(*args)
 
 
-def assert_same(ours, theirs):
-    """The same assignment as Ultralytics': the CPU kernel takes probiou's and the alignment's elementary
-    functions (cos, sin, sqrt, log, exp, pow) from torch, as Ultralytics computes them, so that overlaps are
-    bit for bit Ultralytics' and target scores differ only by the rounding of the normalisation."""
-    labels, bboxes, scores, fg, idx = theirs
-    torch.testing.assert_close(ours.fg_mask, fg.bool(), rtol=0, atol=0)
-    torch.testing.assert_close(ours.target_gt_idx, idx.long(), rtol=0, atol=0)
-    torch.testing.assert_close(ours.target_labels, labels.long(), rtol=0, atol=0)
-    torch.testing.assert_close(ours.target_bboxes, bboxes, rtol=0, atol=0)
-    torch.testing.assert_close(ours.target_scores, scores.to(ours.target_scores.dtype), rtol=0, atol=1e-6)
-
-
-SETTINGS = [dict(topk=10, alpha=0.5, beta=6.0), dict(topk=13, alpha=1.0, beta=6.0), dict(topk=3, alpha=1.0, beta=2.0),
-            dict(topk=10, alpha=0.5, beta=6.0, topk2=4), dict(topk=1, alpha=0.5, beta=6.0),
-            dict(topk=20, alpha=1.0, beta=6.0, topk2=17)]
 KINDS = ["random", "small", "edges", "turns", "far", "crowd", "ties", "flipped", "outside", "degenerate", "padding"]
 
 

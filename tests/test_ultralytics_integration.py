@@ -231,19 +231,20 @@ def write_dataset(root, train=8, val=4, size=64, seed=0):
     return data
 
 
-def train_once(data, project, name, epochs):
+def train_once(data, project, name, epochs, model="yolov8n.yaml", imgsz=64, rows=lambda result: result.boxes.data):
+    """Per-step losses, validation metrics and sorted predictions (`rows` of each result) of one training."""
     from ultralytics import YOLO
 
     losses = []
-    model = YOLO("yolov8n.yaml")
-    model.add_callback("on_train_batch_end",
-                       lambda trainer: losses.append([float(v) for v in trainer.loss_items.values()]))
-    results = model.train(data=str(data), epochs=epochs, imgsz=64, batch=4, workers=0, plots=False, device="cpu",
-                          seed=0, deterministic=True, amp=False, project=str(project), name=name, exist_ok=True,
-                          verbose=False)
-    predictions = model.predict(str(data.parent / "images" / "val"), conf=0.001, imgsz=64, device="cpu",
-                                verbose=False)
-    return torch.tensor(losses), results.results_dict, [sorted_rows(p.boxes.data) for p in predictions]
+    yolo = YOLO(model)
+    yolo.add_callback("on_train_batch_end",
+                      lambda trainer: losses.append([float(v) for v in trainer.loss_items.values()]))
+    results = yolo.train(data=str(data), epochs=epochs, imgsz=imgsz, batch=4, workers=0, plots=False, device="cpu",
+                         seed=0, deterministic=True, amp=False, project=str(project), name=name, exist_ok=True,
+                         verbose=False)
+    predictions = yolo.predict(str(data.parent / "images" / "val"), conf=0.001, imgsz=imgsz, device="cpu",
+                               verbose=False)
+    return torch.tensor(losses), results.results_dict, [sorted_rows(rows(p)) for p in predictions]
 
 
 def test_yolov8n_trains_and_validates_the_same_with_mutualops(tmp_path, monkeypatch):
@@ -303,18 +304,8 @@ def write_oriented_dataset(root, train=8, val=4, size=128, seed=0):
 
 
 def train_oriented_once(data, project, name, epochs):
-    from ultralytics import YOLO
-
-    losses = []
-    model = YOLO("yolov8n-obb.yaml")
-    model.add_callback("on_train_batch_end",
-                       lambda trainer: losses.append([float(v) for v in trainer.loss_items.values()]))
-    results = model.train(data=str(data), epochs=epochs, imgsz=128, batch=4, workers=0, plots=False, device="cpu",
-                          seed=0, deterministic=True, amp=False, project=str(project), name=name, exist_ok=True,
-                          verbose=False)
-    predictions = model.predict(str(data.parent / "images" / "val"), conf=0.001, imgsz=128, device="cpu",
-                                verbose=False)
-    return torch.tensor(losses), results.results_dict, [sorted_rows(p.obb.data) for p in predictions]
+    return train_once(data, project, name, epochs, model="yolov8n-obb.yaml", imgsz=128,
+                      rows=lambda result: result.obb.data)
 
 
 def test_yolov8n_obb_trains_and_validates_the_same_with_mutualops(tmp_path, monkeypatch):
